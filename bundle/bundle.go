@@ -1,0 +1,456 @@
+// Package bundle reads and validates model bundles: a model repository holds
+// one folder per model, <name>/bundle.yaml, with numbered version folders,
+// <name>/<version>/model.onnx, as in Triton's model repository.
+//
+// Parsing is strict: unknown fields are errors, and every error names the
+// file and the field so that an MLOps engineer can fix a bundle from the log
+// line alone.
+package bundle
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/voxserve/voxserve/tensor"
+)
+
+// FileName is the bundle descriptor's name inside a model folder.
+const FileName = "bundle.yaml"
+
+// ModelFile is the ONNX file's name inside a version folder.
+const ModelFile = "model.onnx"
+
+// MaxFileSize caps bundle.yaml; a descriptor is a page of YAML, not megabytes.
+const MaxFileSize = 1 << 20
+
+// Spec is the content of bundle.yaml.
+type Spec struct {
+	// Name must equal the model folder's name.
+	Name        string `yaml:"name"`
+	Description string `yaml:"description"`
+	// Task is classification, segmentation or both.
+	Task string `yaml:"task"`
+	// Modalities and BodyParts are the DICOM Modality (0008,0060) and Body
+	// Part Examined (0018,0015) values the model accepts; empty accepts any.
+	Modalities []string `yaml:"modalities"`
+	BodyParts  []string `yaml:"body_parts"`
+
+	Inputs  []Input  `yaml:"inputs"`
+	Outputs []Output `yaml:"outputs"`
+
+	// MaxBatchSize follows Triton: when > 0 the model has a leading batch
+	// axis that dims do not list, and requests may batch up to this size.
+	MaxBatchSize int64 `yaml:"max_batch_size"`
+	// InstanceCount is how many requests one version runs concurrently.
+	InstanceCount int            `yaml:"instance_count"`
+	Queue         QueuePolicy    `yaml:"queue"`
+	VersionPolicy *VersionPolicy `yaml:"version_policy"`
+	Execution     Execution      `yaml:"execution"`
+	Provenance    Provenance     `yaml:"provenance"`
+}
+
+// Input declares one model input tensor.
+type Input struct {
+	Name     string `yaml:"name"`
+	DataType string `yaml:"data_type"`
+	// Dims exclude the batch axis when max_batch_size > 0; -1 is a dynamic axis.
+	Dims []int64 `yaml:"dims"`
+	// Layout documents the axes, e.g. NCDHW; informational.
+	Layout string `yaml:"layout"`
+}
+
+// Output declares one model output tensor and how to read it.
+type Output struct {
+	Name     string  `yaml:"name"`
+	DataType string  `yaml:"data_type"`
+	Dims     []int64 `yaml:"dims"`
+	// Kind says what the tensor means: scores (one value per label, giving
+	// findings), mask (per-voxel probabilities or logits, giving label maps),
+	// or tensor (returned as is).
+	Kind string `yaml:"kind"`
+	// Activation is applied before thresholds: none, sigmoid or softmax.
+	Activation string  `yaml:"activation"`
+	Labels     []Label `yaml:"labels"`
+}
+
+// Label is one class of a scores or mask output.
+type Label struct {
+	Name string `yaml:"name"`
+	// Code identifies the finding in a coding scheme (SNOMED CT, RadLex).
+	Code *Code `yaml:"code"`
+	// Threshold turns a probability into a decision; the site may tune it.
+	Threshold float64 `yaml:"threshold"`
+}
+
+// Code is a coded concept, as DICOM writes them.
+type Code struct {
+	Scheme  string `yaml:"scheme"` // e.g. SCT, RADLEX
+	Value   string `yaml:"value"`
+	Meaning string `yaml:"meaning"`
+}
+
+// QueuePolicy bounds the work waiting for a version, in Triton's vocabulary.
+type QueuePolicy struct {
+	// MaxQueueSize is how many requests may wait; 0 means the default (64).
+	MaxQueueSize int `yaml:"max_queue_size"`
+	// DefaultTimeoutMicroseconds bounds a request's time in the queue when
+	// the client sets no deadline; 0 means no limit.
+	DefaultTimeoutMicroseconds int64 `yaml:"default_timeout_microseconds"`
+}
+
+// VersionPolicy says which versions load at start, as in Triton: the latest
+// N, all, or a specific list. Exactly one field may be set.
+type VersionPolicy struct {
+	Latest   int     `yaml:"latest"`
+	All      bool    `yaml:"all"`
+	Specific []int64 `yaml:"specific"`
+}
+
+// Execution selects where and how the model runs.
+type Execution struct {
+	// Providers in order of preference: cpu (always available), cuda.
+	Providers []string `yaml:"providers"`
+	// IntraOpThreads: 0 lets the server choose from the machine's cores.
+	IntraOpThreads int `yaml:"intra_op_threads"`
+	InterOpThreads int `yaml:"inter_op_threads"`
+	// GraphOptimization: all (default), extended, basic or disabled.
+	GraphOptimization string `yaml:"graph_optimization"`
+}
+
+// Provenance records how the model was made and what it is for.
+type Provenance struct {
+	IntendedUse  string             `yaml:"intended_use"`
+	TrainingData string             `yaml:"training_data"`
+	Metrics      map[string]float64 `yaml:"metrics"`
+	License      string             `yaml:"license"`
+}
+
+// Defaults applied where a bundle leaves a field out.
+const (
+	DefaultMaxQueueSize = 64
+	DefaultInstances    = 1
+)
+
+var (
+	nameRE       = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+	tasks        = []string{"classification", "segmentation", "both"}
+	outputKinds  = []string{"scores", "mask", "tensor"}
+	activations  = []string{"none", "sigmoid", "softmax"}
+	providers    = []string{"cpu", "cuda"}
+	optimization = []string{"all", "extended", "basic", "disabled"}
+)
+
+// FieldError is a validation error that names the file and the field.
+type FieldError struct {
+	File  string
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string {
+	if e.Field == "" {
+		return fmt.Sprintf("%s: %s", e.File, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s: %s", e.File, e.Field, e.Msg)
+}
+
+// Parse decodes and validates a bundle.yaml. file names the source in errors.
+func Parse(file string, data []byte) (*Spec, error) {
+	if len(data) > MaxFileSize {
+		return nil, &FieldError{File: file, Msg: fmt.Sprintf("file is %d bytes, more than the %d allowed", len(data), MaxFileSize)}
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var s Spec
+	if err := dec.Decode(&s); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &FieldError{File: file, Msg: "file is empty"}
+		}
+		return nil, &FieldError{File: file, Msg: strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: "), "\n ", "")}
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, &FieldError{File: file, Msg: "more than one YAML document"}
+	}
+	s.applyDefaults()
+	if err := s.validate(file); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+func (s *Spec) applyDefaults() {
+	if s.InstanceCount == 0 {
+		s.InstanceCount = DefaultInstances
+	}
+	if s.Queue.MaxQueueSize == 0 {
+		s.Queue.MaxQueueSize = DefaultMaxQueueSize
+	}
+	if s.VersionPolicy == nil {
+		s.VersionPolicy = &VersionPolicy{Latest: 1}
+	}
+	if len(s.Execution.Providers) == 0 {
+		s.Execution.Providers = []string{"cpu"}
+	}
+	if s.Execution.GraphOptimization == "" {
+		s.Execution.GraphOptimization = "all"
+	}
+	for i := range s.Outputs {
+		if s.Outputs[i].Activation == "" {
+			s.Outputs[i].Activation = "none"
+		}
+	}
+}
+
+func (s *Spec) validate(file string) error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{File: file, Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	if s.Name == "" {
+		bad("name", "is required")
+	} else if !nameRE.MatchString(s.Name) {
+		bad("name", "%q must be lower case letters, digits, '.', '_' or '-' (at most 63)", s.Name)
+	}
+	if !oneOf(s.Task, tasks) {
+		bad("task", "%q must be one of %s", s.Task, strings.Join(tasks, ", "))
+	}
+	if len(s.Inputs) == 0 {
+		bad("inputs", "at least one input is required")
+	}
+	if len(s.Outputs) == 0 {
+		bad("outputs", "at least one output is required")
+	}
+	if s.MaxBatchSize < 0 {
+		bad("max_batch_size", "%d must be >= 0", s.MaxBatchSize)
+	}
+	if s.InstanceCount < 0 || s.InstanceCount > 64 {
+		bad("instance_count", "%d must be between 1 and 64", s.InstanceCount)
+	}
+	if s.Queue.MaxQueueSize < 0 {
+		bad("queue.max_queue_size", "%d must be >= 0", s.Queue.MaxQueueSize)
+	}
+	if s.Queue.DefaultTimeoutMicroseconds < 0 {
+		bad("queue.default_timeout_microseconds", "%d must be >= 0", s.Queue.DefaultTimeoutMicroseconds)
+	}
+	names := map[string]string{}
+	checkTensor := func(field, name, dtype string, dims []int64) {
+		if name == "" {
+			bad(field+".name", "is required")
+		} else if prev, dup := names[name]; dup {
+			bad(field+".name", "%q is already used by %s", name, prev)
+		} else {
+			names[name] = field
+		}
+		if _, err := tensor.ParseDType(dtype); err != nil {
+			bad(field+".data_type", "%v", err)
+		}
+		if len(dims) == 0 && s.MaxBatchSize == 0 {
+			bad(field+".dims", "is required (a scalar model input is not supported)")
+		}
+		for j, d := range dims {
+			if d == 0 || d < -1 {
+				bad(fmt.Sprintf("%s.dims[%d]", field, j), "%d must be > 0, or -1 for a dynamic axis", d)
+			}
+		}
+	}
+	for i, in := range s.Inputs {
+		checkTensor(fmt.Sprintf("inputs[%d]", i), in.Name, in.DataType, in.Dims)
+	}
+	for i, out := range s.Outputs {
+		field := fmt.Sprintf("outputs[%d]", i)
+		checkTensor(field, out.Name, out.DataType, out.Dims)
+		if !oneOf(out.Kind, outputKinds) {
+			bad(field+".kind", "%q must be one of %s", out.Kind, strings.Join(outputKinds, ", "))
+		}
+		if !oneOf(out.Activation, activations) {
+			bad(field+".activation", "%q must be one of %s", out.Activation, strings.Join(activations, ", "))
+		}
+		if (out.Kind == "scores" || out.Kind == "mask") && len(out.Labels) == 0 {
+			bad(field+".labels", "a %s output needs at least one label", out.Kind)
+		}
+		if out.Kind == "scores" || out.Kind == "mask" {
+			if out.DataType != string(tensor.Float32) {
+				bad(field+".data_type", "a %s output must be float32, not %q", out.Kind, out.DataType)
+			}
+		}
+		for j, l := range out.Labels {
+			lf := fmt.Sprintf("%s.labels[%d]", field, j)
+			if l.Name == "" {
+				bad(lf+".name", "is required")
+			}
+			if l.Threshold < 0 || l.Threshold > 1 {
+				bad(lf+".threshold", "%g must be between 0 and 1", l.Threshold)
+			}
+			if l.Code != nil && (l.Code.Scheme == "" || l.Code.Value == "" || l.Code.Meaning == "") {
+				bad(lf+".code", "needs scheme, value and meaning")
+			}
+		}
+	}
+	if vp := s.VersionPolicy; vp != nil {
+		set := 0
+		if vp.Latest != 0 {
+			set++
+		}
+		if vp.All {
+			set++
+		}
+		if len(vp.Specific) > 0 {
+			set++
+		}
+		if set != 1 {
+			bad("version_policy", "set exactly one of latest, all, specific")
+		}
+		if vp.Latest < 0 {
+			bad("version_policy.latest", "%d must be >= 1", vp.Latest)
+		}
+		for j, v := range vp.Specific {
+			if v < 1 {
+				bad(fmt.Sprintf("version_policy.specific[%d]", j), "%d must be >= 1", v)
+			}
+		}
+	}
+	for i, p := range s.Execution.Providers {
+		if !oneOf(p, providers) {
+			bad(fmt.Sprintf("execution.providers[%d]", i), "%q must be one of %s", p, strings.Join(providers, ", "))
+		}
+	}
+	if s.Execution.IntraOpThreads < 0 || s.Execution.IntraOpThreads > 1024 {
+		bad("execution.intra_op_threads", "%d must be between 0 and 1024", s.Execution.IntraOpThreads)
+	}
+	if s.Execution.InterOpThreads < 0 || s.Execution.InterOpThreads > 1024 {
+		bad("execution.inter_op_threads", "%d must be between 0 and 1024", s.Execution.InterOpThreads)
+	}
+	if !oneOf(s.Execution.GraphOptimization, optimization) {
+		bad("execution.graph_optimization", "%q must be one of %s", s.Execution.GraphOptimization, strings.Join(optimization, ", "))
+	}
+	return errors.Join(errs...)
+}
+
+func oneOf(s string, set []string) bool {
+	for _, x := range set {
+		if s == x {
+			return true
+		}
+	}
+	return false
+}
+
+// Bundle is a parsed bundle folder: its spec and the versions on disk.
+type Bundle struct {
+	Dir      string
+	Spec     *Spec
+	Versions []int64 // ascending
+}
+
+// ModelPath is where a version's ONNX file lives.
+func (b *Bundle) ModelPath(version int64) string {
+	return filepath.Join(b.Dir, strconv.FormatInt(version, 10), ModelFile)
+}
+
+// Read parses the bundle in dir and lists its version folders.
+func Read(dir string) (*Bundle, error) {
+	file := filepath.Join(dir, FileName)
+	st, err := os.Stat(file)
+	if err != nil {
+		return nil, &FieldError{File: file, Msg: "cannot read: " + err.Error()}
+	}
+	if st.Size() > MaxFileSize {
+		return nil, &FieldError{File: file, Msg: fmt.Sprintf("file is %d bytes, more than the %d allowed", st.Size(), MaxFileSize)}
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, &FieldError{File: file, Msg: err.Error()}
+	}
+	spec, err := Parse(file, data)
+	if err != nil {
+		return nil, err
+	}
+	if base := filepath.Base(filepath.Clean(dir)); spec.Name != base {
+		return nil, &FieldError{File: file, Field: "name", Msg: fmt.Sprintf("%q must match the folder name %q", spec.Name, base)}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, &FieldError{File: dir, Msg: err.Error()}
+	}
+	b := &Bundle{Dir: dir, Spec: spec}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		v, err := strconv.ParseInt(e.Name(), 10, 64)
+		if err != nil || v < 1 {
+			continue // Triton ignores non-numeric folders too
+		}
+		if _, err := os.Stat(b.ModelPath(v)); err != nil {
+			return nil, &FieldError{File: b.ModelPath(v), Msg: "version folder has no " + ModelFile}
+		}
+		b.Versions = append(b.Versions, v)
+	}
+	sort.Slice(b.Versions, func(i, j int) bool { return b.Versions[i] < b.Versions[j] })
+	if len(b.Versions) == 0 {
+		return nil, &FieldError{File: dir, Msg: "no version folders (<version>/" + ModelFile + ")"}
+	}
+	return b, nil
+}
+
+// Select returns the versions the version policy loads at start.
+func (b *Bundle) Select() []int64 {
+	vp := b.Spec.VersionPolicy
+	switch {
+	case vp.All:
+		return append([]int64(nil), b.Versions...)
+	case len(vp.Specific) > 0:
+		var out []int64
+		for _, v := range vp.Specific {
+			if b.Has(v) {
+				out = append(out, v)
+			}
+		}
+		return out
+	default:
+		n := vp.Latest
+		if n > len(b.Versions) {
+			n = len(b.Versions)
+		}
+		return append([]int64(nil), b.Versions[len(b.Versions)-n:]...)
+	}
+}
+
+// Has reports whether version v is on disk.
+func (b *Bundle) Has(v int64) bool {
+	for _, x := range b.Versions {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// ListRepository returns the model folders in a repository (folders that
+// hold a bundle.yaml), sorted by name.
+func ListRepository(repo string) ([]string, error) {
+	entries, err := os.ReadDir(repo)
+	if err != nil {
+		return nil, fmt.Errorf("model repository: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			if _, err := os.Stat(filepath.Join(repo, e.Name(), FileName)); err == nil {
+				names = append(names, e.Name())
+			}
+		}
+	}
+	return names, nil
+}

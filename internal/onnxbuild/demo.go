@@ -1,0 +1,52 @@
+package onnxbuild
+
+// Hyperdensity is the demo model bundled until the trained reference models
+// land: per-voxel probability that a CT voxel is denser than threshold HU,
+// p = sigmoid((x - threshold) / width), and per-study score = max p. Acute
+// blood is 50-90 HU, so threshold 60 / width 5 flags blood-like voxels (and
+// bone: it is a demonstration of the serving path, not a detector).
+//
+//	input  image  float32 [batch, 1, depth, height, width]  (HU)
+//	output probability_map float32 [batch, 1, depth, height, width]
+//	output score float32 [batch, 1]
+func Hyperdensity(threshold, width float32) Model {
+	vol := []Dim{{Param: "batch"}, {Value: 1}, {Param: "depth"}, {Param: "height"}, {Param: "width"}}
+	return Model{
+		Name:      "hyperdensity",
+		Opset:     17,
+		DocString: "voxserve demo: sigmoid((HU - threshold) / width); not a medical device",
+		Inputs:    []Value{{Name: "image", Type: Float, Shape: vol}},
+		Outputs: []Value{
+			{Name: "probability_map", Type: Float, Shape: vol},
+			{Name: "score", Type: Float, Shape: []Dim{{Param: "batch"}, {Value: 1}}},
+		},
+		Initializers: []Initializer{
+			{Name: "threshold", Float32: []float32{threshold}},
+			{Name: "width", Float32: []float32{width}},
+		},
+		Nodes: []Node{
+			{Op: "Sub", Inputs: []string{"image", "threshold"}, Outputs: []string{"centred"}},
+			{Op: "Div", Inputs: []string{"centred", "width"}, Outputs: []string{"logit"}},
+			{Op: "Sigmoid", Inputs: []string{"logit"}, Outputs: []string{"probability_map"}},
+			{Op: "ReduceMax", Inputs: []string{"probability_map"}, Outputs: []string{"score"},
+				Attrs: []Attr{Ints("axes", 2, 3, 4), I("keepdims", 0)}},
+		},
+	}
+}
+
+// Affine is a small fixed-shape model for tests: y = x*scale + bias over a
+// float32 [batch, dims...] input.
+func Affine(dims []int64, scale, bias float32) Model {
+	shape := append([]Dim{{Param: "batch"}}, D(dims...)...)
+	return Model{
+		Name:         "affine",
+		Opset:        17,
+		Inputs:       []Value{{Name: "x", Type: Float, Shape: shape}},
+		Outputs:      []Value{{Name: "y", Type: Float, Shape: shape}},
+		Initializers: []Initializer{{Name: "scale", Float32: []float32{scale}}, {Name: "bias", Float32: []float32{bias}}},
+		Nodes: []Node{
+			{Op: "Mul", Inputs: []string{"x", "scale"}, Outputs: []string{"scaled"}},
+			{Op: "Add", Inputs: []string{"scaled", "bias"}, Outputs: []string{"y"}},
+		},
+	}
+}

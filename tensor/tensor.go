@@ -1,0 +1,137 @@
+// Package tensor holds the dense, little-endian tensors that flow between the
+// API, the engine and the CLI, their element types, and the .npy file format.
+package tensor
+
+import (
+	"fmt"
+	"math"
+	"strings"
+)
+
+// DType is an element type. The names are NumPy's, which is what users of
+// medical imaging stacks read and write every day.
+type DType string
+
+// The element types voxserve accepts.
+const (
+	Float32 DType = "float32"
+	Float16 DType = "float16"
+	Float64 DType = "float64"
+	Int8    DType = "int8"
+	Uint8   DType = "uint8"
+	Int16   DType = "int16"
+	Uint16  DType = "uint16"
+	Int32   DType = "int32"
+	Int64   DType = "int64"
+	Bool    DType = "bool"
+)
+
+var sizes = map[DType]int{
+	Float32: 4, Float16: 2, Float64: 8, Int8: 1, Uint8: 1,
+	Int16: 2, Uint16: 2, Int32: 4, Int64: 8, Bool: 1,
+}
+
+// DTypes lists the supported element types, for error messages and docs.
+func DTypes() []DType {
+	return []DType{Float32, Float16, Float64, Int8, Uint8, Int16, Uint16, Int32, Int64, Bool}
+}
+
+// ParseDType checks a type name.
+func ParseDType(s string) (DType, error) {
+	d := DType(s)
+	if _, ok := sizes[d]; !ok {
+		names := make([]string, 0, len(sizes))
+		for _, t := range DTypes() {
+			names = append(names, string(t))
+		}
+		return "", fmt.Errorf("unknown data type %q (want one of %s)", s, strings.Join(names, ", "))
+	}
+	return d, nil
+}
+
+// Size is the width of one element in bytes, 0 for an unknown type.
+func (d DType) Size() int { return sizes[d] }
+
+// Tensor is a dense row-major tensor with little-endian elements.
+type Tensor struct {
+	Name  string
+	DType DType
+	Shape []int64
+	Data  []byte
+}
+
+// MaxElements caps any shape's element count so that size arithmetic never
+// overflows and no claim in a request can make us allocate without bound.
+const MaxElements = 1 << 34
+
+// NumElements returns the product of the dimensions, or an error when a
+// dimension is negative or the product is implausibly large.
+func NumElements(shape []int64) (int64, error) {
+	n := int64(1)
+	for i, d := range shape {
+		if d < 0 {
+			return 0, fmt.Errorf("dimension %d is %d; dimensions must be >= 0", i, d)
+		}
+		if d != 0 && n > MaxElements/d {
+			return 0, fmt.Errorf("shape %v has more than %d elements", shape, int64(MaxElements))
+		}
+		n *= d
+	}
+	return n, nil
+}
+
+// Check verifies that the data length matches the shape and element type.
+func (t *Tensor) Check() error {
+	size := t.DType.Size()
+	if size == 0 {
+		_, err := ParseDType(string(t.DType))
+		return err
+	}
+	n, err := NumElements(t.Shape)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("shape %v has no elements", t.Shape)
+	}
+	if want := n * int64(size); int64(len(t.Data)) != want {
+		return fmt.Errorf("data is %d bytes but shape %v of %s needs %d", len(t.Data), t.Shape, t.DType, want)
+	}
+	return nil
+}
+
+// Float32s views a float32 tensor's data as float32 values (a copy).
+func (t *Tensor) Float32s() ([]float32, error) {
+	if t.DType != Float32 {
+		return nil, fmt.Errorf("tensor %q is %s, not float32", t.Name, t.DType)
+	}
+	out := make([]float32, len(t.Data)/4)
+	for i := range out {
+		b := t.Data[4*i:]
+		out[i] = math.Float32frombits(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24)
+	}
+	return out, nil
+}
+
+// FromFloat32 builds a float32 tensor.
+func FromFloat32(name string, shape []int64, v []float32) *Tensor {
+	data := make([]byte, 4*len(v))
+	for i, x := range v {
+		u := math.Float32bits(x)
+		data[4*i], data[4*i+1], data[4*i+2], data[4*i+3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
+	}
+	return &Tensor{Name: name, DType: Float32, Shape: append([]int64(nil), shape...), Data: data}
+}
+
+// ShapeString formats a shape the way error messages show it, with -1 as "?".
+func ShapeString(shape []int64) string {
+	parts := make([]string, len(shape))
+	for i, d := range shape {
+		if d < 0 {
+			parts[i] = "?"
+		} else {
+			parts[i] = fmt.Sprint(d)
+		}
+	}
+	return "[" + strings.Join(parts, ",") + "]"
+}
