@@ -89,6 +89,7 @@ type Label struct {
 	// Code identifies the finding in a coding scheme (SNOMED CT, RadLex).
 	Code *Code `yaml:"code"`
 	// Threshold turns a probability into a decision; the site may tune it.
+	// Absent (or 0) means DefaultThreshold.
 	Threshold float64 `yaml:"threshold"`
 }
 
@@ -139,6 +140,7 @@ type Provenance struct {
 const (
 	DefaultMaxQueueSize = 64
 	DefaultInstances    = 1
+	DefaultThreshold    = 0.5
 )
 
 var (
@@ -206,8 +208,14 @@ func (s *Spec) applyDefaults() {
 		s.Execution.GraphOptimization = "all"
 	}
 	for i := range s.Outputs {
-		if s.Outputs[i].Activation == "" {
-			s.Outputs[i].Activation = "none"
+		o := &s.Outputs[i]
+		if o.Activation == "" {
+			o.Activation = "none"
+		}
+		for j := range o.Labels {
+			if o.Labels[j].Threshold == 0 {
+				o.Labels[j].Threshold = DefaultThreshold
+			}
 		}
 	}
 }

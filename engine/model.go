@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -123,3 +124,6 @@ func (m *Model) close() {
 }
 
 func (m *Model) String() string { return fmt.Sprintf("%s:%d", m.Spec.Name, m.Version) }
+
+// BundleDir is the bundle folder the version was loaded from.
+func (m *Model) BundleDir() string { return filepath.Dir(filepath.Dir(m.Path)) }

@@ -126,15 +126,8 @@ func (r *Registry) Load(name string, versions []int64) ([]*Model, error) {
 
 func (r *Registry) loadVersion(b *bundle.Bundle, v int64) (*Model, error) {
 	path := b.ModelPath(v)
-	data, err := readModel(path, MaxModelBytes)
+	data, err := checkVersion(b, v)
 	if err != nil {
-		return nil, err
-	}
-	ins, outs, err := graphInfo(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: not a loadable ONNX model: %v", path, err)
-	}
-	if err := checkGraph(path, b.Spec, ins, outs); err != nil {
 		return nil, err
 	}
 	sess, err := newSession(b.Spec, data, r.log.With("model", b.Spec.Name, "version", v))
@@ -285,4 +278,38 @@ func validName(n string) bool {
 		}
 	}
 	return true
+}
+
+// Validate checks a bundle folder as a load would, without serving it: the
+// descriptor, and every version's ONNX graph against the declaration.
+func Validate(dir string) (*bundle.Bundle, error) {
+	b, err := bundle.Read(dir)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, v := range b.Versions {
+		if _, err := checkVersion(b, v); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return b, errors.Join(errs...)
+}
+
+// checkVersion reads a version's ONNX file and checks its graph against the
+// bundle's declaration, returning the file's bytes.
+func checkVersion(b *bundle.Bundle, v int64) ([]byte, error) {
+	path := b.ModelPath(v)
+	data, err := readModel(path, MaxModelBytes)
+	if err != nil {
+		return nil, err
+	}
+	ins, outs, err := graphInfo(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: not a loadable ONNX model: %v", path, err)
+	}
+	if err := checkGraph(path, b.Spec, ins, outs); err != nil {
+		return nil, err
+	}
+	return data, nil
 }

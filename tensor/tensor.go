@@ -3,6 +3,7 @@
 package tensor
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"strings"
@@ -105,20 +106,14 @@ func (t *Tensor) Float32s() ([]float32, error) {
 	if t.DType != Float32 {
 		return nil, fmt.Errorf("tensor %q is %s, not float32", t.Name, t.DType)
 	}
-	out := make([]float32, len(t.Data)/4)
-	for i := range out {
-		b := t.Data[4*i:]
-		out[i] = math.Float32frombits(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24)
-	}
-	return out, nil
+	return ToFloat32(t)
 }
 
 // FromFloat32 builds a float32 tensor.
 func FromFloat32(name string, shape []int64, v []float32) *Tensor {
 	data := make([]byte, 4*len(v))
 	for i, x := range v {
-		u := math.Float32bits(x)
-		data[4*i], data[4*i+1], data[4*i+2], data[4*i+3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
+		binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(x))
 	}
 	return &Tensor{Name: name, DType: Float32, Shape: append([]int64(nil), shape...), Data: data}
 }
@@ -134,4 +129,47 @@ func ShapeString(shape []int64) string {
 		}
 	}
 	return "[" + strings.Join(parts, ",") + "]"
+}
+
+// ToFloat32 converts a tensor of any numeric type to float32 values.
+func ToFloat32(t *Tensor) ([]float32, error) {
+	if err := t.Check(); err != nil {
+		return nil, err
+	}
+	d := t.Data
+	n := len(d) / t.DType.Size()
+	out := make([]float32, n)
+	switch t.DType {
+	case Float32:
+		for i := range out {
+			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(d[4*i:]))
+		}
+	case Float64:
+		for i := range out {
+			out[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(d[8*i:])))
+		}
+	case Int16:
+		for i := range out {
+			out[i] = float32(int16(binary.LittleEndian.Uint16(d[2*i:])))
+		}
+	case Uint16:
+		for i := range out {
+			out[i] = float32(binary.LittleEndian.Uint16(d[2*i:]))
+		}
+	case Int8:
+		for i := range out {
+			out[i] = float32(int8(d[i]))
+		}
+	case Uint8, Bool:
+		for i := range out {
+			out[i] = float32(d[i])
+		}
+	case Int32:
+		for i := range out {
+			out[i] = float32(int32(binary.LittleEndian.Uint32(d[4*i:])))
+		}
+	default:
+		return nil, fmt.Errorf("cannot convert %s to float32", t.DType)
+	}
+	return out, nil
 }

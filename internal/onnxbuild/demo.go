@@ -1,5 +1,7 @@
 package onnxbuild
 
+import "strconv"
+
 // Hyperdensity is the demo model bundled until the trained reference models
 // land: per-voxel probability that a CT voxel is denser than threshold HU,
 // p = sigmoid((x - threshold) / width), and per-study score = max p. Acute
@@ -49,4 +51,29 @@ func Affine(dims []int64, scale, bias float32) Model {
 			{Op: "Add", Inputs: []string{"scaled", "bias"}, Outputs: []string{"y"}},
 		},
 	}
+}
+
+// MatMulChain computes y = x·x·…·x (k products, with a Tanh between to
+// keep values bounded) over a float32 [batch, n, n] input with dynamic n.
+// Its cost grows with n³, which tests use to keep a request busy.
+func MatMulChain(k int) Model {
+	shape := []Dim{{Param: "batch"}, {Param: "n"}, {Param: "n"}}
+	m := Model{
+		Name:    "matmul_chain",
+		Opset:   17,
+		Inputs:  []Value{{Name: "x", Type: Float, Shape: shape}},
+		Outputs: []Value{{Name: "y", Type: Float, Shape: shape}},
+	}
+	prev := "x"
+	for i := 0; i < k; i++ {
+		mm, th := "mm"+strconv.Itoa(i), "t"+strconv.Itoa(i)
+		if i == k-1 {
+			th = "y"
+		}
+		m.Nodes = append(m.Nodes,
+			Node{Op: "MatMul", Inputs: []string{prev, "x"}, Outputs: []string{mm}},
+			Node{Op: "Tanh", Inputs: []string{mm}, Outputs: []string{th}})
+		prev = th
+	}
+	return m
 }

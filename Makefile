@@ -1,0 +1,100 @@
+# voxserve. `make run` and `make test` are all a new machine needs: each
+# installs what is missing (Go modules, ONNX Runtime from npm, tools from the
+# Go module proxy, Python packages from PyPI into .venv) and is idempotent.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+GO        ?= go
+DEPS      := .deps
+GOBIN_DIR := $(CURDIR)/$(DEPS)/bin
+ORT_LIB   := $(DEPS)/onnxruntime/libonnxruntime.so.1
+VENV      := .venv
+PY        := $(VENV)/bin/python
+
+STATICCHECK_VERSION   := v0.8.2
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GRPC_VERSION := v1.6.0
+
+GRPC_ADDR ?= 127.0.0.1:8001
+HTTP_ADDR ?= 127.0.0.1:8002
+MODELS    ?= models
+# Test flags: -race everywhere (the server, engine and bench are concurrent).
+TEST_FLAGS ?= -race -count=1 -timeout 15m
+
+export CGO_ENABLED := 1
+
+.PHONY: deps deps-go build run test test-short lint fmt vet staticcheck proto proto-check \
+        fuzz models-demo clean help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+deps: $(ORT_LIB) deps-go ## install what is missing: ONNX Runtime, Go modules
+
+$(ORT_LIB): scripts/fetch-onnxruntime.sh
+	@scripts/fetch-onnxruntime.sh $(DEPS)/onnxruntime
+	@touch $@
+
+deps-go:
+	@$(GO) mod download
+
+build: deps ## build bin/voxserve, bin/voxctl, bin/voxbench
+	$(GO) build -o bin/ ./cmd/...
+
+run: build ## build and serve the bundled models (CPU when there is no GPU)
+	bin/voxserve --model-repository $(MODELS) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
+
+test: deps lint ## the whole test suite
+	$(GO) test $(TEST_FLAGS) ./...
+
+test-short: deps ## tests without -race and lint, for a quick loop
+	$(GO) test -count=1 ./...
+
+lint: fmt vet staticcheck ## gofmt, go vet, staticcheck
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.deps/*')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+$(GOBIN_DIR)/staticcheck:
+	GOBIN=$(GOBIN_DIR) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+staticcheck: $(GOBIN_DIR)/staticcheck
+	$(GOBIN_DIR)/staticcheck ./...
+
+$(VENV)/.ok: scripts/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+	@touch $@
+
+$(GOBIN_DIR)/protoc-gen-go:
+	GOBIN=$(GOBIN_DIR) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(GOBIN_DIR)/protoc-gen-go-grpc:
+	GOBIN=$(GOBIN_DIR) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GRPC_VERSION)
+
+PROTOS := $(shell find proto -name '*.proto')
+
+proto: $(VENV)/.ok $(GOBIN_DIR)/protoc-gen-go $(GOBIN_DIR)/protoc-gen-go-grpc ## regenerate Go code from proto/
+	PATH=$(GOBIN_DIR):$$PATH $(PY) -m grpc_tools.protoc -I proto \
+	  --go_out=. --go_opt=module=github.com/voxserve/voxserve \
+	  --go-grpc_out=. --go-grpc_opt=module=github.com/voxserve/voxserve $(PROTOS)
+
+proto-check: proto ## fail if the committed generated code is stale
+	@git diff --exit-code -- proto || { echo "generated code in proto/ is stale: run make proto and commit"; exit 1; }
+
+FUZZTIME ?= 30s
+fuzz: deps ## run every fuzz target for FUZZTIME each
+	@for p in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$p | grep '^Fuzz'); do \
+	    echo "== $$p $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
+	  done; done
+
+models-demo: ## regenerate the demo bundle's ONNX file
+	$(GO) run ./scripts/gen-demo-model $(MODELS)/hyperdensity/1/model.onnx
+
+clean: ## remove build outputs (keeps .deps and .venv)
+	rm -rf bin

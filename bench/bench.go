@@ -1,0 +1,175 @@
+// Package bench drives load against a voxserve server and summarises it:
+// a closed-loop concurrency sweep with warm-up, latency percentiles and
+// throughput per step.
+package bench
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Call makes one request; it returns the server-side queue and compute
+// times when the response reports them.
+type Call func(ctx context.Context) (queue, compute time.Duration, err error)
+
+// Step is one concurrency level's result.
+type Step struct {
+	Concurrency   int     `json:"concurrency"`
+	Requests      int     `json:"requests"`
+	Errors        int     `json:"errors"`
+	DurationS     float64 `json:"duration_s"`
+	ThroughputRPS float64 `json:"throughput_rps"`
+	P50Ms         float64 `json:"p50_ms"`
+	P90Ms         float64 `json:"p90_ms"`
+	P95Ms         float64 `json:"p95_ms"`
+	P99Ms         float64 `json:"p99_ms"`
+	MeanQueueMs   float64 `json:"mean_queue_ms"`
+	MeanComputeMs float64 `json:"mean_compute_ms"`
+	FirstError    string  `json:"first_error,omitempty"`
+}
+
+// Config is one sweep.
+type Config struct {
+	Concurrency []int
+	Duration    time.Duration
+	Warmup      time.Duration
+	// MaxRequests bounds each step (0: none) so that a run always ends.
+	MaxRequests int
+	// Progress, if set, is told each step as it starts.
+	Progress func(step, of, concurrency int)
+}
+
+// Sweep runs each concurrency level in turn: a warm-up whose results are
+// dropped, then the measured window.
+func Sweep(ctx context.Context, cfg Config, call Call) ([]Step, error) {
+	var steps []Step
+	for i, c := range cfg.Concurrency {
+		if c < 1 {
+			return nil, fmt.Errorf("concurrency %d must be >= 1", c)
+		}
+		if cfg.Progress != nil {
+			cfg.Progress(i+1, len(cfg.Concurrency), c)
+		}
+		if cfg.Warmup > 0 {
+			closedLoop(ctx, c, cfg.Warmup, 0, call)
+		}
+		s := closedLoop(ctx, c, cfg.Duration, cfg.MaxRequests, call)
+		steps = append(steps, s)
+		if err := ctx.Err(); err != nil {
+			return steps, err
+		}
+	}
+	return steps, nil
+}
+
+type sample struct {
+	lat, queue, compute time.Duration
+	err                 error
+}
+
+// closedLoop runs conc workers that each send a request as soon as the
+// previous one returns. Workers stop starting requests when the window ends;
+// requests already sent finish and count, so no sample is cut off.
+func closedLoop(ctx context.Context, conc int, d time.Duration, maxReq int, call Call) Step {
+	var (
+		mu      sync.Mutex
+		samples []sample
+		wg      sync.WaitGroup
+		full    atomic.Bool
+	)
+	start := time.Now()
+	end := start.Add(d)
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil && !full.Load() && time.Now().Before(end) {
+				t0 := time.Now()
+				q, c, err := call(ctx)
+				mu.Lock()
+				samples = append(samples, sample{time.Since(t0), q, c, err})
+				if maxReq > 0 && len(samples) >= maxReq {
+					full.Store(true)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return summarise(conc, time.Since(start), samples)
+}
+
+func summarise(conc int, elapsed time.Duration, samples []sample) Step {
+	s := Step{Concurrency: conc, DurationS: elapsed.Seconds()}
+	var lats []float64
+	var q, c float64
+	for _, x := range samples {
+		s.Requests++
+		if x.err != nil {
+			s.Errors++
+			if s.FirstError == "" {
+				s.FirstError = x.err.Error()
+			}
+			continue
+		}
+		lats = append(lats, float64(x.lat.Microseconds())/1000)
+		q += float64(x.queue.Microseconds()) / 1000
+		c += float64(x.compute.Microseconds()) / 1000
+	}
+	if n := len(lats); n > 0 {
+		sort.Float64s(lats)
+		s.ThroughputRPS = float64(n) / elapsed.Seconds()
+		s.P50Ms, s.P90Ms, s.P95Ms, s.P99Ms = Percentile(lats, 50), Percentile(lats, 90), Percentile(lats, 95), Percentile(lats, 99)
+		s.MeanQueueMs, s.MeanComputeMs = q/float64(n), c/float64(n)
+	}
+	return s
+}
+
+// Percentile of sorted values, nearest-rank.
+func Percentile(sorted []float64, p float64) float64 {
+	if len(sorted) == 0 {
+		return math.NaN()
+	}
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	rank = min(max(rank, 1), len(sorted))
+	return sorted[rank-1]
+}
+
+// Report is what a run writes: the steps with the context to reproduce them.
+type Report struct {
+	Command   string            `json:"command"`
+	Target    string            `json:"target"`
+	Model     string            `json:"model"`
+	StartedAt time.Time         `json:"started_at"`
+	Machine   map[string]string `json:"machine"`
+	Steps     []Step            `json:"steps"`
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteCSV writes one row per step.
+func (r *Report) WriteCSV(w io.Writer) error {
+	cw := csv.NewWriter(w)
+	_ = cw.Write([]string{"concurrency", "requests", "errors", "duration_s", "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_queue_ms", "mean_compute_ms"})
+	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+	for _, s := range r.Steps {
+		_ = cw.Write([]string{strconv.Itoa(s.Concurrency), strconv.Itoa(s.Requests), strconv.Itoa(s.Errors), f(s.DurationS),
+			f(s.ThroughputRPS), f(s.P50Ms), f(s.P90Ms), f(s.P95Ms), f(s.P99Ms), f(s.MeanQueueMs), f(s.MeanComputeMs)})
+	}
+	cw.Flush()
+	return cw.Error()
+}

@@ -1,0 +1,198 @@
+package bundle
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const valid = `name: demo
+task: both
+modalities: [CT]
+inputs:
+  - name: image
+    data_type: float32
+    dims: [1, 64, 64]
+outputs:
+  - name: score
+    data_type: float32
+    dims: [2]
+    kind: scores
+    activation: sigmoid
+    labels:
+      - name: bleed
+        code: {scheme: SCT, value: "50960005", meaning: Hemorrhage}
+        threshold: 0.3
+      - name: other
+max_batch_size: 8
+`
+
+func TestParseValid(t *testing.T) {
+	s, err := Parse("demo/bundle.yaml", []byte(valid))
+	require.NoError(t, err)
+	assert.Equal(t, "demo", s.Name)
+	assert.Equal(t, int64(8), s.MaxBatchSize)
+	// Defaults.
+	assert.Equal(t, 1, s.InstanceCount)
+	assert.Equal(t, DefaultMaxQueueSize, s.Queue.MaxQueueSize)
+	assert.Equal(t, []string{"cpu"}, s.Execution.Providers)
+	assert.Equal(t, "all", s.Execution.GraphOptimization)
+	assert.Equal(t, 1, s.VersionPolicy.Latest)
+	assert.Equal(t, 0.3, s.Outputs[0].Labels[0].Threshold)
+	assert.Equal(t, DefaultThreshold, s.Outputs[0].Labels[1].Threshold)
+}
+
+func TestParseErrorsNameFileAndField(t *testing.T) {
+	tests := []struct {
+		name    string
+		edit    func(string) string
+		wantErr []string
+	}{
+		{"unknown field", func(s string) string { return s + "max_batch: 3\n" },
+			[]string{"demo/bundle.yaml", "field max_batch not found"}},
+		{"unknown nested field", func(s string) string {
+			return strings.Replace(s, "    dims: [1, 64, 64]", "    dims: [1, 64, 64]\n    shape: [1]", 1)
+		},
+			[]string{"demo/bundle.yaml", "field shape not found"}},
+		{"missing name", func(s string) string { return strings.Replace(s, "name: demo\n", "", 1) },
+			[]string{"demo/bundle.yaml: name: is required"}},
+		{"bad name", func(s string) string { return strings.Replace(s, "name: demo", "name: ../etc", 1) },
+			[]string{"name: \"../etc\" must be lower case"}},
+		{"bad task", func(s string) string { return strings.Replace(s, "task: both", "task: detection", 1) },
+			[]string{"task: \"detection\" must be one of classification, segmentation, both"}},
+		{"bad dtype", func(s string) string {
+			return strings.Replace(s, "data_type: float32\n    dims: [1, 64", "data_type: float33\n    dims: [1, 64", 1)
+		},
+			[]string{"inputs[0].data_type: unknown data type \"float33\""}},
+		{"zero dim", func(s string) string { return strings.Replace(s, "[1, 64, 64]", "[1, 0, 64]", 1) },
+			[]string{"inputs[0].dims[1]: 0 must be > 0"}},
+		{"no inputs", func(s string) string {
+			return strings.Replace(s, "inputs:\n  - name: image\n    data_type: float32\n    dims: [1, 64, 64]\n", "", 1)
+		}, []string{"inputs: at least one input is required"}},
+		{"duplicate tensor name", func(s string) string { return strings.Replace(s, "  - name: score", "  - name: image", 1) },
+			[]string{"outputs[0].name: \"image\" is already used by inputs[0]"}},
+		{"bad kind", func(s string) string { return strings.Replace(s, "kind: scores", "kind: boxes", 1) },
+			[]string{"outputs[0].kind: \"boxes\" must be one of scores, mask, tensor"}},
+		{"bad activation", func(s string) string { return strings.Replace(s, "activation: sigmoid", "activation: relu", 1) },
+			[]string{"outputs[0].activation: \"relu\""}},
+		{"threshold out of range", func(s string) string { return strings.Replace(s, "threshold: 0.3", "threshold: 1.5", 1) },
+			[]string{"outputs[0].labels[0].threshold: 1.5 must be between 0 and 1"}},
+		{"incomplete code", func(s string) string { return strings.Replace(s, "meaning: Hemorrhage", "meaning: \"\"", 1) },
+			[]string{"outputs[0].labels[0].code: needs scheme, value and meaning"}},
+		{"scores without labels", func(s string) string {
+			return s[:strings.Index(s, "    labels:")] + "max_batch_size: 8\n"
+		}, []string{"outputs[0].labels: a scores output needs at least one label"}},
+		{"negative batch", func(s string) string { return strings.Replace(s, "max_batch_size: 8", "max_batch_size: -1", 1) },
+			[]string{"max_batch_size: -1 must be >= 0"}},
+		{"bad provider", func(s string) string { return s + "execution:\n  providers: [tpu]\n" },
+			[]string{"execution.providers[0]: \"tpu\""}},
+		{"two version policies", func(s string) string { return s + "version_policy:\n  latest: 2\n  all: true\n" },
+			[]string{"version_policy: set exactly one of latest, all, specific"}},
+		{"wrong type", func(s string) string { return strings.Replace(s, "max_batch_size: 8", "max_batch_size: eight", 1) },
+			[]string{"demo/bundle.yaml", "line", "eight"}},
+		{"two documents", func(s string) string { return s + "---\nname: x\n" },
+			[]string{"more than one YAML document"}},
+		{"empty", func(string) string { return "" }, []string{"demo/bundle.yaml: file is empty"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("demo/bundle.yaml", []byte(tt.edit(valid)))
+			require.Error(t, err)
+			for _, want := range tt.wantErr {
+				assert.Contains(t, err.Error(), want)
+			}
+		})
+	}
+}
+
+func TestParseReportsEveryProblem(t *testing.T) {
+	bad := strings.NewReplacer("task: both", "task: x", "kind: scores", "kind: y").Replace(valid)
+	_, err := Parse("b.yaml", []byte(bad))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "task:")
+	assert.Contains(t, err.Error(), "outputs[0].kind:")
+}
+
+func TestParseTooLarge(t *testing.T) {
+	_, err := Parse("b.yaml", make([]byte, MaxFileSize+1))
+	require.ErrorContains(t, err, "more than the")
+}
+
+func writeBundle(t *testing.T, dir, yaml string, versions ...string) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, FileName), []byte(yaml), 0o644))
+	for _, v := range versions {
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, v), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, v, ModelFile), []byte("onnx"), 0o644))
+	}
+}
+
+func TestReadAndSelect(t *testing.T) {
+	repo := t.TempDir()
+	dir := filepath.Join(repo, "demo")
+	writeBundle(t, dir, valid, "1", "3", "10")
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "notes"), 0o755)) // ignored, as in Triton
+
+	b, err := Read(dir)
+	require.NoError(t, err)
+	assert.Equal(t, []int64{1, 3, 10}, b.Versions)
+	assert.Equal(t, []int64{10}, b.Select())
+	assert.Equal(t, filepath.Join(dir, "3", ModelFile), b.ModelPath(3))
+
+	b.Spec.VersionPolicy = &VersionPolicy{Latest: 2}
+	assert.Equal(t, []int64{3, 10}, b.Select())
+	b.Spec.VersionPolicy = &VersionPolicy{All: true}
+	assert.Equal(t, []int64{1, 3, 10}, b.Select())
+	b.Spec.VersionPolicy = &VersionPolicy{Specific: []int64{3, 7}}
+	assert.Equal(t, []int64{3}, b.Select())
+
+	names, err := ListRepository(repo)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"demo"}, names)
+}
+
+func TestReadErrors(t *testing.T) {
+	repo := t.TempDir()
+	writeBundle(t, filepath.Join(repo, "other"), valid, "1")
+	_, err := Read(filepath.Join(repo, "other"))
+	assert.ErrorContains(t, err, `name: "demo" must match the folder name "other"`)
+
+	writeBundle(t, filepath.Join(repo, "demo"), valid)
+	_, err = Read(filepath.Join(repo, "demo"))
+	assert.ErrorContains(t, err, "no version folders")
+
+	require.NoError(t, os.MkdirAll(filepath.Join(repo, "demo", "2"), 0o755))
+	_, err = Read(filepath.Join(repo, "demo"))
+	assert.ErrorContains(t, err, "version folder has no model.onnx")
+
+	_, err = Read(filepath.Join(repo, "missing"))
+	assert.ErrorContains(t, err, "cannot read")
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(valid))
+	f.Add([]byte("name: x\ntask: both\n"))
+	f.Add([]byte("inputs: [{name: a, dims: [-1, 99999999999999]}]"))
+	f.Add([]byte("&a [*a, *a]"))
+	if b, err := os.ReadFile("../models/hyperdensity/bundle.yaml"); err == nil {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "fuzz.yaml:") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		// Whatever parses must satisfy the invariants the engine relies on.
+		if s.Name == "" || len(s.Inputs) == 0 || len(s.Outputs) == 0 || s.InstanceCount < 1 || s.Queue.MaxQueueSize < 1 {
+			t.Fatalf("accepted an invalid spec: %+v", s)
+		}
+	})
+}

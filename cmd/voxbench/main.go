@@ -1,0 +1,196 @@
+// Command voxbench measures a voxserve model under load: a closed-loop
+// concurrency sweep reporting throughput and latency percentiles, written as
+// CSV and JSON with the command and machine recorded.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/voxserve/voxserve/bench"
+	"github.com/voxserve/voxserve/client"
+	"github.com/voxserve/voxserve/engine"
+	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+	"github.com/voxserve/voxserve/server"
+	"github.com/voxserve/voxserve/tensor"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	fs := flag.NewFlagSet("voxbench", flag.ContinueOnError)
+	addr := fs.String("addr", "", "server address host:port (empty: run the server in process on --model-repository)")
+	repo := fs.String("model-repository", "models", "model repository for the in-process server")
+	model := fs.String("model", "", "model name")
+	input := fs.String("input", "", ".npy tensor to send (default: random data of the model's input shape, dynamic axes = --dim)")
+	dim := fs.Int64("dim", 32, "size used for dynamic non-batch axes when generating input")
+	conc := fs.String("concurrency", "1,2,4,8", "comma-separated concurrency levels")
+	duration := fs.Duration("duration", 10*time.Second, "measured time per level")
+	warmup := fs.Duration("warmup", 2*time.Second, "unmeasured time per level before measuring")
+	maxReq := fs.Int("max-requests", 0, "stop a level after this many requests (0: no limit)")
+	priority := fs.String("priority", "routine", "stat or routine")
+	out := fs.String("out", "", "folder for results.json and results.csv (default: print only)")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	fail := func(code int, format string, args ...any) int {
+		fmt.Fprintf(os.Stderr, "voxbench: "+format+"\n", args...)
+		return code
+	}
+	if *model == "" {
+		return fail(2, "--model is required")
+	}
+	var levels []int
+	for _, s := range strings.Split(*conc, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return fail(2, "--concurrency: %q is not a positive integer", s)
+		}
+		levels = append(levels, n)
+	}
+	prio := pb.Priority_PRIORITY_ROUTINE
+	if *priority == "stat" {
+		prio = pb.Priority_PRIORITY_STAT
+	} else if *priority != "routine" {
+		return fail(2, "--priority must be stat or routine")
+	}
+
+	var conn *client.Conn
+	var err error
+	target := *addr
+	if *addr != "" {
+		conn, err = client.Dial(*addr)
+	} else {
+		target = "in-process:" + *repo
+		conn, err = client.InProcess(*repo, []string{*model}, "", nil)
+	}
+	if err != nil {
+		return fail(1, "%v", err)
+	}
+	defer conn.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	info, err := conn.Inference.GetModel(ctx, &pb.GetModelRequest{Name: *model})
+	if err != nil {
+		return fail(1, "%v", err)
+	}
+	t, err := makeInput(info, *input, *dim)
+	if err != nil {
+		return fail(1, "%v", err)
+	}
+	req := &pb.InferRequest{Model: *model, Priority: prio,
+		Input:   &pb.InferRequest_Tensors{Tensors: &pb.TensorInput{Tensors: []*pb.Tensor{t}}},
+		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS}}
+	call := func(ctx context.Context) (time.Duration, time.Duration, error) {
+		resp, err := conn.Inference.Infer(ctx, req)
+		if err != nil {
+			return 0, 0, err
+		}
+		tm := resp.GetTimings()
+		return time.Duration(tm.GetQueueUs()) * time.Microsecond, time.Duration(tm.GetInferenceUs()) * time.Microsecond, nil
+	}
+	rep := &bench.Report{Command: strings.Join(os.Args, " "), Target: target, Model: *model, StartedAt: time.Now().UTC(),
+		Machine: map[string]string{"goos": runtime.GOOS, "goarch": runtime.GOARCH, "cpus": strconv.Itoa(runtime.NumCPU()),
+			"onnxruntime": engine.RuntimeVersion(), "go": runtime.Version()}}
+	rep.Steps, err = bench.Sweep(ctx, bench.Config{Concurrency: levels, Duration: *duration, Warmup: *warmup, MaxRequests: *maxReq,
+		Progress: func(i, n, c int) { fmt.Fprintf(os.Stderr, "[%d/%d] concurrency %d ...\n", i, n, c) }}, call)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fail(1, "%v", err)
+	}
+	fmt.Printf("%-12s %9s %7s %11s %9s %9s %9s %9s %10s %11s\n", "concurrency", "requests", "errors", "thrpt/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "queue ms", "compute ms")
+	for _, s := range rep.Steps {
+		fmt.Printf("%-12d %9d %7d %11.1f %9.2f %9.2f %9.2f %9.2f %10.2f %11.2f\n", s.Concurrency, s.Requests, s.Errors,
+			s.ThroughputRPS, s.P50Ms, s.P90Ms, s.P95Ms, s.P99Ms, s.MeanQueueMs, s.MeanComputeMs)
+		if s.FirstError != "" {
+			fmt.Printf("  first error: %s\n", s.FirstError)
+		}
+	}
+	if *out != "" {
+		if err := writeReport(*out, rep); err != nil {
+			return fail(1, "%v", err)
+		}
+		fmt.Fprintf(os.Stderr, "wrote %s and %s\n", filepath.Join(*out, "results.json"), filepath.Join(*out, "results.csv"))
+	}
+	return 0
+}
+
+func makeInput(info *pb.ModelInfo, path string, dim int64) (*pb.Tensor, error) {
+	if len(info.GetInputs()) != 1 {
+		return nil, fmt.Errorf("model %s has %d inputs; voxbench drives single-input models", info.GetName(), len(info.GetInputs()))
+	}
+	in := info.GetInputs()[0]
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		t, err := tensor.ReadNpy(f, server.DefaultMaxMessageBytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return &pb.Tensor{Name: in.GetName(), DataType: server.DTypeToProto(t.DType), Shape: t.Shape, Data: t.Data}, nil
+	}
+	dt, ok := server.DTypeFromProto(in.GetDataType())
+	if !ok || dt != tensor.Float32 {
+		return nil, fmt.Errorf("input %s is %v; give --input for non-float32 models", in.GetName(), in.GetDataType())
+	}
+	shape := make([]int64, len(in.GetDims()))
+	for i, d := range in.GetDims() {
+		switch {
+		case d > 0:
+			shape[i] = d
+		case i == 0 && info.GetMaxBatchSize() > 0:
+			shape[i] = 1
+		default:
+			shape[i] = dim
+		}
+	}
+	n, err := tensor.NumElements(shape)
+	if err != nil {
+		return nil, err
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64())*40 + 40
+	}
+	t := tensor.FromFloat32(in.GetName(), shape, v)
+	return &pb.Tensor{Name: t.Name, DataType: pb.DataType_DATA_TYPE_FLOAT32, Shape: t.Shape, Data: t.Data}, nil
+}
+
+func writeReport(dir string, rep *bench.Report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, write := range map[string]func(*os.File) error{
+		"results.json": func(f *os.File) error { return rep.WriteJSON(f) },
+		"results.csv":  func(f *os.File) error { return rep.WriteCSV(f) },
+	} {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		if err := write(f); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,193 @@
+// Package postprocess turns a model's raw outputs into what a clinician's
+// systems consume: findings (label, code, probability, decision) from score
+// outputs and label maps from mask outputs, as the bundle declares them.
+package postprocess
+
+import (
+	"bytes"
+	"compress/zlib"
+	"fmt"
+	"math"
+
+	"github.com/voxserve/voxserve/bundle"
+	"github.com/voxserve/voxserve/tensor"
+)
+
+// Finding is one label's study-level result.
+type Finding struct {
+	Label       string
+	Code        *bundle.Code
+	Probability float64
+	Threshold   float64
+	Present     bool
+	Output      string
+}
+
+// Mask is a label map: value i+1 marks Labels[i], 0 is background.
+type Mask struct {
+	Output string
+	Labels []string
+	// Dims are the spatial dims, with a leading batch axis when the batch
+	// had more than one item.
+	Dims   []int64
+	Voxels []uint8
+}
+
+// Compressed returns the mask's voxels zlib-compressed.
+func (m *Mask) Compressed() ([]byte, error) {
+	var buf bytes.Buffer
+	w, err := zlib.NewWriterLevel(&buf, zlib.BestSpeed)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(m.Voxels); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Result is everything derived from one run.
+type Result struct {
+	Findings []Finding
+	Masks    []Mask
+}
+
+// Run derives findings and masks from outputs, which are in the bundle's
+// declared output order. wantMasks skips label-map work when not asked for.
+func Run(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool) (*Result, error) {
+	if len(outputs) != len(spec.Outputs) {
+		return nil, fmt.Errorf("model gave %d outputs, bundle declares %d", len(outputs), len(spec.Outputs))
+	}
+	res := &Result{}
+	for i, decl := range spec.Outputs {
+		out := outputs[i]
+		switch decl.Kind {
+		case "scores":
+			f, err := findings(spec, decl, out)
+			if err != nil {
+				return nil, err
+			}
+			res.Findings = append(res.Findings, f...)
+		case "mask":
+			if !wantMasks {
+				continue
+			}
+			m, err := labelMap(spec, decl, out)
+			if err != nil {
+				return nil, err
+			}
+			res.Masks = append(res.Masks, *m)
+		}
+	}
+	return res, nil
+}
+
+// findings reads a [batch, labels] scores output. A study's probability per
+// label is the maximum over the batch (e.g. over its slices): one positive
+// slice makes a positive study.
+func findings(spec *bundle.Spec, decl bundle.Output, out *tensor.Tensor) ([]Finding, error) {
+	v, err := out.Float32s()
+	if err != nil {
+		return nil, err
+	}
+	k := len(decl.Labels)
+	if len(v) == 0 || len(v)%k != 0 {
+		return nil, fmt.Errorf("output %q has %d values, not a multiple of its %d labels", decl.Name, len(v), k)
+	}
+	best := make([]float64, k)
+	for i := range best {
+		best[i] = math.Inf(-1)
+	}
+	row := make([]float64, k)
+	for b := 0; b < len(v)/k; b++ {
+		for j := range row {
+			row[j] = float64(v[b*k+j])
+		}
+		activate(decl.Activation, row)
+		for j, p := range row {
+			best[j] = math.Max(best[j], p)
+		}
+	}
+	fs := make([]Finding, k)
+	for j, l := range decl.Labels {
+		fs[j] = Finding{Label: l.Name, Code: l.Code, Probability: best[j], Threshold: l.Threshold,
+			Present: best[j] >= l.Threshold, Output: decl.Name}
+	}
+	return fs, nil
+}
+
+func activate(kind string, v []float64) {
+	switch kind {
+	case "sigmoid":
+		for i, x := range v {
+			v[i] = 1 / (1 + math.Exp(-x))
+		}
+	case "softmax":
+		m := math.Inf(-1)
+		for _, x := range v {
+			m = math.Max(m, x)
+		}
+		sum := 0.0
+		for i, x := range v {
+			v[i] = math.Exp(x - m)
+			sum += v[i]
+		}
+		for i := range v {
+			v[i] /= sum
+		}
+	}
+}
+
+// labelMap reads a [batch, channels, spatial...] mask output. One channel:
+// voxels whose probability reaches the threshold get label 1. Several
+// channels: each voxel gets its most probable channel's label if that
+// probability reaches the channel's threshold.
+func labelMap(spec *bundle.Spec, decl bundle.Output, out *tensor.Tensor) (*Mask, error) {
+	if len(out.Shape) < 3 {
+		return nil, fmt.Errorf("mask output %q has shape %v; want [batch, channels, spatial...]", decl.Name, out.Shape)
+	}
+	v, err := out.Float32s()
+	if err != nil {
+		return nil, err
+	}
+	batch, channels := out.Shape[0], out.Shape[1]
+	if int(channels) != len(decl.Labels) {
+		return nil, fmt.Errorf("mask output %q has %d channels, bundle declares %d labels", decl.Name, channels, len(decl.Labels))
+	}
+	spatial := out.Shape[2:]
+	n, _ := tensor.NumElements(spatial)
+	m := &Mask{Output: decl.Name, Voxels: make([]uint8, batch*n)}
+	for _, l := range decl.Labels {
+		m.Labels = append(m.Labels, l.Name)
+	}
+	if batch == 1 {
+		m.Dims = append([]int64(nil), spatial...)
+	} else {
+		m.Dims = append([]int64{batch}, spatial...)
+	}
+	probs := make([]float64, channels)
+	for b := int64(0); b < batch; b++ {
+		base := b * channels * n
+		for i := int64(0); i < n; i++ {
+			for c := range probs {
+				probs[c] = float64(v[base+int64(c)*n+i])
+			}
+			if channels > 1 || decl.Activation == "sigmoid" {
+				activate(decl.Activation, probs)
+			}
+			best := 0
+			for c := range probs {
+				if probs[c] > probs[best] {
+					best = c
+				}
+			}
+			if probs[best] >= decl.Labels[best].Threshold {
+				m.Voxels[b*n+i] = uint8(best + 1)
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,270 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/voxserve/voxserve/bundle"
+	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/postprocess"
+	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+	"github.com/voxserve/voxserve/tensor"
+)
+
+// inference implements voxserve.v1.Inference over an engine registry.
+type inference struct {
+	pb.UnimplementedInferenceServer
+	reg *engine.Registry
+	// maxStreamBytes caps the DICOM bytes one InferStream may send in total.
+	maxStreamBytes int64
+}
+
+var errDicomPending = status.Error(codes.Unimplemented, "dicom input is not implemented in this server version; send a volume or tensors")
+
+func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferResponse, error) {
+	start := time.Now()
+	if req.GetModel() == "" {
+		return nil, invalid("model: required")
+	}
+	want, err := wantedOutputs(req.GetOutputs())
+	if err != nil {
+		return nil, err
+	}
+	m, release, err := s.reg.Acquire(req.GetModel(), req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	prep := time.Now()
+	var inputs []*tensor.Tensor
+	resp := &pb.InferResponse{Model: m.Spec.Name, Version: m.VersionString(), RequestId: req.GetRequestId()}
+	var geometry *pb.Geometry
+	switch in := req.GetInput().(type) {
+	case *pb.InferRequest_Tensors:
+		if inputs, err = tensorsFromProto(in.Tensors.GetTensors()); err != nil {
+			return nil, err
+		}
+	case *pb.InferRequest_Volume:
+		vol, err := volumeFromProto(in.Volume)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkAccepts(m.Spec, vol.Modality, vol.BodyPart); err != nil {
+			return nil, err
+		}
+		if vol.Modality == "" && len(m.Spec.Modalities) > 0 {
+			resp.Warnings = append(resp.Warnings, "volume.modality is empty; the model's modality check was skipped")
+		}
+		t, err := volumeInput(m.Spec, vol)
+		if err != nil {
+			return nil, err
+		}
+		inputs = []*tensor.Tensor{t}
+		geometry = geometryToProto(vol.Geometry)
+	case *pb.InferRequest_Dicom:
+		return nil, errDicomPending
+	default:
+		return nil, invalid("input: one of tensors, volume or dicom is required")
+	}
+	prepTime := time.Since(prep)
+
+	outs, tm, err := m.Infer(ctx, inputs)
+	if err != nil {
+		return nil, err
+	}
+
+	post := time.Now()
+	res, err := postprocess.Run(m.Spec, outs, want[pb.OutputKind_OUTPUT_KIND_MASK])
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "postprocessing %s: %v", m, err)
+	}
+	if want[pb.OutputKind_OUTPUT_KIND_FINDINGS] {
+		for _, f := range res.Findings {
+			resp.Findings = append(resp.Findings, findingToProto(f))
+		}
+	}
+	for i := range res.Masks {
+		pm, err := maskToProto(&res.Masks[i], geometry)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "compressing mask: %v", err)
+		}
+		resp.Masks = append(resp.Masks, pm)
+	}
+	if want[pb.OutputKind_OUTPUT_KIND_TENSORS] {
+		for _, o := range outs {
+			resp.Tensors = append(resp.Tensors, tensorToProto(o))
+		}
+	}
+	resp.Timings = &pb.Timings{
+		QueueUs:       tm.Queue.Microseconds(),
+		PreprocessUs:  prepTime.Microseconds(),
+		InferenceUs:   tm.Compute.Microseconds(),
+		PostprocessUs: time.Since(post).Microseconds(),
+		TotalUs:       time.Since(start).Microseconds(),
+	}
+	return resp, nil
+}
+
+// wantedOutputs resolves the requested output kinds; empty means findings,
+// masks and measurements.
+func wantedOutputs(kinds []pb.OutputKind) (map[pb.OutputKind]bool, error) {
+	want := map[pb.OutputKind]bool{}
+	if len(kinds) == 0 {
+		kinds = []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MASK, pb.OutputKind_OUTPUT_KIND_MEASUREMENTS}
+	}
+	for i, k := range kinds {
+		switch k {
+		case pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MASK,
+			pb.OutputKind_OUTPUT_KIND_MEASUREMENTS, pb.OutputKind_OUTPUT_KIND_TENSORS:
+			want[k] = true
+		case pb.OutputKind_OUTPUT_KIND_DICOM_SR, pb.OutputKind_OUTPUT_KIND_DICOM_SEG:
+			return nil, status.Errorf(codes.Unimplemented, "outputs[%d]: %v is not implemented in this server version", i, k)
+		default:
+			return nil, invalid("outputs[%d]: %v is not an output kind", i, k)
+		}
+	}
+	return want, nil
+}
+
+func findingToProto(f postprocess.Finding) *pb.Finding {
+	return &pb.Finding{Label: f.Label, Code: codeToProto(f.Code), Probability: f.Probability,
+		Threshold: f.Threshold, Present: f.Present, Output: f.Output}
+}
+
+func codeToProto(c *bundle.Code) *pb.Code {
+	if c == nil {
+		return nil
+	}
+	return &pb.Code{Scheme: c.Scheme, Value: c.Value, Meaning: c.Meaning}
+}
+
+func maskToProto(m *postprocess.Mask, g *pb.Geometry) (*pb.Mask, error) {
+	z, err := m.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	return &pb.Mask{Output: m.Output, Labels: m.Labels, Dims: m.Dims, Geometry: g, DataZlib: z}, nil
+}
+
+// InferStream gathers a header and DICOM instances, then answers once.
+func (s *inference) InferStream(stream pb.Inference_InferStreamServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	header := first.GetHeader()
+	if header == nil {
+		return invalid("first message: must carry the header (model, priority, outputs)")
+	}
+	if header.GetInput() != nil {
+		return invalid("header: must not carry input; send instances in the following messages")
+	}
+	var total int64
+	var instances [][]byte
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		part := msg.GetInstances()
+		if part == nil {
+			return invalid("message %d: after the header only instances may follow", len(instances)+1)
+		}
+		for _, inst := range part.GetInstances() {
+			total += int64(len(inst))
+			if total > s.maxStreamBytes {
+				return status.Errorf(codes.ResourceExhausted, "stream carries more than %d bytes of instances", s.maxStreamBytes)
+			}
+			instances = append(instances, inst)
+		}
+	}
+	if len(instances) == 0 {
+		return invalid("no instances after the header")
+	}
+	header.Input = &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: instances}}
+	resp, err := s.Infer(stream.Context(), header)
+	if err != nil {
+		return err
+	}
+	return stream.SendAndClose(resp)
+}
+
+func (s *inference) ListModels(ctx context.Context, _ *pb.ListModelsRequest) (*pb.ListModelsResponse, error) {
+	resp := &pb.ListModelsResponse{}
+	for _, m := range s.reg.Models() {
+		resp.Models = append(resp.Models, modelInfo(m, nil))
+	}
+	return resp, nil
+}
+
+func (s *inference) GetModel(ctx context.Context, req *pb.GetModelRequest) (*pb.ModelInfo, error) {
+	if req.GetName() == "" {
+		return nil, invalid("name: required")
+	}
+	m, release, err := s.reg.Acquire(req.GetName(), req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	var avail []int64
+	if b, err := bundle.Read(m.BundleDir()); err == nil {
+		avail = b.Versions
+	}
+	return modelInfo(m, avail), nil
+}
+
+func (s *inference) LoadModel(ctx context.Context, req *pb.LoadModelRequest) (*pb.LoadModelResponse, error) {
+	if req.GetName() == "" {
+		return nil, invalid("name: required")
+	}
+	var versions []int64
+	for i, v := range req.GetVersions() {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			return nil, invalid("versions[%d]: %q is not a version number", i, v)
+		}
+		versions = append(versions, n)
+	}
+	loaded, err := s.reg.Load(req.GetName(), versions)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.LoadModelResponse{}
+	for _, m := range loaded {
+		resp.Loaded = append(resp.Loaded, modelInfo(m, nil))
+	}
+	return resp, nil
+}
+
+func (s *inference) UnloadModel(ctx context.Context, req *pb.UnloadModelRequest) (*pb.UnloadModelResponse, error) {
+	if req.GetName() == "" {
+		return nil, invalid("name: required")
+	}
+	var v int64
+	if req.GetVersion() != "" {
+		n, err := strconv.ParseInt(req.GetVersion(), 10, 64)
+		if err != nil || n < 1 {
+			return nil, invalid("version: %q is not a version number", req.GetVersion())
+		}
+		v = n
+	}
+	gone, err := s.reg.Unload(req.GetName(), v)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.UnloadModelResponse{}
+	for _, g := range gone {
+		resp.UnloadedVersions = append(resp.UnloadedVersions, strconv.FormatInt(g, 10))
+	}
+	return resp, nil
+}

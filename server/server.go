@@ -1,0 +1,259 @@
+// Package server exposes the engine over gRPC (voxserve.v1.Inference,
+// grpc.health.v1, reflection) and HTTP (/healthz, /readyz), with graceful
+// draining on shutdown.
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/voxserve/voxserve/engine"
+	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+)
+
+// DefaultMaxMessageBytes fits a 512x512x300 int16 CT volume (150 MiB) with
+// room for its envelope; gRPC's own 4 MiB default breaks on real studies.
+const DefaultMaxMessageBytes = 256 << 20
+
+// ServiceName is the health-checked name of the inference service; each
+// loaded model is also a health service under its own name.
+const ServiceName = "voxserve.v1.Inference"
+
+// Options configure a Server.
+type Options struct {
+	// MaxMessageBytes caps a received or sent gRPC message.
+	MaxMessageBytes int
+	// ShutdownGrace is how long in-flight requests may run after a shutdown
+	// begins; after it they are cancelled.
+	ShutdownGrace time.Duration
+	Logger        *slog.Logger
+}
+
+// Server is a voxserve instance over a registry.
+type Server struct {
+	reg    *engine.Registry
+	opts   Options
+	log    *slog.Logger
+	grpc   *grpc.Server
+	health *health.Server
+
+	draining atomic.Bool
+	inflight sync.WaitGroup
+	mu       sync.Mutex // guards inflight.Add against the drain's Wait, and known
+	known    []string   // model names given a health status
+	calls    int        // in-flight calls, for tests and logs
+}
+
+// New builds a server; call Serve to start it.
+func New(reg *engine.Registry, opts Options) *Server {
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{reg: reg, opts: opts, log: opts.Logger, health: health.NewServer()}
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
+		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+	)
+	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4})
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	reg.OnChange(s.updateHealth)
+	s.updateHealth()
+	return s
+}
+
+// GRPC exposes the underlying server, so that other services (the KServe v2
+// protocol) can register on the same port before Serve.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+var healthExempt = map[string]bool{
+	"/grpc.health.v1.Health/Check": true,
+	"/grpc.health.v1.Health/Watch": true,
+	"/grpc.health.v1.Health/List":  true,
+}
+
+// enter registers an in-flight call, or refuses it while draining.
+func (s *Server) enter(method string) (func(), error) {
+	if healthExempt[method] {
+		return func() {}, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() {
+		return nil, status.Error(codes.Unavailable, "server is shutting down; retry on another replica")
+	}
+	s.inflight.Add(1)
+	s.calls++
+	return func() {
+		s.mu.Lock()
+		s.calls--
+		s.mu.Unlock()
+		s.inflight.Done()
+	}, nil
+}
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	done, err := s.enter(info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	s.logCall(info.FullMethod, req, start, err)
+	return resp, err
+}
+
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	done, err := s.enter(info.FullMethod)
+	if err != nil {
+		return err
+	}
+	defer done()
+	start := time.Now()
+	err = handler(srv, ss)
+	s.logCall(info.FullMethod, nil, start, err)
+	return err
+}
+
+// logCall writes one line per call. It logs the model, request id, code and
+// duration, never request content: no patient data reaches the logs.
+func (s *Server) logCall(method string, req any, start time.Time, err error) {
+	if healthExempt[method] || method == "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo" ||
+		method == "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" {
+		return
+	}
+	attrs := []any{"method", method, "code", status.Code(err).String(), "duration_ms", float64(time.Since(start).Microseconds()) / 1000}
+	if r, ok := req.(*pb.InferRequest); ok {
+		attrs = append(attrs, "model", r.GetModel(), "version", r.GetVersion(), "request_id", r.GetRequestId())
+	}
+	if err != nil {
+		attrs = append(attrs, "error", status.Convert(err).Message())
+		level := slog.LevelWarn
+		if c := status.Code(err); c == codes.Internal || c == codes.Unknown {
+			level = slog.LevelError
+		}
+		s.log.Log(context.Background(), level, "rpc", attrs...)
+		return
+	}
+	s.log.Debug("rpc", attrs...)
+}
+
+func (s *Server) updateHealth() {
+	if s.draining.Load() {
+		return
+	}
+	loaded := map[string]bool{}
+	for _, n := range s.reg.Names() {
+		loaded[n] = true
+		s.health.SetServingStatus(n, healthpb.HealthCheckResponse_SERVING)
+	}
+	s.mu.Lock()
+	for _, n := range s.known {
+		if !loaded[n] {
+			s.health.SetServingStatus(n, healthpb.HealthCheckResponse_NOT_SERVING)
+		}
+	}
+	s.known = s.reg.Names()
+	s.mu.Unlock()
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if len(loaded) > 0 {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(ServiceName, st)
+}
+
+// Ready reports whether the server takes inference: not draining and at
+// least one model loaded.
+func (s *Server) Ready() bool { return !s.draining.Load() && len(s.reg.Names()) > 0 }
+
+// HTTPHandler serves /healthz (the process is alive) and /readyz (it takes
+// inference), for Kubernetes probes and load balancers.
+func (s *Server) HTTPHandler() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// Serve runs gRPC on grpcLis and HTTP on httpLis (which may be nil) until
+// ctx is cancelled, then drains: new calls get UNAVAILABLE, in-flight calls
+// get ShutdownGrace to finish, and the listeners close.
+func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
+	errc := make(chan error, 2)
+	go func() { errc <- s.grpc.Serve(grpcLis) }()
+	var hs *http.Server
+	if httpLis != nil {
+		hs = &http.Server{Handler: s.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := hs.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.shutdown(hs)
+	return err
+}
+
+func (s *Server) shutdown(hs *http.Server) {
+	s.mu.Lock()
+	s.draining.Store(true)
+	s.mu.Unlock()
+	s.health.Shutdown() // every service reports NOT_SERVING
+	s.log.Info("draining", "grace", s.opts.ShutdownGrace.String())
+	drained := make(chan struct{})
+	go func() { s.inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(s.opts.ShutdownGrace):
+		s.log.Warn("grace period over; cancelling in-flight requests")
+	}
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		s.grpc.Stop()
+	}
+	if hs != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(ctx)
+	}
+	s.log.Info("stopped")
+}
