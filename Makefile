@@ -93,8 +93,8 @@ fuzz: deps ## run every fuzz target for FUZZTIME each
 	    echo "== $$p $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
 	  done; done
 
-models-demo: ## regenerate the demo bundle's ONNX file
-	$(GO) run ./scripts/gen-demo-model $(MODELS)/hyperdensity/1/model.onnx
+models-demo: ## regenerate the demo ONNX file and example input
+	$(GO) run ./scripts/gen-demo-model $(MODELS)/hyperdensity/1/model.onnx examples/hyperdensity-phantom.npy
 
 clean: ## remove build outputs (keeps .deps and .venv)
 	rm -rf bin

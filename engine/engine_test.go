@@ -96,6 +96,12 @@ func TestDemoModelIsReproducible(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(committed, onnxbuild.Hyperdensity(60, 5).Marshal()),
 		"models/hyperdensity/1/model.onnx differs from scripts/gen-demo-model's output: run make models-demo")
+	f, err := os.Open("../examples/hyperdensity-phantom.npy")
+	require.NoError(t, err)
+	defer f.Close()
+	example, err := tensor.ReadNpy(f, 0)
+	require.NoError(t, err)
+	assert.Equal(t, onnxbuild.DemoPhantom().Data, example.Data, "examples/hyperdensity-phantom.npy is stale: run make models-demo")
 }
 
 func TestInputValidation(t *testing.T) {

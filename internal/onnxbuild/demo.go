@@ -1,6 +1,10 @@
 package onnxbuild
 
-import "strconv"
+import (
+	"strconv"
+
+	"github.com/voxserve/voxserve/tensor"
+)
 
 // Hyperdensity is the demo model bundled until the trained reference models
 // land: per-voxel probability that a CT voxel is denser than threshold HU,
@@ -76,4 +80,24 @@ func MatMulChain(k int) Model {
 		prev = th
 	}
 	return m
+}
+
+// DemoPhantom is the demo's example input: an 8x32x32 volume at 30 HU
+// (brain-like) holding a 2x6x10 block at 70 HU (acute-blood-like), 120
+// voxels that Hyperdensity(60, 5) flags with p = sigmoid(2).
+func DemoPhantom() *tensor.Tensor {
+	const z, y, x = 8, 32, 32
+	v := make([]float32, z*y*x)
+	for k := 0; k < z; k++ {
+		for j := 0; j < y; j++ {
+			for i := 0; i < x; i++ {
+				hu := float32(30)
+				if k >= 3 && k < 5 && j >= 10 && j < 16 && i >= 12 && i < 22 {
+					hu = 70
+				}
+				v[(k*y+j)*x+i] = hu
+			}
+		}
+	}
+	return tensor.FromFloat32("", []int64{z, y, x}, v)
 }

@@ -1,0 +1,61 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestPercentile(t *testing.T) {
+	v := []float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	assert.Equal(t, 5.0, Percentile(v, 50))
+	assert.Equal(t, 9.0, Percentile(v, 90))
+	assert.Equal(t, 10.0, Percentile(v, 99))
+	assert.Equal(t, 1.0, Percentile(v, 0))
+	assert.True(t, Percentile(nil, 50) != Percentile(nil, 50)) // NaN
+}
+
+func TestSweep(t *testing.T) {
+	var n atomic.Int64
+	call := func(ctx context.Context) (time.Duration, time.Duration, error) {
+		i := n.Add(1)
+		time.Sleep(time.Millisecond)
+		if i%10 == 0 {
+			return 0, 0, errors.New("boom")
+		}
+		return 100 * time.Microsecond, 500 * time.Microsecond, nil
+	}
+	steps, err := Sweep(context.Background(), Config{Concurrency: []int{1, 4}, Duration: 50 * time.Millisecond, Warmup: 5 * time.Millisecond}, call)
+	require.NoError(t, err)
+	require.Len(t, steps, 2)
+	for _, s := range steps {
+		assert.Positive(t, s.Requests)
+		assert.Positive(t, s.Errors)
+		assert.Equal(t, "boom", s.FirstError)
+		assert.GreaterOrEqual(t, s.P50Ms, 1.0)
+		assert.InDelta(t, 0.5, s.MeanComputeMs, 1e-9)
+		assert.LessOrEqual(t, s.P50Ms, s.P99Ms)
+	}
+	assert.Greater(t, steps[1].ThroughputRPS, steps[0].ThroughputRPS)
+
+	steps, err = Sweep(context.Background(), Config{Concurrency: []int{2}, Duration: time.Minute, MaxRequests: 7}, call)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, steps[0].Requests, 8)
+
+	_, err = Sweep(context.Background(), Config{Concurrency: []int{0}}, call)
+	assert.Error(t, err)
+
+	rep := &Report{Command: "voxbench x", Steps: steps}
+	var csv, js bytes.Buffer
+	require.NoError(t, rep.WriteCSV(&csv))
+	require.NoError(t, rep.WriteJSON(&js))
+	assert.Equal(t, 2, strings.Count(csv.String(), "\n"))
+	assert.Contains(t, js.String(), `"command": "voxbench x"`)
+}

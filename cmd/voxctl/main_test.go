@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/internal/testrepo"
+	"github.com/voxserve/voxserve/server"
+	"github.com/voxserve/voxserve/tensor"
+)
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
+
+func runCLI(args ...string) (string, int, error) {
+	var out bytes.Buffer
+	err := run(args, &out)
+	return out.String(), exitCode(err), err
+}
+
+func writeNpy(t *testing.T, tt *tensor.Tensor) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "in.npy")
+	f, err := os.Create(p)
+	require.NoError(t, err)
+	require.NoError(t, tensor.WriteNpy(f, tt))
+	require.NoError(t, f.Close())
+	return p
+}
+
+// serve starts a real server on loopback over repo.
+func serve(t *testing.T, repo string) string {
+	t.Helper()
+	require.NoError(t, engine.Init(""))
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := engine.NewRegistry(repo, log)
+	require.NoError(t, reg.LoadAll())
+	srv := server.New(reg, server.Options{Logger: log})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ctx, lis, nil); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; reg.Close() })
+	return lis.Addr().String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"infer"},
+		{"infer", "--model", "x"},
+		{"infer", "--model", "x", "--input", "a.npy", "--volume", "b.npy"},
+		{"infer", "--model", "x", "--input", "a.npy", "--priority", "urgent"},
+		{"infer", "--nope"},
+		{"health"},
+		{"load", "--addr", "127.0.0.1:1"},
+		{"bundle"},
+		{"bundle", "validate"},
+	} {
+		_, code, err := runCLI(args...)
+		assert.Equal(t, 2, code, "%v: %v", args, err)
+	}
+}
+
+func TestInferInProcessKnownInput(t *testing.T) {
+	// The hyperdensity demo on a 1x2x2 volume: p = sigmoid((HU-60)/5).
+	in := writeNpy(t, tensor.FromFloat32("", []int64{1, 2, 2}, []float32{0, 60, 100, -1000}))
+	out, code, err := runCLI("infer", "--model", "hyperdensity", "--volume", in, "--modality", "CT",
+		"--model-repository", "../../models", "--json", "--tensors")
+	require.NoError(t, err, out)
+	assert.Equal(t, 0, code)
+	var resp struct {
+		Findings []struct {
+			Label       string
+			Probability float64
+			Present     bool
+		}
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &resp))
+	require.Len(t, resp.Findings, 1)
+	assert.InDelta(t, 0.99966454, resp.Findings[0].Probability, 1e-6) // sigmoid(8)
+	assert.True(t, resp.Findings[0].Present)
+
+	out, _, err = runCLI("infer", "--model", "hyperdensity", "--volume", in, "--model-repository", "../../models")
+	require.NoError(t, err)
+	assert.Contains(t, out, "hyperdense region")
+	assert.Contains(t, out, "PRESENT")
+	assert.Contains(t, out, "mask probability_map [1 2 2]: hyperdense 2 voxels")
+	assert.Contains(t, out, "timings:")
+}
+
+func TestAgainstServer(t *testing.T) {
+	b := testrepo.Affine()
+	b.Versions[2] = b.Versions[1]
+	addr := serve(t, testrepo.Write(t, b))
+
+	out, code, err := runCLI("models", "--addr", addr)
+	require.NoError(t, err)
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "affine")
+	assert.Contains(t, out, "x float32[?,2,3]")
+
+	out, _, err = runCLI("health", "--addr", addr)
+	require.NoError(t, err)
+	assert.Contains(t, out, "SERVING")
+	_, code, _ = runCLI("health", "--addr", addr, "--model", "nope")
+	assert.Equal(t, 1, code)
+
+	dir := t.TempDir()
+	in := writeNpy(t, tensor.FromFloat32("", []int64{1, 2, 3}, []float32{0, 1, 2, 3, 4, 5}))
+	out, _, err = runCLI("infer", "--addr", addr, "--model", "affine", "--input", in, "--tensors", "--output-dir", dir)
+	require.NoError(t, err)
+	assert.Contains(t, out, "tensor y float32[1,2,3] [1 3 5 7 9 11]")
+	f, err := os.Open(filepath.Join(dir, "y.npy"))
+	require.NoError(t, err)
+	defer f.Close()
+	y, err := tensor.ReadNpy(f, 0)
+	require.NoError(t, err)
+	v, _ := y.Float32s()
+	assert.Equal(t, []float32{1, 3, 5, 7, 9, 11}, v)
+
+	// A failed request exits 1 with the gRPC code.
+	bad := writeNpy(t, tensor.FromFloat32("", []int64{1, 6}, make([]float32, 6)))
+	_, code, err = runCLI("infer", "--addr", addr, "--model", "affine", "--input", bad)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, describe(err), "InvalidArgument: input \"x\": shape [1,6] has 2 axes")
+	_, code, _ = runCLI("infer", "--addr", addr, "--model", "affine", "--input", "/nonexistent.npy")
+	assert.Equal(t, 1, code)
+
+	out, _, err = runCLI("load", "affine", "--version", "1", "--addr", addr)
+	require.NoError(t, err)
+	assert.Contains(t, out, "loaded affine version 1 on cpu")
+	out, _, err = runCLI("unload", "affine", "--addr", addr)
+	require.NoError(t, err)
+	assert.Contains(t, out, "unloaded affine versions 1")
+	_, code, err = runCLI("unload", "affine", "--addr", addr)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, describe(err), "NotFound")
+}
+
+func TestBundleValidate(t *testing.T) {
+	out, code, err := runCLI("bundle", "validate", "../../models/hyperdensity")
+	require.NoError(t, err)
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, `bundle "hyperdensity" is valid (versions [1])`)
+
+	b := testrepo.Affine()
+	b.YAML = b.YAML + "bogus: true\n"
+	repo := testrepo.Write(t, b)
+	_, code, err = runCLI("bundle", "validate", filepath.Join(repo, "affine"))
+	assert.Equal(t, 1, code)
+	assert.Contains(t, err.Error(), "field bogus not found")
+
+	out, code, _ = runCLI("bundle", "validate", "--json", filepath.Join(repo, "affine"))
+	assert.Equal(t, 1, code)
+	var rep map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	assert.Equal(t, false, rep["valid"])
+}

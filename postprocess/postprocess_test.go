@@ -1,0 +1,99 @@
+package postprocess
+
+import (
+	"bytes"
+	"compress/zlib"
+	"io"
+	"math"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/voxserve/voxserve/bundle"
+	"github.com/voxserve/voxserve/tensor"
+)
+
+func spec(outputs ...bundle.Output) *bundle.Spec { return &bundle.Spec{Name: "t", Outputs: outputs} }
+
+func TestFindingsActivationsAndBatchMax(t *testing.T) {
+	sigmoid := func(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
+	tests := []struct {
+		name       string
+		activation string
+		values     []float32 // [batch=2, labels=2]
+		want       []float64
+	}{
+		{"none", "none", []float32{0.1, 0.9, 0.7, 0.2}, []float64{0.7, 0.9}},
+		{"sigmoid", "sigmoid", []float32{-2, 0, 1, -1}, []float64{sigmoid(1), sigmoid(0)}},
+		{"softmax", "softmax", []float32{0, 0, 2, 0}, []float64{math.Exp(2) / (math.Exp(2) + 1), 0.5}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := bundle.Output{Name: "s", Kind: "scores", Activation: tt.activation,
+				Labels: []bundle.Label{{Name: "a", Threshold: 0.6}, {Name: "b", Threshold: 0.95}}}
+			res, err := Run(spec(out), []*tensor.Tensor{tensor.FromFloat32("s", []int64{2, 2}, tt.values)}, true)
+			require.NoError(t, err)
+			require.Len(t, res.Findings, 2)
+			for i, f := range res.Findings {
+				assert.InDelta(t, tt.want[i], f.Probability, 1e-6)
+				assert.Equal(t, f.Probability >= f.Threshold, f.Present)
+			}
+		})
+	}
+}
+
+func inflate(t *testing.T, m *Mask) []byte {
+	z, err := m.Compressed()
+	require.NoError(t, err)
+	r, err := zlib.NewReader(bytes.NewReader(z))
+	require.NoError(t, err)
+	b, err := io.ReadAll(r)
+	require.NoError(t, err)
+	return b
+}
+
+func TestLabelMaps(t *testing.T) {
+	one := bundle.Output{Name: "m", Kind: "mask", Activation: "none", Labels: []bundle.Label{{Name: "lesion", Threshold: 0.5}}}
+	res, err := Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 1, 2, 2}, []float32{0.2, 0.5, 0.9, 0.49})}, true)
+	require.NoError(t, err)
+	require.Len(t, res.Masks, 1)
+	assert.Equal(t, []int64{2, 2}, res.Masks[0].Dims)
+	assert.Equal(t, []byte{0, 1, 1, 0}, inflate(t, &res.Masks[0]))
+
+	// Two channels, softmax: argmax where it clears its threshold.
+	two := bundle.Output{Name: "m", Kind: "mask", Activation: "softmax",
+		Labels: []bundle.Label{{Name: "left", Threshold: 0.5}, {Name: "right", Threshold: 0.9}}}
+	logits := []float32{
+		3, 0, 0, 0, // channel 0
+		0, 3, 1, 0, // channel 1
+	}
+	res, err = Run(spec(two), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 2, 4}, logits)}, true)
+	require.NoError(t, err)
+	// voxel 0: left (0.95); 1: right (0.95); 2: right 0.73 < 0.9 -> 0; 3: tie 0.5 -> left at 0.5.
+	assert.Equal(t, []byte{1, 2, 0, 1}, res.Masks[0].Voxels)
+
+	// A batch keeps its batch axis.
+	res, err = Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{2, 1, 2}, []float32{1, 0, 0, 1})}, true)
+	require.NoError(t, err)
+	assert.Equal(t, []int64{2, 2}, res.Masks[0].Dims)
+	assert.Equal(t, []byte{1, 0, 0, 1}, res.Masks[0].Voxels)
+
+	// Skipped when masks are not wanted.
+	res, err = Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 1, 2}, []float32{1, 0})}, false)
+	require.NoError(t, err)
+	assert.Empty(t, res.Masks)
+}
+
+func TestShapeErrors(t *testing.T) {
+	one := bundle.Output{Name: "m", Kind: "mask", Labels: []bundle.Label{{Name: "a"}}}
+	_, err := Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{2}, []float32{1, 2})}, true)
+	assert.ErrorContains(t, err, "want [batch, channels, spatial...]")
+	_, err = Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 2, 1}, []float32{1, 2})}, true)
+	assert.ErrorContains(t, err, "has 2 channels, bundle declares 1 labels")
+	sc := bundle.Output{Name: "s", Kind: "scores", Labels: []bundle.Label{{Name: "a"}, {Name: "b"}}}
+	_, err = Run(spec(sc), []*tensor.Tensor{tensor.FromFloat32("s", []int64{3}, []float32{1, 2, 3})}, true)
+	assert.ErrorContains(t, err, "not a multiple of its 2 labels")
+	_, err = Run(spec(sc), nil, true)
+	assert.ErrorContains(t, err, "model gave 0 outputs, bundle declares 1")
+}
