@@ -1,0 +1,62 @@
+package server
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/internal/testrepo"
+	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+)
+
+// FuzzInfer sends arbitrary wire bytes, decoded as an InferRequest, through
+// the Infer handler with real models: it must answer with a status, never
+// panic, and never report an internal error for bad input.
+func FuzzInfer(f *testing.F) {
+	vol, _ := phantom()
+	seeds := []*pb.InferRequest{
+		tensorsReq("affine", f32Tensor("x", []int64{1, 2, 3}, []float32{1, 2, 3, 4, 5, 6})),
+		tensorsReq("affine", f32Tensor("x", []int64{2, 2, 3}, make([]float32, 12))),
+		{Model: "hyperdensity", Input: &pb.InferRequest_Volume{Volume: vol}},
+		{Model: "hyperdensity", Version: "1", Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_TENSORS},
+			Input: &pb.InferRequest_Volume{Volume: &pb.Volume{DataType: pb.DataType_DATA_TYPE_INT16, Dims: []int64{2, 2}, Data: make([]byte, 8)}}},
+	}
+	for _, s := range seeds {
+		b, err := proto.Marshal(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := engine.NewRegistry(testrepo.Write(f, testrepo.Affine(), testrepo.Hyperdensity()), log)
+	if err := reg.LoadAll(); err != nil {
+		f.Fatal(err)
+	}
+	defer reg.Close()
+	svc := &inference{reg: reg, maxStreamBytes: 1 << 20}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var req pb.InferRequest
+		if proto.Unmarshal(data, &req) != nil {
+			return
+		}
+		// The server caps messages before they reach the handler; so do we.
+		if proto.Size(&req) > 1<<20 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := svc.Infer(ctx, &req)
+		switch status.Code(err) {
+		case codes.Internal, codes.Unknown:
+			t.Fatalf("internal error for request %v: %v", &req, err)
+		}
+	})
+}
