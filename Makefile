@@ -23,7 +23,7 @@ TEST_FLAGS ?= -race -count=1 -timeout 15m
 
 export CGO_ENABLED := 1
 
-.PHONY: deps deps-go build run test test-short lint fmt vet staticcheck proto proto-check \
+.PHONY: venv deps deps-go build run test test-short lint fmt vet staticcheck proto proto-check \
         fuzz models-demo clean help
 
 help: ## list the targets
@@ -44,8 +44,8 @@ build: deps ## build bin/voxserve, bin/voxctl, bin/voxbench
 run: build ## build and serve the bundled models (CPU when there is no GPU)
 	bin/voxserve --model-repository $(MODELS) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-test: deps lint ## the whole test suite
-	$(GO) test $(TEST_FLAGS) ./...
+test: deps lint $(VENV)/.ok ## the whole test suite
+	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(TEST_FLAGS) ./...
 
 test-short: deps ## tests without -race and lint, for a quick loop
 	$(GO) test -count=1 ./...
@@ -64,6 +64,8 @@ $(GOBIN_DIR)/staticcheck:
 
 staticcheck: $(GOBIN_DIR)/staticcheck
 	$(GOBIN_DIR)/staticcheck ./...
+
+venv: $(VENV)/.ok ## the Python virtualenv (pydicom, numpy, grpcio-tools) for tests and scripts
 
 $(VENV)/.ok: scripts/requirements.txt
 	python3 -m venv $(VENV)

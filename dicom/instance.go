@@ -81,6 +81,14 @@ var syntaxNames = map[string]string{
 	"1.2.840.10008.1.2.4.203": "HTJ2K",
 }
 
+func isNativeSyntax(uid string) bool {
+	switch uid {
+	case ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLE, ExplicitVRBigEndian:
+		return true
+	}
+	return false
+}
+
 // DecodedSyntaxes lists the transfer syntaxes whose pixels voxserve decodes.
 func DecodedSyntaxes() []string {
 	return []string{ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLE, ExplicitVRBigEndian,
@@ -300,8 +308,14 @@ func Read(source string, data []byte) (*Instance, error) {
 	in.bigEndian = in.TransferSyntax == ExplicitVRBigEndian
 	switch {
 	case info.IntentionallyUnprocessed:
+		if !isNativeSyntax(in.TransferSyntax) {
+			return fail(pixelTag, "is not encapsulated, but the transfer syntax %s (%s) is compressed", in.TransferSyntax, SyntaxName(in.TransferSyntax))
+		}
 		in.native = info.UnprocessedValueData
 	case info.IsEncapsulated:
+		if isNativeSyntax(in.TransferSyntax) {
+			return fail(pixelTag, "is encapsulated, but the transfer syntax %s (%s) is not compressed", in.TransferSyntax, SyntaxName(in.TransferSyntax))
+		}
 		for _, f := range info.Frames {
 			in.fragments = append(in.fragments, f.EncapsulatedData.Data)
 		}

@@ -86,36 +86,56 @@ func ReadStudy(inputs []Input, opts Options) ([]*Series, []Skipped, error) {
 		instances[i], errs[i] = Read(inputs[i].Source, inputs[i].Data)
 	})
 	var skipped []Skipped
-	groups := map[string][]*Instance{}
-	var order []string
+	var good []*Instance
 	for i, in := range instances {
 		if err := errs[i]; err != nil {
-			var de *Error
-			switch {
-			case errors.Is(err, ErrNotImage):
-				skipped = append(skipped, Skipped{inputs[i].Source, strings.TrimPrefix(err.Error(), inputs[i].Source+": ")})
-				continue
-			case !IsDICOM(inputs[i].Data) && !(errors.As(err, &de) && de.Tag != ""):
-				skipped = append(skipped, Skipped{inputs[i].Source, "not a DICOM file"})
+			if reason, skip := Skippable(inputs[i], err); skip {
+				skipped = append(skipped, Skipped{inputs[i].Source, reason})
 				continue
 			}
 			return nil, skipped, err
 		}
-		key := in.StudyInstanceUID + "|" + in.SeriesInstanceUID
-		if _, ok := groups[key]; !ok {
-			order = append(order, key)
-		}
-		groups[key] = append(groups[key], in)
+		good = append(good, in)
 	}
 	var out []*Series
-	for _, key := range order {
-		s, err := Assemble(groups[key], opts)
+	for _, g := range Group(good) {
+		s, err := Assemble(g, opts)
 		if err != nil {
 			return nil, skipped, err
 		}
 		out = append(out, s)
 	}
 	return out, skipped, nil
+}
+
+// Skippable says whether a read error means "not part of any image series"
+// (a non-image object, a file that is not DICOM) rather than a broken image.
+func Skippable(in Input, err error) (string, bool) {
+	if errors.Is(err, ErrNotImage) {
+		return strings.TrimPrefix(err.Error(), in.Source+": "), true
+	}
+	var de *Error
+	if !IsDICOM(in.Data) && !(errors.As(err, &de) && de.Tag != "") {
+		return "not a DICOM file", true
+	}
+	return "", false
+}
+
+// Group splits instances by study and series UID, in first-seen order.
+func Group(instances []*Instance) [][]*Instance {
+	groups := map[string]int{}
+	var out [][]*Instance
+	for _, in := range instances {
+		key := in.StudyInstanceUID + "|" + in.SeriesInstanceUID
+		i, ok := groups[key]
+		if !ok {
+			i = len(out)
+			groups[key] = i
+			out = append(out, nil)
+		}
+		out[i] = append(out[i], in)
+	}
+	return out
 }
 
 // slice is one frame of one instance, placed in space.
@@ -234,7 +254,7 @@ func placeSlices(s *Series, slices []slice, geo *volume.Geometry, opts Options) 
 	}
 	sorted := append([]float64(nil), gaps...)
 	sort.Float64s(sorted)
-	step := sorted[len(sorted)/2]
+	step := sorted[(len(sorted)-1)/2] // the lower median: a missing slice must not set the step
 	tol := opts.tolerance()
 	var problems []string
 	missing := 0

@@ -11,10 +11,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/voxserve/voxserve/bundle"
+	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/postprocess"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 	"github.com/voxserve/voxserve/tensor"
+	"github.com/voxserve/voxserve/volume"
 )
 
 // inference implements voxserve.v1.Inference over an engine registry.
@@ -23,9 +25,8 @@ type inference struct {
 	reg *engine.Registry
 	// maxStreamBytes caps the DICOM bytes one InferStream may send in total.
 	maxStreamBytes int64
+	dicomOpts      dicom.Options
 }
-
-var errDicomPending = status.Error(codes.Unimplemented, "dicom input is not implemented in this server version; send a volume or tensors")
 
 func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferResponse, error) {
 	start := time.Now()
@@ -51,16 +52,25 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		if inputs, err = tensorsFromProto(in.Tensors.GetTensors()); err != nil {
 			return nil, err
 		}
-	case *pb.InferRequest_Volume:
-		vol, err := volumeFromProto(in.Volume)
-		if err != nil {
-			return nil, err
+	case *pb.InferRequest_Volume, *pb.InferRequest_Dicom:
+		var vol *volume.Volume
+		if v, ok := in.(*pb.InferRequest_Volume); ok {
+			if vol, err = volumeFromProto(v.Volume); err != nil {
+				return nil, err
+			}
+		} else {
+			series, warnings, err := studyVolume(m.Spec, in.(*pb.InferRequest_Dicom).Dicom, s.dicomOpts)
+			if err != nil {
+				return nil, err
+			}
+			resp.Warnings = append(resp.Warnings, warnings...)
+			vol = series.Volume
 		}
 		if err := checkAccepts(m.Spec, vol.Modality, vol.BodyPart); err != nil {
 			return nil, err
 		}
 		if vol.Modality == "" && len(m.Spec.Modalities) > 0 {
-			resp.Warnings = append(resp.Warnings, "volume.modality is empty; the model's modality check was skipped")
+			resp.Warnings = append(resp.Warnings, "the study has no modality; the model's modality check was skipped")
 		}
 		t, err := volumeInput(m.Spec, vol)
 		if err != nil {
@@ -68,8 +78,6 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		}
 		inputs = []*tensor.Tensor{t}
 		geometry = geometryToProto(vol.Geometry)
-	case *pb.InferRequest_Dicom:
-		return nil, errDicomPending
 	default:
 		return nil, invalid("input: one of tensors, volume or dicom is required")
 	}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/engine"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
@@ -40,6 +41,9 @@ type Options struct {
 	// begins; after it they are cancelled.
 	ShutdownGrace time.Duration
 	Logger        *slog.Logger
+	// DICOM controls series assembly (e.g. whether uneven spacing is an
+	// error or a warning).
+	DICOM dicom.Options
 }
 
 // Server is a voxserve instance over a registry.
@@ -75,7 +79,7 @@ func New(reg *engine.Registry, opts Options) *Server {
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
-	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4})
+	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	reg.OnChange(s.updateHealth)

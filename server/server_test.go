@@ -173,7 +173,7 @@ func TestInferVolumeFindingsAndMask(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, resp.Findings[0].GetPresent())
 	assert.Empty(t, resp.GetMasks())
-	assert.Contains(t, resp.GetWarnings()[0], "modality is empty")
+	assert.Contains(t, resp.GetWarnings()[0], "the study has no modality")
 
 	// int16 volumes are converted to the model's float32.
 	i16 := make([]byte, 2*4)
@@ -232,8 +232,10 @@ func TestBadRequests(t *testing.T) {
 		{"wrong modality", withVolume(func(v *pb.Volume) { v.Modality = "MR" }), codes.FailedPrecondition, `model "hyperdensity" accepts modality CT, the study is MR`},
 		{"volume to multi-axis tensor model", &pb.InferRequest{Model: "affine", Input: &pb.InferRequest_Volume{Volume: vol}},
 			codes.InvalidArgument, `input "x": shape [6,10,12]: axis 1 is 10, model expects [?,2,3]`},
-		{"dicom pending", &pb.InferRequest{Model: "affine", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: [][]byte{{1}}}}},
-			codes.Unimplemented, "dicom input is not implemented"},
+		{"dicom empty", &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{}}},
+			codes.InvalidArgument, "dicom.instances: empty"},
+		{"dicom not images", &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: [][]byte{[]byte("hello")}}}},
+			codes.InvalidArgument, "no image series among 1 instances (skipped instances[0]: not a DICOM file)"},
 		{"sr pending", &pb.InferRequest{Model: "affine", Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_DICOM_SR}}, codes.Unimplemented, "outputs[0]: OUTPUT_KIND_DICOM_SR"},
 		{"bad output kind", &pb.InferRequest{Model: "affine", Outputs: []pb.OutputKind{42}}, codes.InvalidArgument, "outputs[0]: 42 is not an output kind"},
 	}

@@ -43,6 +43,7 @@ Usage:
                    [--tensors] [--output-dir DIR] [--json]
   voxctl load      NAME [--version V]... --addr ADDR
   voxctl unload    NAME [--version V] --addr ADDR
+  voxctl inspect   [--json] [--strict-spacing] PATH...
   voxctl bundle validate DIR
 
 Without --addr, models and infer run the server in process on --model-repository
@@ -108,6 +109,8 @@ func run(args []string, out io.Writer) error {
 		return cmdLoad(rest, out)
 	case "unload":
 		return cmdUnload(rest, out)
+	case "inspect":
+		return cmdInspect(rest, out)
 	case "bundle":
 		if len(rest) == 0 || rest[0] != "validate" {
 			return usageErr("bundle: the subcommand is `validate DIR`")

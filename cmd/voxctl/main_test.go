@@ -5,16 +5,21 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/voxserve/voxserve/dicom"
+	"github.com/voxserve/voxserve/dicom/dicomtest"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/internal/testrepo"
 	"github.com/voxserve/voxserve/server"
@@ -178,4 +183,78 @@ func TestBundleValidate(t *testing.T) {
 	var rep map[string]any
 	require.NoError(t, json.Unmarshal([]byte(out), &rep))
 	assert.Equal(t, false, rep["valid"])
+}
+
+func TestInspect(t *testing.T) {
+	src := dicomtest.Series{Rows: 4, Cols: 3, Slices: 3, Spacing: [3]float64{0.5, 0.5, 2}, Orientation: [6]float64{1, 0, 0, 0, 1, 0},
+		Slope: 1, Intercept: -1024, Modality: "CT", BodyPart: "HEAD", StudyUID: "1.2.3", SeriesUID: "1.2.3.4",
+		Value: func(i, j, k int) int32 { return int32(1024 + 10*k) }}
+	src.Slices = 5
+	files, err := src.Encode()
+	require.NoError(t, err)
+	dir := t.TempDir()
+	for i, f := range files {
+		if i == 2 {
+			f = f[:len(f)-10] // truncated in transfer
+		}
+		require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("%d.dcm", i)), f, 0o644))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not dicom"), 0o644))
+
+	out, code, err := runCLI("inspect", "--json", dir)
+	require.NoError(t, err, out)
+	assert.Equal(t, 0, code)
+	var rep inspectReport
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	require.Len(t, rep.Series, 1)
+	s := rep.Series[0]
+	assert.Equal(t, "1.2.3.4", s.SeriesInstanceUID)
+	assert.Equal(t, [3]int64{4, 4, 3}, s.Dims) // the broken slice is left out ...
+	assert.Equal(t, 0.0, s.Min)
+	assert.Equal(t, 40.0, s.Max)
+	assert.Len(t, rep.Errors, 1) // ... and reported
+	assert.Contains(t, rep.Errors[0], "2.dcm: not a readable DICOM file")
+	assert.Equal(t, []dicom.Skipped{{Source: filepath.Join(dir, "notes.txt"), Reason: "not a DICOM file"}}, rep.Skipped)
+	assert.Contains(t, s.Problems[0], "1 missing slices")
+
+	_, code, _ = runCLI("inspect", t.TempDir())
+	assert.Equal(t, 1, code)
+}
+
+// TestInspectPydicomSet runs inspect over pydicom's whole test-file set:
+// every file gets a series, a skip reason or one error line.
+func TestInspectPydicomSet(t *testing.T) {
+	py, _ := filepath.Abs("../../.venv/bin/python")
+	if _, err := os.Stat(py); err != nil {
+		if os.Getenv("VOXSERVE_REQUIRE_PYTHON") != "" {
+			t.Fatal("the project virtualenv is missing; run make test")
+		}
+		t.Skip("no .venv")
+	}
+	dirOut, err := exec.Command(py, "-c", "import os, pydicom; print(os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files'))").Output()
+	require.NoError(t, err)
+	dir := strings.TrimSpace(string(dirOut))
+	out, code, err := runCLI("inspect", "--json", dir)
+	require.NoError(t, err)
+	assert.Equal(t, 0, code)
+	var rep inspectReport
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	files := 0
+	require.NoError(t, filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files++
+		}
+		return err
+	}))
+	accounted := len(rep.Skipped) + len(rep.Errors)
+	for _, s := range rep.Series {
+		accounted += s.Instances
+	}
+	// Series errors may cover several files; each file is accounted at most once.
+	assert.LessOrEqual(t, accounted, files)
+	assert.GreaterOrEqual(t, len(rep.Series), 10)
+	for _, e := range rep.Errors {
+		assert.NotContains(t, e, "\n")
+		assert.NotContains(t, e, "goroutine")
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/server"
 )
@@ -28,6 +29,7 @@ func run() int {
 	ortLib := fs.String("onnxruntime-lib", "", "path to libonnxruntime.so.1 (default: $"+engine.LibraryEnv+", then beside the binary, then .deps/)")
 	maxMsg := fs.Int("max-message-bytes", server.DefaultMaxMessageBytes, "largest gRPC message accepted or sent")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "time in-flight requests get to finish on SIGTERM")
+	strictSpacing := fs.Bool("dicom-strict-spacing", false, "refuse DICOM series with missing slices or uneven spacing (default: serve them with a warning)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -54,7 +56,8 @@ func run() int {
 		log.Warn("some bundles were not loaded; serving the rest", "loaded", reg.Names())
 	}
 
-	srv := server.New(reg, server.Options{MaxMessageBytes: *maxMsg, ShutdownGrace: *grace, Logger: log})
+	srv := server.New(reg, server.Options{MaxMessageBytes: *maxMsg, ShutdownGrace: *grace, Logger: log,
+		DICOM: dicom.Options{StrictSpacing: *strictSpacing}})
 	gl, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
 		log.Error("cannot listen", "addr", *grpcAddr, "error", err)

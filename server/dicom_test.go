@@ -1,0 +1,136 @@
+package server
+
+import (
+	"bytes"
+	"compress/zlib"
+	"io"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/voxserve/voxserve/dicom/dicomtest"
+	"github.com/voxserve/voxserve/internal/testrepo"
+	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+)
+
+// headCT is a small CT series in HU (stored = HU + 1024) with a 70 HU block.
+func headCT() (dicomtest.Series, int) {
+	s := dicomtest.Series{
+		Rows: 12, Cols: 10, Slices: 5, Spacing: [3]float64{0.5, 0.6, 3}, Origin: [3]float64{-20, -30, 100},
+		Orientation: [6]float64{1, 0, 0, 0, 1, 0}, Slope: 1, Intercept: -1024, Modality: "CT", BodyPart: "HEAD",
+		StudyUID: "1.2.826.0.1.1", SeriesUID: "1.2.826.0.1.1.2",
+		Value: func(i, j, k int) int32 {
+			if k >= 1 && k < 3 && j >= 4 && j < 7 && i >= 2 && i < 6 {
+				return 70 + 1024
+			}
+			return 30 + 1024
+		},
+	}
+	return s, 2 * 3 * 4
+}
+
+func dicomReq(t *testing.T, s dicomtest.Series) *pb.InferRequest {
+	files, err := s.Encode()
+	require.NoError(t, err)
+	return &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}}
+}
+
+func TestInferDICOM(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Hyperdensity()), Options{})
+	s, blood := headCT()
+	req := dicomReq(t, s)
+	// Instances in any order, with a non-DICOM file among them.
+	in := req.GetDicom().Instances
+	in[0], in[4] = in[4], in[0]
+	req.GetDicom().Instances = append(in, []byte("README: not an image"))
+
+	resp, err := h.client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	require.Len(t, resp.GetFindings(), 1)
+	assert.True(t, resp.Findings[0].GetPresent())
+	require.Len(t, resp.GetMasks(), 1)
+	m := resp.Masks[0]
+	assert.Equal(t, []int64{5, 12, 10}, m.GetDims())
+	assert.InDeltaSlice(t, []float64{0.5, 0.6, 3}, m.GetGeometry().GetSpacing(), 1e-9)
+	assert.Equal(t, []float64{-20, -30, 100}, m.GetGeometry().GetOrigin())
+	zr, err := zlib.NewReader(bytes.NewReader(m.GetDataZlib()))
+	require.NoError(t, err)
+	labels, err := io.ReadAll(zr)
+	require.NoError(t, err)
+	n := 0
+	for k := 0; k < 5; k++ {
+		for j := 0; j < 12; j++ {
+			for i := 0; i < 10; i++ {
+				if labels[(k*12+j)*10+i] == 1 {
+					n++
+					assert.Equal(t, int32(70+1024), s.Value(i, j, k), "voxel %d,%d,%d", i, j, k)
+				}
+			}
+		}
+	}
+	assert.Equal(t, blood, n)
+	assert.Contains(t, resp.GetWarnings(), "skipped instances[5]: not a DICOM file")
+}
+
+func TestInferStreamDICOM(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Hyperdensity()), Options{})
+	s, _ := headCT()
+	files, err := s.Encode()
+	require.NoError(t, err)
+	stream, err := h.client.InferStream(ctxT(t))
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&pb.InferStreamRequest{Part: &pb.InferStreamRequest_Header{Header: &pb.InferRequest{Model: "hyperdensity", RequestId: "s1"}}}))
+	for _, f := range files {
+		require.NoError(t, stream.Send(&pb.InferStreamRequest{Part: &pb.InferStreamRequest_Instances{Instances: &pb.DicomInput{Instances: [][]byte{f}}}}))
+	}
+	resp, err := stream.CloseAndRecv()
+	require.NoError(t, err)
+	assert.Equal(t, "s1", resp.GetRequestId())
+	assert.True(t, resp.GetFindings()[0].GetPresent())
+
+	// A stream without its header is refused.
+	stream, err = h.client.InferStream(ctxT(t))
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&pb.InferStreamRequest{Part: &pb.InferStreamRequest_Instances{Instances: &pb.DicomInput{Instances: files}}}))
+	_, err = stream.CloseAndRecv()
+	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+}
+
+func TestInferDICOMErrors(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Hyperdensity()), Options{})
+	mr, _ := headCT()
+	mr.Modality = "MR"
+	_, err := h.client.Infer(ctxT(t), dicomReq(t, mr))
+	assert.Equal(t, codes.FailedPrecondition, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), `model "hyperdensity" accepts modality CT, the study is MR`)
+
+	j2k, _ := headCT()
+	j2k.Syntax = "1.2.840.10008.1.2.4.90"
+	_, err = h.client.Infer(ctxT(t), dicomReq(t, j2k))
+	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "instances[0]: (7FE0,0010) Pixel Data: is not encapsulated, but the transfer syntax 1.2.840.10008.1.2.4.90 (JPEG 2000 Lossless) is compressed")
+
+	// Two series of the same modality: ambiguous.
+	a, _ := headCT()
+	b, _ := headCT()
+	b.SeriesUID = "1.2.826.0.1.1.3"
+	fa, err := a.Encode()
+	require.NoError(t, err)
+	fb, err := b.Encode()
+	require.NoError(t, err)
+	_, err = h.client.Infer(ctxT(t), &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: append(fa, fb...)}}})
+	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "2 image series")
+
+	// A missing slice is a warning by default, an error when strict.
+	gap, _ := headCT()
+	files, err := gap.Encode()
+	require.NoError(t, err)
+	files = append(files[:2], files[3:]...)
+	resp, err := h.client.Infer(ctxT(t), &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}})
+	require.NoError(t, err)
+	assert.Contains(t, resp.GetWarnings()[0], "1 missing slices")
+}
