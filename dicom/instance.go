@@ -26,6 +26,9 @@ const (
 	MaxInstance = 2 << 30 // bytes of one Part 10 file
 	// MaxPixels caps rows x columns x frames of one instance (a 4 GiB int16 volume).
 	MaxPixels = 1 << 31
+	// MaxCompressionRatio bounds how far compressed pixel data may expand;
+	// real lossless images stay far below it, decompression bombs do not.
+	MaxCompressionRatio = 2000
 )
 
 // Error is a problem with one instance, naming the tag where one is at fault.
@@ -191,6 +194,9 @@ func Read(source string, data []byte) (*Instance, error) {
 			return fail("", "not a DICOM file (%d bytes)", len(data))
 		}
 	}
+	if err := precheck(data); err != nil {
+		return fail("", "not a readable DICOM file: %v", err)
+	}
 	ds, err := parse(data)
 	if err != nil {
 		return fail("", "not a readable DICOM file: %v", err)
@@ -321,6 +327,22 @@ func Read(source string, data []byte) (*Instance, error) {
 		}
 	default:
 		return fail("(7FE0,0010) Pixel Data", "unexpected encoding")
+	}
+	// Check the claimed size against the bytes we hold before anyone
+	// allocates for it: native data must be all there; compressed data may
+	// not expand beyond a generous ratio (a decompression bomb would).
+	need := int64(in.Rows) * int64(in.Columns) * int64(in.NumberOfFrames) * int64(in.BitsAllocated/8)
+	if in.native != nil && int64(len(in.native)) < need {
+		return fail(pixelTag, "holds %d bytes, %d frames of %dx%d at %d bits need %d", len(in.native), in.NumberOfFrames, in.Rows, in.Columns, in.BitsAllocated, need)
+	}
+	if in.fragments != nil {
+		var have int64
+		for _, f := range in.fragments {
+			have += int64(len(f))
+		}
+		if need > have*MaxCompressionRatio+1<<20 {
+			return fail(pixelTag, "%d compressed bytes cannot hold %d frames of %dx%d (more than %d:1)", have, in.NumberOfFrames, in.Rows, in.Columns, MaxCompressionRatio)
+		}
 	}
 	if err := in.readFrames(ds, get); err != nil {
 		return nil, err

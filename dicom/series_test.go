@@ -252,6 +252,7 @@ func TestBadInstances(t *testing.T) {
 		{"huge rows", patchUS(t, good, tag.Rows, 60000), "(0028,0010) Rows: 60000 is outside 1..8192"},
 		{"bits allocated 1", patchUS(t, good, tag.BitsAllocated, 1), "(0028,0100) Bits Allocated: 1 is not supported"},
 		{"bits stored > allocated", patchUS(t, good, tag.BitsStored, 20), "(0028,0101) Bits Stored: 20 must be between 1 and Bits Allocated (16)"},
+		{"lying length", lie(good), "element (7FE0,0010) claims 4294967280 bytes"},
 		{"bad slope", enc(func(s *dicomtest.Slice) { s.Slope = 0 }), ""},
 	}
 	for _, tt := range tests {
@@ -310,4 +311,12 @@ func TestUpstreamTestdata(t *testing.T) {
 
 func pydicomFile(t *testing.T, name string) string {
 	return filepath.Join(pydicomDir(t), name)
+}
+
+// lie sets the pixel data's value length to nearly 4 GiB in a small file.
+func lie(data []byte) []byte {
+	out := append([]byte(nil), data...)
+	i := strings.LastIndex(string(out), "\xe0\x7f\x10\x00OW")
+	out[i+8], out[i+9], out[i+10], out[i+11] = 0xF0, 0xFF, 0xFF, 0xFF
+	return out
 }
