@@ -2,6 +2,7 @@ package dicom
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -150,6 +151,21 @@ func compare(t *testing.T, in *Instance, frames [][]int64, py pyResult, npy stri
 		}
 	}
 	assert.LessOrEqual(t, worst, tol, "largest stored-value difference from pydicom")
+	// DecodeFrame (fast paths included) must equal the modality LUT applied
+	// to the stored values.
+	dst := make([]float32, n)
+	lo, hi := in.storedRange()
+	for i, fr := range frames {
+		require.NoError(t, in.DecodeFrame(i, dst))
+		f := in.Frames[i]
+		for j, v := range fr {
+			if in.Photometric == "MONOCHROME1" {
+				v = lo + hi - v
+			}
+			want := float64(v)*f.Slope + f.Intercept
+			require.InDelta(t, want, float64(dst[j]), 1e-5*max(1, math.Abs(want)), "frame %d pixel %d", i, j)
+		}
+	}
 	fr := in.Frames[0]
 	assert.InDelta(t, py.Slope, fr.Slope, 1e-9)
 	assert.InDelta(t, py.Intercept, fr.Intercept, 1e-9)
