@@ -188,12 +188,6 @@ func Read(source string, data []byte) (*Instance, error) {
 	if len(data) > MaxInstance {
 		return fail("", "instance is %d bytes, more than the %d allowed", len(data), MaxInstance)
 	}
-	if len(data) < 132 && !bytes.Contains(data, []byte("DICM")) {
-		// The library infers syntax from 100 bytes; anything this short is not an image.
-		if len(data) < 100 {
-			return fail("", "not a DICOM file (%d bytes)", len(data))
-		}
-	}
 	if err := precheck(data); err != nil {
 		return fail("", "not a readable DICOM file: %v", err)
 	}

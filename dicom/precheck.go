@@ -18,38 +18,34 @@ import (
 // sequence items and encapsulated fragments are checked too. A deflated body
 // is inflated (within MaxInstance) and walked.
 func precheck(data []byte) error {
-	pos, explicit, bo := 0, false, binary.ByteOrder(binary.LittleEndian)
-	if IsDICOM(data) {
-		pos = 132
-		// File meta group: always explicit VR little endian.
-		end, ts, err := walkMeta(data, pos)
+	// Part 10 only: without the preamble the parser guesses the syntax, and
+	// a guess we did not make could walk past our checks.
+	if !IsDICOM(data) {
+		return fmt.Errorf("no DICM prefix at byte 128: not a DICOM Part 10 file")
+	}
+	explicit, bo := false, binary.ByteOrder(binary.LittleEndian)
+	// File meta group: always explicit VR little endian.
+	pos, ts, err := walkMeta(data, 132)
+	if err != nil {
+		return err
+	}
+	switch ts {
+	case ImplicitVRLittleEndian, "":
+	case ExplicitVRBigEndian:
+		explicit, bo = true, binary.BigEndian
+	case DeflatedExplicitVRLE:
+		body, err := io.ReadAll(io.LimitReader(flate.NewReader(bytes.NewReader(data[pos:])), MaxInstance+1))
 		if err != nil {
-			return err
+			return nil // let the parser report the broken stream
 		}
-		pos = end
-		switch ts {
-		case ImplicitVRLittleEndian:
-		case ExplicitVRBigEndian:
-			explicit, bo = true, binary.BigEndian
-		case DeflatedExplicitVRLE:
-			body, err := io.ReadAll(io.LimitReader(flate.NewReader(bytes.NewReader(data[pos:])), MaxInstance+1))
-			if err != nil {
-				return nil // let the parser report the broken stream
-			}
-			if len(body) > MaxInstance {
-				return fmt.Errorf("deflated data expands beyond %d bytes", MaxInstance)
-			}
-			return walk(body, 0, true, binary.LittleEndian)
-		default:
-			explicit = true
+		if len(body) > MaxInstance {
+			return fmt.Errorf("deflated data expands beyond %d bytes", MaxInstance)
 		}
-		return walk(data, pos, explicit, bo)
+		return walk(body, 0, true, binary.LittleEndian)
+	default:
+		explicit = true
 	}
-	// No preamble: the parser guesses the syntax; accept if either walk passes.
-	if walk(data, 0, true, binary.LittleEndian) == nil || walk(data, 0, false, binary.LittleEndian) == nil {
-		return nil
-	}
-	return walk(data, 0, false, binary.LittleEndian)
+	return walk(data, pos, explicit, bo)
 }
 
 func walkMeta(data []byte, pos int) (int, string, error) {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 )
 
 // ErrUseStandard says the image is 8-bit DCT, which image/jpeg decodes.
@@ -46,6 +47,9 @@ func newHuffman(counts [16]byte, vals []byte) (*huffman, error) {
 		n := int32(counts[l-1])
 		h.valptr[l] = k
 		h.mincode[l] = code
+		if code+n > 1<<l {
+			return nil, errors.New("bad Huffman table: too many codes of length " + strconv.Itoa(l))
+		}
 		if n == 0 {
 			h.maxcode[l] = -1
 		} else {
@@ -61,9 +65,6 @@ func newHuffman(counts [16]byte, vals []byte) (*huffman, error) {
 					}
 				}
 			}
-		}
-		if code > 1<<l {
-			return nil, errors.New("bad Huffman table")
 		}
 		code <<= 1
 	}

@@ -1,0 +1,307 @@
+package preprocess
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/voxserve/voxserve/volume"
+)
+
+// Channels is a multi-channel volume, channel-major: V[c*NZ*NY*NX + voxel].
+type Channels struct {
+	C, NX, NY, NZ int
+	V             []float32
+}
+
+func (c *Channels) vox() int { return c.NX * c.NY * c.NZ }
+
+// SlicesTensor lays the volume out as a batch of 2D slices,
+// [NZ, C, NY, NX], into out (len NZ*C*NY*NX).
+func SlicesTensor(ch *Channels, out []float32) {
+	plane := ch.NX * ch.NY
+	n := ch.vox()
+	parallel(ch.NZ, func(lo, hi int) {
+		for k := lo; k < hi; k++ {
+			for c := 0; c < ch.C; c++ {
+				copy(out[(k*ch.C+c)*plane:(k*ch.C+c+1)*plane], ch.V[c*n+k*plane:c*n+(k+1)*plane])
+			}
+		}
+	})
+}
+
+// SlabsTensor lays the volume out as 2.5D slabs: for each slice k, the
+// slices k-r..k+r (clamped at the ends) of every channel, giving
+// [NZ, C*(2r+1), NY, NX] with channel index c*(2r+1) + (offset+r).
+func SlabsTensor(ch *Channels, r int, out []float32) {
+	plane := ch.NX * ch.NY
+	n := ch.vox()
+	depth := 2*r + 1
+	parallel(ch.NZ, func(lo, hi int) {
+		for k := lo; k < hi; k++ {
+			for c := 0; c < ch.C; c++ {
+				for o := -r; o <= r; o++ {
+					src := min(max(k+o, 0), ch.NZ-1)
+					dst := (k*ch.C*depth + c*depth + o + r) * plane
+					copy(out[dst:dst+plane], ch.V[c*n+src*plane:c*n+(src+1)*plane])
+				}
+			}
+		}
+	})
+}
+
+// PatchStarts returns the start indices of patches of size p covering n
+// voxels with the given overlap fraction (0 <= overlap < 1): evenly spaced,
+// the last one ending at n. A volume smaller than the patch gets one start
+// at 0 (the patch is padded).
+func PatchStarts(n, p int, overlap float64) []int {
+	if n <= p {
+		return []int{0}
+	}
+	step := max(1, int(math.Floor(float64(p)*(1-overlap))))
+	count := (n-p+step-1)/step + 1
+	starts := make([]int, count)
+	for i := range starts {
+		starts[i] = min(i*step, n-p)
+	}
+	return starts
+}
+
+// Patch is one sliding-window position, in voxels (x, y, z).
+type Patch struct {
+	Start [3]int
+}
+
+// Patches lists every sliding-window position over a volume, z outermost.
+func Patches(size [3]int, patch [3]int, overlap float64) []Patch {
+	xs := PatchStarts(size[0], patch[0], overlap)
+	ys := PatchStarts(size[1], patch[1], overlap)
+	zs := PatchStarts(size[2], patch[2], overlap)
+	out := make([]Patch, 0, len(xs)*len(ys)*len(zs))
+	for _, z := range zs {
+		for _, y := range ys {
+			for _, x := range xs {
+				out = append(out, Patch{[3]int{x, y, z}})
+			}
+		}
+	}
+	return out
+}
+
+// ExtractPatch copies one patch of every channel into out
+// ([C, pz, py, px]); voxels beyond the volume take pad.
+func ExtractPatch(ch *Channels, p Patch, size [3]int, pad float32, out []float32) {
+	n := ch.vox()
+	pv := size[0] * size[1] * size[2]
+	for c := 0; c < ch.C; c++ {
+		for k := 0; k < size[2]; k++ {
+			z := p.Start[2] + k
+			for j := 0; j < size[1]; j++ {
+				y := p.Start[1] + j
+				dst := out[c*pv+(k*size[1]+j)*size[0] : c*pv+(k*size[1]+j+1)*size[0]]
+				if z >= ch.NZ || y >= ch.NY {
+					for i := range dst {
+						dst[i] = pad
+					}
+					continue
+				}
+				row := ch.V[c*n+(z*ch.NY+y)*ch.NX:]
+				w := min(size[0], ch.NX-p.Start[0])
+				copy(dst[:w], row[p.Start[0]:p.Start[0]+w])
+				for i := w; i < size[0]; i++ {
+					dst[i] = pad
+				}
+			}
+		}
+	}
+}
+
+// GaussianMap is the importance map that weights a patch's predictions by
+// distance from its centre when patches are stitched (sigma = size/8, as in
+// nnU-Net and MONAI), normalized to a maximum of 1 and floored above 0 so
+// every voxel keeps some weight.
+func GaussianMap(size [3]int) []float32 {
+	out := make([]float32, size[0]*size[1]*size[2])
+	var g [3][]float64
+	for a := 0; a < 3; a++ {
+		sigma := float64(size[a]) / 8
+		c := float64(size[a]-1) / 2
+		g[a] = make([]float64, size[a])
+		for i := range g[a] {
+			d := float64(i) - c
+			g[a][i] = math.Exp(-d * d / (2 * sigma * sigma))
+		}
+	}
+	peak := g[0][(size[0]-1)/2] * g[1][(size[1]-1)/2] * g[2][(size[2]-1)/2]
+	var floor float32 = math.MaxFloat32
+	for k := 0; k < size[2]; k++ {
+		for j := 0; j < size[1]; j++ {
+			for i := 0; i < size[0]; i++ {
+				v := float32(g[0][i] * g[1][j] * g[2][k] / peak)
+				out[(k*size[1]+j)*size[0]+i] = v
+				if v > 0 && v < floor {
+					floor = v
+				}
+			}
+		}
+	}
+	for i, v := range out {
+		if v < floor {
+			out[i] = floor
+		}
+	}
+	return out
+}
+
+// Aggregator stitches patch predictions into a volume: each voxel is the
+// Gaussian-weighted mean of the patches that cover it.
+type Aggregator struct {
+	C      int
+	Size   [3]int // volume x, y, z
+	Patch  [3]int
+	weight []float32
+	sum    []float32
+	wsum   []float32
+}
+
+// NewAggregator allocates the accumulators once per request.
+func NewAggregator(channels int, size, patch [3]int) *Aggregator {
+	n := size[0] * size[1] * size[2]
+	return &Aggregator{C: channels, Size: size, Patch: patch, weight: GaussianMap(patch),
+		sum: make([]float32, channels*n), wsum: make([]float32, n)}
+}
+
+// Add accumulates one patch's prediction ([C, pz, py, px]) at p.
+func (a *Aggregator) Add(p Patch, pred []float32) error {
+	pv := a.Patch[0] * a.Patch[1] * a.Patch[2]
+	if len(pred) != a.C*pv {
+		return fmt.Errorf("patch prediction has %d values, want %d", len(pred), a.C*pv)
+	}
+	n := a.Size[0] * a.Size[1] * a.Size[2]
+	for k := 0; k < a.Patch[2]; k++ {
+		z := p.Start[2] + k
+		if z >= a.Size[2] {
+			break
+		}
+		for j := 0; j < a.Patch[1]; j++ {
+			y := p.Start[1] + j
+			if y >= a.Size[1] {
+				break
+			}
+			for i := 0; i < a.Patch[0]; i++ {
+				x := p.Start[0] + i
+				if x >= a.Size[0] {
+					break
+				}
+				w := a.weight[(k*a.Patch[1]+j)*a.Patch[0]+i]
+				v := (z*a.Size[1]+y)*a.Size[0] + x
+				a.wsum[v] += w
+				for c := 0; c < a.C; c++ {
+					a.sum[c*n+v] += w * pred[c*pv+(k*a.Patch[1]+j)*a.Patch[0]+i]
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Result returns the stitched channels ([C, z, y, x]); voxels no patch
+// covered are 0.
+func (a *Aggregator) Result() *Channels {
+	n := a.Size[0] * a.Size[1] * a.Size[2]
+	for c := 0; c < a.C; c++ {
+		for v := 0; v < n; v++ {
+			if a.wsum[v] > 0 {
+				a.sum[c*n+v] /= a.wsum[v]
+			}
+		}
+	}
+	return &Channels{C: a.C, NX: a.Size[0], NY: a.Size[1], NZ: a.Size[2], V: a.sum}
+}
+
+// CropOrPad centres g's rows and columns in a rows x cols plane: larger
+// planes are cropped, smaller ones padded with pad. The geometry's origin
+// moves with the first voxel, so positions are preserved.
+func CropOrPad(g *Grid, rows, cols int, pad float32) *Grid {
+	if g.NY == rows && g.NX == cols {
+		return g
+	}
+	offX, offY := (g.NX-cols)/2, (g.NY-rows)/2 // negative: padding before
+	out := &Grid{NX: cols, NY: rows, NZ: g.NZ, Geometry: g.Geometry, V: make([]float32, cols*rows*g.NZ)}
+	d := g.Geometry.Direction
+	for c := 0; c < 3; c++ {
+		out.Geometry.Origin[c] += float64(offX)*g.Geometry.Spacing[0]*d[c] + float64(offY)*g.Geometry.Spacing[1]*d[3+c]
+	}
+	parallel(g.NZ, func(lo, hi int) {
+		for k := lo; k < hi; k++ {
+			for j := 0; j < rows; j++ {
+				sy := j + offY
+				dst := out.V[(k*rows+j)*cols : (k*rows+j+1)*cols]
+				for i := range dst {
+					sx := i + offX
+					if sy < 0 || sy >= g.NY || sx < 0 || sx >= g.NX {
+						dst[i] = pad
+					} else {
+						dst[i] = g.V[(k*g.NY+sy)*g.NX+sx]
+					}
+				}
+			}
+		}
+	})
+	return out
+}
+
+// ToGrid resamples a grid defined in the same frame onto target's geometry
+// (the inverse mapping of model outputs onto the source grid). Both grids
+// must share direction; origins and spacings may differ. Positions outside
+// the source take the edge value for Linear and 0 for Nearest.
+func ToGrid(src *Grid, target volume.Geometry, size [3]int, interp Interp) *Grid {
+	out := &Grid{NX: size[0], NY: size[1], NZ: size[2], Geometry: target, V: make([]float32, size[0]*size[1]*size[2])}
+	// Continuous source index along axis a of target index t:
+	// (target.Origin - src.Origin)·dir_a / src.Spacing[a] + t*target.Spacing[a]/src.Spacing[a].
+	var off, ratio [3]float64
+	d := src.Geometry.Direction
+	for a := 0; a < 3; a++ {
+		var dp float64
+		for c := 0; c < 3; c++ {
+			dp += (target.Origin[c] - src.Geometry.Origin[c]) * d[3*a+c]
+		}
+		off[a] = dp / src.Geometry.Spacing[a]
+		ratio[a] = target.Spacing[a] / src.Geometry.Spacing[a]
+	}
+	n := [3]int{src.NX, src.NY, src.NZ}
+	index := func(a, t int) (int, int, float32, bool) {
+		x := off[a] + float64(t)*ratio[a]
+		if interp == Nearest {
+			i := int(math.Floor(x + 0.5))
+			return i, i, 0, i >= 0 && i < n[a]
+		}
+		x = math.Min(math.Max(x, 0), float64(n[a]-1))
+		i := int(math.Floor(x))
+		if i >= n[a]-1 {
+			return n[a] - 1, n[a] - 1, 0, true
+		}
+		return i, i + 1, float32(x - float64(i)), true
+	}
+	parallel(size[2], func(lo, hi int) {
+		for k := lo; k < hi; k++ {
+			z0, z1, wz, okz := index(2, k)
+			for j := 0; j < size[1]; j++ {
+				y0, y1, wy, oky := index(1, j)
+				for i := 0; i < size[0]; i++ {
+					x0, x1, wx, okx := index(0, i)
+					if !(okx && oky && okz) {
+						continue // Nearest outside the source: 0
+					}
+					c00 := src.at(x0, y0, z0) + (src.at(x1, y0, z0)-src.at(x0, y0, z0))*wx
+					c01 := src.at(x0, y1, z0) + (src.at(x1, y1, z0)-src.at(x0, y1, z0))*wx
+					c10 := src.at(x0, y0, z1) + (src.at(x1, y0, z1)-src.at(x0, y0, z1))*wx
+					c11 := src.at(x0, y1, z1) + (src.at(x1, y1, z1)-src.at(x0, y1, z1))*wx
+					c0 := c00 + (c01-c00)*wy
+					c1 := c10 + (c11-c10)*wy
+					out.V[(k*size[1]+j)*size[0]+i] = c0 + (c1-c0)*wz
+				}
+			}
+		}
+	})
+	return out
+}

@@ -1,0 +1,238 @@
+package preprocess
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/voxserve/voxserve/volume"
+)
+
+func grid(nx, ny, nz int, spacing [3]float64, f func(i, j, k int) float32) *Grid {
+	g := &Grid{NX: nx, NY: ny, NZ: nz, Geometry: volume.Identity()}
+	g.Geometry.Spacing = spacing
+	g.V = make([]float32, nx*ny*nz)
+	for k := 0; k < nz; k++ {
+		for j := 0; j < ny; j++ {
+			for i := 0; i < nx; i++ {
+				g.V[(k*ny+j)*nx+i] = f(i, j, k)
+			}
+		}
+	}
+	return g
+}
+
+func TestWindowsGolden(t *testing.T) {
+	brain := Window{Name: "brain", Center: 40, Width: 80}
+	subdural := Window{Name: "subdural", Center: 80, Width: 200}
+	bone := Window{Name: "bone", Center: 600, Width: 2800}
+	hu := []float32{-1000, 0, 40, 60, 80, 100, 1000, 2000}
+	g := &Grid{NX: len(hu), NY: 1, NZ: 1, Geometry: volume.Identity(), V: hu}
+	out := make([]float32, 3*len(hu))
+	Windows(g, []Window{brain, subdural, bone}, out)
+	want := []float32{
+		0, 0, 0.5, 0.75, 1, 1, 1, 1, // brain 0..80
+		0, 0.1, 0.3, 0.4, 0.5, 0.6, 1, 1, // subdural -20..180
+		0, 800.0 / 2800, 840.0 / 2800, 860.0 / 2800, 880.0 / 2800, 900.0 / 2800, 1800.0 / 2800, 1, // bone -800..2000
+	}
+	for i := range want {
+		assert.InDelta(t, want[i], out[i], 1e-6, "value %d", i)
+	}
+	assert.Equal(t, float32(0.5), brain.Apply(40))
+}
+
+func TestClipScaleAndZScore(t *testing.T) {
+	v := []float32{-2000, -1000, 0, 1000, 3000}
+	ClipScale(v, -1000, 1000, 0, 1)
+	assert.Equal(t, []float32{0, 0, 0.5, 1, 1}, v)
+	z := []float32{1, 2, 3, 4}
+	mean, std := ZScore(z)
+	assert.InDelta(t, 2.5, mean, 1e-12)
+	assert.InDelta(t, math.Sqrt(1.25), std, 1e-12)
+	assert.InDelta(t, -1.5/math.Sqrt(1.25), z[0], 1e-6)
+	c := []float32{7, 7}
+	ZScore(c)
+	assert.Equal(t, []float32{0, 0}, c)
+}
+
+func TestResampleGolden(t *testing.T) {
+	g := grid(3, 1, 1, [3]float64{1, 1, 1}, func(i, j, k int) float32 { return float32(10 * i) })
+	lin := Resample(g, [3]float64{0.5, 0, 0}, [3]int{ResampleSize(3, 1, 0.5), 1, 1}, Linear)
+	assert.Equal(t, 6, lin.NX)
+	assert.Equal(t, []float32{0, 5, 10, 15, 20, 20}, lin.V)
+	assert.Equal(t, [3]float64{0.5, 1, 1}, lin.Geometry.Spacing)
+	near := Resample(g, [3]float64{0.5, 0, 0}, [3]int{6, 1, 1}, Nearest)
+	assert.Equal(t, []float32{0, 10, 10, 20, 20, 20}, near.V)
+	down := Resample(g, [3]float64{2, 0, 0}, [3]int{2, 1, 1}, Linear)
+	assert.Equal(t, []float32{0, 20}, down.V)
+}
+
+// Trilinear interpolation reproduces a linear function of position exactly.
+func TestResampleLinearFieldIsExact(t *testing.T) {
+	sp := [3]float64{0.7, 0.9, 2.5}
+	f := func(x, y, z float64) float64 { return 2*x + 3*y - z + 5 }
+	g := grid(20, 18, 9, sp, func(i, j, k int) float32 {
+		return float32(f(float64(i)*sp[0], float64(j)*sp[1], float64(k)*sp[2]))
+	})
+	to := [3]float64{1, 1, 1}
+	size := [3]int{ResampleSize(20, sp[0], 1), ResampleSize(18, sp[1], 1), ResampleSize(9, sp[2], 1)}
+	out := Resample(g, to, size, Linear)
+	for k := 0; k < out.NZ; k++ {
+		for j := 0; j < out.NY; j++ {
+			for i := 0; i < out.NX; i++ {
+				x, y, z := float64(i), float64(j), float64(k)
+				if x > 19*sp[0] || y > 17*sp[1] || z > 8*sp[2] {
+					continue // beyond the last source voxel: edge value
+				}
+				require.InDelta(t, f(x, y, z), out.V[(k*out.NY+j)*out.NX+i], 1e-3, "voxel %d,%d,%d", i, j, k)
+			}
+		}
+	}
+}
+
+func position(g *Grid, i, j, k int) [3]float64 {
+	var p [3]float64
+	idx := [3]int{i, j, k}
+	for c := 0; c < 3; c++ {
+		p[c] = g.Geometry.Origin[c]
+		for a := 0; a < 3; a++ {
+			p[c] += float64(idx[a]) * g.Geometry.Spacing[a] * g.Geometry.Direction[3*a+c]
+		}
+	}
+	return p
+}
+
+func TestReorientPreservesPositions(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	g := grid(4, 3, 5, [3]float64{0.5, 0.8, 2}, func(i, j, k int) float32 { return rng.Float32() })
+	// x runs right-to-left (-L), y runs superior (+S), z runs anterior (-P).
+	g.Geometry.Direction = [9]float64{-1, 0, 0, 0, 0, 1, 0, -1, 0}
+	g.Geometry.Origin = [3]float64{10, 20, 30}
+	out, err := Reorient(g)
+	require.NoError(t, err)
+	assert.Equal(t, [9]float64{1, 0, 0, 0, 1, 0, 0, 0, 1}, out.Geometry.Direction)
+	assert.Equal(t, [3]float64{0.5, 2, 0.8}, out.Geometry.Spacing)
+	assert.Equal(t, [3]int{4, 5, 3}, [3]int{out.NX, out.NY, out.NZ})
+	// Every output voxel holds the input voxel at the same position.
+	pos := map[[3]int64]float32{}
+	key := func(p [3]float64) [3]int64 {
+		return [3]int64{int64(math.Round(p[0] * 1000)), int64(math.Round(p[1] * 1000)), int64(math.Round(p[2] * 1000))}
+	}
+	for k := 0; k < g.NZ; k++ {
+		for j := 0; j < g.NY; j++ {
+			for i := 0; i < g.NX; i++ {
+				pos[key(position(g, i, j, k))] = g.at(i, j, k)
+			}
+		}
+	}
+	for k := 0; k < out.NZ; k++ {
+		for j := 0; j < out.NY; j++ {
+			for i := 0; i < out.NX; i++ {
+				v, ok := pos[key(position(out, i, j, k))]
+				require.True(t, ok)
+				require.Equal(t, v, out.at(i, j, k))
+			}
+		}
+	}
+	same, err := Reorient(out)
+	require.NoError(t, err)
+	assert.Same(t, out, same)
+}
+
+func TestSlicesAndSlabs(t *testing.T) {
+	// 2 channels of a 2x1x3 volume: value = 100*c + 10*k + i.
+	ch := &Channels{C: 2, NX: 2, NY: 1, NZ: 3, V: make([]float32, 12)}
+	for c := 0; c < 2; c++ {
+		for k := 0; k < 3; k++ {
+			for i := 0; i < 2; i++ {
+				ch.V[c*6+k*2+i] = float32(100*c + 10*k + i)
+			}
+		}
+	}
+	s := make([]float32, 12)
+	SlicesTensor(ch, s)
+	assert.Equal(t, []float32{0, 1, 100, 101, 10, 11, 110, 111, 20, 21, 120, 121}, s)
+	slab := make([]float32, 3*2*3*2)
+	SlabsTensor(ch, 1, slab)
+	// slice 0: channel 0 slices (0,0,1), channel 1 slices (0,0,1) — clamped at the edge.
+	assert.Equal(t, []float32{0, 1, 0, 1, 10, 11, 100, 101, 100, 101, 110, 111}, slab[:12])
+	assert.Equal(t, []float32{10, 11, 20, 21, 20, 21, 110, 111, 120, 121, 120, 121}, slab[24:])
+}
+
+func TestPatchStarts(t *testing.T) {
+	assert.Equal(t, []int{0, 2, 4, 6}, PatchStarts(10, 4, 0.5))
+	assert.Equal(t, []int{0, 3, 6, 7}, PatchStarts(11, 4, 0.25))
+	assert.Equal(t, []int{0}, PatchStarts(3, 4, 0.5))
+	assert.Equal(t, []int{0}, PatchStarts(4, 4, 0.5))
+	assert.Equal(t, []int{0, 4, 6}, PatchStarts(10, 4, 0))
+}
+
+func TestGaussianMap(t *testing.T) {
+	m := GaussianMap([3]int{9, 9, 9})
+	assert.InDelta(t, 1, m[(4*9+4)*9+4], 1e-6)
+	assert.InDelta(t, m[0], m[len(m)-1], 1e-7)
+	assert.Positive(t, m[0])
+	assert.Less(t, m[0], m[(4*9+4)*9+3])
+}
+
+// Sliding windows with the identity as the "model" give the input back.
+func TestSlidingWindowRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	ch := &Channels{C: 2, NX: 13, NY: 11, NZ: 7, V: make([]float32, 2*13*11*7)}
+	for i := range ch.V {
+		ch.V[i] = rng.Float32()
+	}
+	size, patch := [3]int{13, 11, 7}, [3]int{6, 5, 8} // z patch larger than the volume: padded
+	agg := NewAggregator(2, size, patch)
+	buf := make([]float32, 2*6*5*8)
+	for _, p := range Patches(size, patch, 0.5) {
+		ExtractPatch(ch, p, patch, -1, buf)
+		require.NoError(t, agg.Add(p, buf))
+	}
+	out := agg.Result()
+	for i := range ch.V {
+		require.InDelta(t, ch.V[i], out.V[i], 1e-5)
+	}
+	assert.Error(t, agg.Add(Patch{}, buf[:3]))
+}
+
+func TestCropOrPadAndBack(t *testing.T) {
+	g := grid(6, 4, 2, [3]float64{0.5, 0.5, 3}, func(i, j, k int) float32 { return float32(100*k + 10*j + i + 1) })
+	g.Geometry.Origin = [3]float64{-1, -2, -3}
+	c := CropOrPad(g, 6, 4, 0) // rows 4 -> 6 (pad 1 each side), cols 6 -> 4 (crop 1 each side)
+	assert.Equal(t, [3]int{4, 6, 2}, [3]int{c.NX, c.NY, c.NZ})
+	assert.Equal(t, [3]float64{-0.5, -2.5, -3}, c.Geometry.Origin)
+	assert.Equal(t, float32(0), c.at(0, 0, 0))
+	assert.Equal(t, g.at(1, 0, 0), c.at(0, 1, 0))
+	// Same position, same value.
+	assert.Equal(t, position(g, 1, 0, 0), position(c, 0, 1, 0))
+
+	// Back onto the source grid: what survived the crop comes back exactly.
+	back := ToGrid(c, g.Geometry, [3]int{g.NX, g.NY, g.NZ}, Nearest)
+	for k := 0; k < 2; k++ {
+		for j := 0; j < 4; j++ {
+			for i := 1; i < 5; i++ {
+				require.Equal(t, g.at(i, j, k), back.at(i, j, k))
+			}
+			assert.Equal(t, float32(0), back.at(0, j, k)) // cropped away
+		}
+	}
+}
+
+func TestToGridUndoesResample(t *testing.T) {
+	sp := [3]float64{0.5, 0.5, 2}
+	f := func(i, j, k int) float32 { return float32(3*i + 2*j + 7*k) }
+	g := grid(16, 12, 6, sp, f)
+	mid := Resample(g, [3]float64{1, 1, 1}, [3]int{8, 6, 11}, Linear)
+	back := ToGrid(mid, g.Geometry, [3]int{16, 12, 6}, Linear)
+	for k := 0; k < 6; k++ {
+		for j := 0; j < 11; j++ { // within the resampled extent
+			for i := 0; i < 15; i++ {
+				require.InDelta(t, f(i, j, k), back.at(i, j, k), 1e-3, "voxel %d,%d,%d", i, j, k)
+			}
+		}
+	}
+}
