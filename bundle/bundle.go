@@ -47,6 +47,8 @@ type Spec struct {
 
 	Inputs  []Input  `yaml:"inputs"`
 	Outputs []Output `yaml:"outputs"`
+	// Preprocessing turns a study (volume or DICOM) into the model input.
+	Preprocessing *Preprocessing `yaml:"preprocessing"`
 
 	// MaxBatchSize follows Triton: when > 0 the model has a leading batch
 	// axis that dims do not list, and requests may batch up to this size.
@@ -327,6 +329,9 @@ func (s *Spec) validate(file string) error {
 				bad(fmt.Sprintf("version_policy.specific[%d]", j), "%d must be >= 1", v)
 			}
 		}
+	}
+	if s.Preprocessing != nil {
+		s.Preprocessing.validate(s, bad)
 	}
 	for i, p := range s.Execution.Providers {
 		if !oneOf(p, providers) {

@@ -127,3 +127,60 @@ func (m *Model) String() string { return fmt.Sprintf("%s:%d", m.Spec.Name, m.Ver
 
 // BundleDir is the bundle folder the version was loaded from.
 func (m *Model) BundleDir() string { return filepath.Dir(filepath.Dir(m.Path)) }
+
+// InferAll runs inputs whose batch axis may exceed max_batch_size, in
+// chunks of at most max_batch_size, and concatenates the outputs along the
+// batch axis. A study's slices or patches are one request's batch.
+func (m *Model) InferAll(ctx context.Context, inputs []*tensor.Tensor) ([]*tensor.Tensor, Timings, error) {
+	maxB := m.Spec.MaxBatchSize
+	if maxB <= 0 || len(inputs) == 0 || len(inputs[0].Shape) == 0 || inputs[0].Shape[0] <= maxB {
+		return m.Infer(ctx, inputs)
+	}
+	// Validate the whole request first, so errors describe it, not a chunk.
+	inputs, err := orderInputsBatch(m.Spec, inputs, false)
+	if err != nil {
+		return nil, Timings{}, err
+	}
+	n := inputs[0].Shape[0]
+	for _, in := range inputs {
+		if in.Shape[0] != n {
+			return nil, Timings{}, status.Errorf(codes.InvalidArgument, "inputs disagree on the batch size (%d and %d)", n, in.Shape[0])
+		}
+	}
+	var total Timings
+	var outs []*tensor.Tensor
+	for lo := int64(0); lo < n; lo += maxB {
+		hi := min(lo+maxB, n)
+		chunk := make([]*tensor.Tensor, len(inputs))
+		for i, in := range inputs {
+			chunk[i] = batchSlice(in, lo, hi)
+		}
+		res, tm, err := m.Infer(ctx, chunk)
+		if err != nil {
+			return nil, total, err
+		}
+		total.Queue += tm.Queue
+		total.Compute += tm.Compute
+		if outs == nil {
+			outs = make([]*tensor.Tensor, len(res))
+			for i, r := range res {
+				shape := append([]int64{n}, r.Shape[1:]...)
+				outs[i] = &tensor.Tensor{Name: r.Name, DType: r.DType, Shape: shape, Data: make([]byte, 0, int(n)*len(r.Data)/int(max(r.Shape[0], 1)))}
+			}
+		}
+		for i, r := range res {
+			if len(r.Shape) == 0 || r.Shape[0] != hi-lo {
+				return nil, total, status.Errorf(codes.Internal, "output %q has no batch axis of %d", r.Name, hi-lo)
+			}
+			outs[i].Data = append(outs[i].Data, r.Data...)
+		}
+	}
+	return outs, total, nil
+}
+
+// batchSlice views items [lo, hi) of a tensor's batch axis without copying.
+func batchSlice(t *tensor.Tensor, lo, hi int64) *tensor.Tensor {
+	per := int64(len(t.Data)) / t.Shape[0]
+	shape := append([]int64{hi - lo}, t.Shape[1:]...)
+	return &tensor.Tensor{Name: t.Name, DType: t.DType, Shape: shape, Data: t.Data[lo*per : hi*per]}
+}

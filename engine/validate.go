@@ -110,6 +110,12 @@ func names(g []ort.InputOutputInfo) string {
 // against its declaration, and returns them in declared order. Errors are
 // INVALID_ARGUMENT and say what was expected and what came.
 func orderInputs(spec *bundle.Spec, given []*tensor.Tensor) ([]*tensor.Tensor, error) {
+	return orderInputsBatch(spec, given, true)
+}
+
+// orderInputsBatch is orderInputs; capBatch false lets the batch axis exceed
+// max_batch_size (InferAll splits it).
+func orderInputsBatch(spec *bundle.Spec, given []*tensor.Tensor, capBatch bool) ([]*tensor.Tensor, error) {
 	if len(given) == 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "no input tensors; model %q takes %s", spec.Name, describeInputs(spec))
 	}
@@ -132,7 +138,7 @@ func orderInputs(spec *bundle.Spec, given []*tensor.Tensor) ([]*tensor.Tensor, e
 			return nil, status.Errorf(codes.InvalidArgument, "missing input %q; model %q takes %s", d.name, spec.Name, describeInputs(spec))
 		}
 		delete(byName, d.name)
-		if err := checkInput(spec, d, t); err != nil {
+		if err := checkInput(spec, d, t, capBatch); err != nil {
 			return nil, err
 		}
 		c := *t
@@ -145,7 +151,7 @@ func orderInputs(spec *bundle.Spec, given []*tensor.Tensor) ([]*tensor.Tensor, e
 	return out, nil
 }
 
-func checkInput(spec *bundle.Spec, d declTensor, t *tensor.Tensor) error {
+func checkInput(spec *bundle.Spec, d declTensor, t *tensor.Tensor, capBatch bool) error {
 	bad := func(format string, args ...any) error {
 		return status.Errorf(codes.InvalidArgument, "input %q: "+format, append([]any{d.name}, args...)...)
 	}
@@ -165,7 +171,7 @@ func checkInput(spec *bundle.Spec, d declTensor, t *tensor.Tensor) error {
 			return bad("shape %s: axis %d is %d, model expects %s", tensor.ShapeString(t.Shape), j, got, tensor.ShapeString(want))
 		}
 	}
-	if spec.MaxBatchSize > 0 && t.Shape[0] > spec.MaxBatchSize {
+	if capBatch && spec.MaxBatchSize > 0 && t.Shape[0] > spec.MaxBatchSize {
 		return bad("batch of %d exceeds max_batch_size %d", t.Shape[0], spec.MaxBatchSize)
 	}
 	if len(t.Data) == 0 {

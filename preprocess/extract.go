@@ -250,55 +250,71 @@ func CropOrPad(g *Grid, rows, cols int, pad float32) *Grid {
 	return out
 }
 
-// ToGrid resamples a grid defined in the same frame onto target's geometry
-// (the inverse mapping of model outputs onto the source grid). Both grids
-// must share direction; origins and spacings may differ. Positions outside
-// the source take the edge value for Linear and 0 for Nearest.
+// ToGrid resamples src onto target's geometry and size, in physical space:
+// each target voxel takes the source value at its patient position. It is
+// the inverse mapping of model outputs (on the model's grid) onto the
+// source grid, whatever resampling, cropping or reorientation lies between.
+// Positions outside the source take the edge value for Linear and 0 for
+// Nearest.
 func ToGrid(src *Grid, target volume.Geometry, size [3]int, interp Interp) *Grid {
 	out := &Grid{NX: size[0], NY: size[1], NZ: size[2], Geometry: target, V: make([]float32, size[0]*size[1]*size[2])}
-	// Continuous source index along axis a of target index t:
-	// (target.Origin - src.Origin)·dir_a / src.Spacing[a] + t*target.Spacing[a]/src.Spacing[a].
-	var off, ratio [3]float64
-	d := src.Geometry.Direction
+	// Source continuous index a of target index t is affine in t:
+	// idx_a = off_a + sum_b t_b * m[a][b].
+	var off [3]float64
+	var m [3][3]float64
+	sd, td := src.Geometry.Direction, target.Direction
 	for a := 0; a < 3; a++ {
 		var dp float64
 		for c := 0; c < 3; c++ {
-			dp += (target.Origin[c] - src.Geometry.Origin[c]) * d[3*a+c]
+			dp += (target.Origin[c] - src.Geometry.Origin[c]) * sd[3*a+c]
 		}
 		off[a] = dp / src.Geometry.Spacing[a]
-		ratio[a] = target.Spacing[a] / src.Geometry.Spacing[a]
+		for b := 0; b < 3; b++ {
+			var cos float64
+			for c := 0; c < 3; c++ {
+				cos += td[3*b+c] * sd[3*a+c]
+			}
+			m[a][b] = target.Spacing[b] * cos / src.Geometry.Spacing[a]
+		}
 	}
 	n := [3]int{src.NX, src.NY, src.NZ}
-	index := func(a, t int) (int, int, float32, bool) {
-		x := off[a] + float64(t)*ratio[a]
-		if interp == Nearest {
-			i := int(math.Floor(x + 0.5))
-			return i, i, 0, i >= 0 && i < n[a]
-		}
-		x = math.Min(math.Max(x, 0), float64(n[a]-1))
-		i := int(math.Floor(x))
-		if i >= n[a]-1 {
-			return n[a] - 1, n[a] - 1, 0, true
-		}
-		return i, i + 1, float32(x - float64(i)), true
-	}
 	parallel(size[2], func(lo, hi int) {
 		for k := lo; k < hi; k++ {
-			z0, z1, wz, okz := index(2, k)
 			for j := 0; j < size[1]; j++ {
-				y0, y1, wy, oky := index(1, j)
 				for i := 0; i < size[0]; i++ {
-					x0, x1, wx, okx := index(0, i)
-					if !(okx && oky && okz) {
-						continue // Nearest outside the source: 0
+					var lo3, hi3 [3]int
+					var w [3]float32
+					inside := true
+					for a := 0; a < 3; a++ {
+						x := off[a] + float64(i)*m[a][0] + float64(j)*m[a][1] + float64(k)*m[a][2]
+						if interp == Nearest {
+							r := int(math.Floor(x + 0.5))
+							if r < 0 || r >= n[a] {
+								inside = false
+								break
+							}
+							lo3[a], hi3[a] = r, r
+							continue
+						}
+						x = math.Min(math.Max(x, 0), float64(n[a]-1))
+						f := int(math.Floor(x))
+						if f >= n[a]-1 {
+							lo3[a], hi3[a] = n[a]-1, n[a]-1
+						} else {
+							lo3[a], hi3[a], w[a] = f, f+1, float32(x-float64(f))
+						}
 					}
-					c00 := src.at(x0, y0, z0) + (src.at(x1, y0, z0)-src.at(x0, y0, z0))*wx
-					c01 := src.at(x0, y1, z0) + (src.at(x1, y1, z0)-src.at(x0, y1, z0))*wx
-					c10 := src.at(x0, y0, z1) + (src.at(x1, y0, z1)-src.at(x0, y0, z1))*wx
-					c11 := src.at(x0, y1, z1) + (src.at(x1, y1, z1)-src.at(x0, y1, z1))*wx
-					c0 := c00 + (c01-c00)*wy
-					c1 := c10 + (c11-c10)*wy
-					out.V[(k*size[1]+j)*size[0]+i] = c0 + (c1-c0)*wz
+					if !inside {
+						continue
+					}
+					x0, x1, y0, y1, z0, z1 := lo3[0], hi3[0], lo3[1], hi3[1], lo3[2], hi3[2]
+					c00 := src.at(x0, y0, z0) + (src.at(x1, y0, z0)-src.at(x0, y0, z0))*w[0]
+					c01 := src.at(x0, y1, z0) + (src.at(x1, y1, z0)-src.at(x0, y1, z0))*w[0]
+					c10 := src.at(x0, y0, z1) + (src.at(x1, y0, z1)-src.at(x0, y0, z1))*w[0]
+					c11 := src.at(x0, y1, z1) + (src.at(x1, y1, z1)-src.at(x0, y1, z1))*w[0]
+					c0 := c00 + (c01-c00)*w[1]
+					c1 := c10 + (c11-c10)*w[1]
+					out.V[(k*size[1]+j)*size[0]+i] = c0 + (c1-c0)*w[2]
 				}
 			}
 		}

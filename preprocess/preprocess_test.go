@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
 )
 
@@ -236,3 +237,78 @@ func TestToGridUndoesResample(t *testing.T) {
 		}
 	}
 }
+
+// A reoriented grid maps back onto the original exactly with ToGrid.
+func TestToGridUndoesReorient(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	g := grid(5, 4, 3, [3]float64{0.5, 0.8, 2}, func(i, j, k int) float32 { return rng.Float32() })
+	g.Geometry.Direction = [9]float64{0, -1, 0, 1, 0, 0, 0, 0, -1}
+	g.Geometry.Origin = [3]float64{4, -7, 12}
+	r, err := Reorient(g)
+	require.NoError(t, err)
+	back := ToGrid(r, g.Geometry, [3]int{g.NX, g.NY, g.NZ}, Nearest)
+	assert.Equal(t, g.V, back.V)
+	lin := ToGrid(r, g.Geometry, [3]int{g.NX, g.NY, g.NZ}, Linear)
+	for i := range g.V {
+		require.InDelta(t, g.V[i], lin.V[i], 1e-5)
+	}
+}
+
+func ctVolume() *volume.Volume {
+	g := grid(20, 16, 6, [3]float64{0.5, 0.5, 3}, func(i, j, k int) float32 {
+		if i >= 6 && i < 12 && j >= 5 && j < 9 && k >= 2 && k < 4 {
+			return 70
+		}
+		return 30
+	})
+	g.Geometry.Origin = [3]float64{-5, -4, 10}
+	return &volume.Volume{Dims: [3]int64{6, 16, 20}, Geometry: g.Geometry, Voxels: *tensorOf(g.V, []int64{6, 16, 20})}
+}
+
+// Every layout prepares the right shape, and mapping the windowed input
+// itself back (an identity "model") reproduces the windowed source.
+func TestPrepareLayoutsRoundTrip(t *testing.T) {
+	brain := Window{Center: 40, Width: 80}
+	for _, spec := range []Spec{
+		{Windows: []Window{brain}, Layout: LayoutVolume},
+		{Windows: []Window{brain}, Layout: LayoutSlices, TargetSpacing: [3]float64{1, 1, 0}, InPlaneSize: [2]int{10, 12}},
+		{Windows: []Window{brain, {Center: 80, Width: 200}}, Layout: LayoutSlabs, SlabRadius: 1},
+		{Windows: []Window{brain}, Layout: LayoutPatches, PatchSize: [3]int{8, 8, 4}, Overlap: 0.5, TargetSpacing: [3]float64{1, 1, 1}, Orientation: "LPS"},
+	} {
+		t.Run(spec.Layout, func(t *testing.T) {
+			v := ctVolume()
+			p, err := Prepare(v, spec, "image")
+			require.NoError(t, err)
+			in := p.Input
+			switch spec.Layout {
+			case LayoutVolume:
+				assert.Equal(t, []int64{1, 1, 6, 16, 20}, in.Shape)
+			case LayoutSlices:
+				assert.Equal(t, []int64{6, 1, 10, 12}, in.Shape)
+			case LayoutSlabs:
+				assert.Equal(t, []int64{6, 6, 16, 20}, in.Shape)
+				return // a slab input is not a per-voxel output
+			case LayoutPatches:
+				assert.Equal(t, int64(1), in.Shape[1])
+				assert.Equal(t, []int64{4, 8, 8}, in.Shape[2:])
+			}
+			back, err := p.ToSource(in)
+			require.NoError(t, err)
+			assert.Equal(t, []int64{1, 1, 6, 16, 20}, back.Shape)
+			got, _ := back.Float32s()
+			src, _ := v.Float32()
+			if spec.Layout == LayoutVolume {
+				for i, x := range src {
+					require.InDelta(t, brain.Apply(x), got[i], 1e-6)
+				}
+				return
+			}
+			// Resampled or cropped: the centre of the dense block survives.
+			centre := (3*16+7)*20 + 9
+			assert.Greater(t, got[centre], float32(0.8))
+			assert.InDelta(t, brain.Apply(30), got[0+20*8], 0.05)
+		})
+	}
+}
+
+func tensorOf(v []float32, shape []int64) *tensor.Tensor { return tensor.FromFloat32("", shape, v) }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/voxserve/voxserve/dicom/dicomtest"
+	"github.com/voxserve/voxserve/internal/onnxbuild"
 	"github.com/voxserve/voxserve/internal/testrepo"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
@@ -133,4 +134,104 @@ func TestInferDICOMErrors(t *testing.T) {
 	resp, err := h.client.Infer(ctxT(t), &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}})
 	require.NoError(t, err)
 	assert.Contains(t, resp.GetWarnings()[0], "1 missing slices")
+}
+
+// A bundle that declares preprocessing: brain window, 1 mm in-plane
+// resampling, 2D slices padded to 16x16; masks come back on the study grid.
+const windowedYAML = `name: windowed
+task: both
+modalities: [CT]
+inputs:
+  - name: image
+    data_type: float32
+    dims: [1, 16, 16]
+preprocessing:
+  windows:
+    - {name: brain, center: 40, width: 80}
+  target_spacing: [1, 1, 0]
+  in_plane_size: [16, 16]
+  layout: slices
+outputs:
+  - name: probability_map
+    data_type: float32
+    dims: [1, 16, 16]
+    kind: mask
+    labels: [{name: dense}]
+  - name: score
+    data_type: float32
+    dims: [1]
+    kind: scores
+    labels: [{name: dense region}]
+max_batch_size: 2
+`
+
+// Patches over raw HU: no resampling, so the mask must come back exactly.
+const patchesYAML = `name: patched
+task: segmentation
+inputs:
+  - name: image
+    data_type: float32
+    dims: [1, 4, 6, 6]
+preprocessing:
+  layout: patches
+  patch_size: [6, 6, 4]
+  overlap: 0.5
+  pad_value: -1000
+outputs:
+  - name: probability_map
+    data_type: float32
+    dims: [1, 4, 6, 6]
+    kind: mask
+    labels: [{name: dense}]
+  - name: score
+    data_type: float32
+    dims: [1]
+    kind: scores
+    labels: [{name: dense region}]
+max_batch_size: 4
+`
+
+func TestInferWithPreprocessing(t *testing.T) {
+	repo := testrepo.Write(t,
+		testrepo.Bundle{Name: "windowed", YAML: windowedYAML, Versions: map[int64][]byte{1: onnxbuild.Threshold2D(0.75, 40).Marshal()}},
+		testrepo.Bundle{Name: "patched", YAML: patchesYAML, Versions: map[int64][]byte{1: onnxbuild.Hyperdensity(60, 5).Marshal()}})
+	h := start(t, repo, Options{})
+	s, blood := headCT()
+	files, err := s.Encode()
+	require.NoError(t, err)
+	for _, model := range []string{"windowed", "patched"} {
+		t.Run(model, func(t *testing.T) {
+			resp, err := h.client.Infer(ctxT(t), &pb.InferRequest{Model: model, Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}})
+			require.NoError(t, err)
+			assert.True(t, resp.GetFindings()[0].GetPresent())
+			m := resp.GetMasks()[0]
+			assert.Equal(t, []int64{5, 12, 10}, m.GetDims(), "mask on the study's grid")
+			zr, err := zlib.NewReader(bytes.NewReader(m.GetDataZlib()))
+			require.NoError(t, err)
+			labels, err := io.ReadAll(zr)
+			require.NoError(t, err)
+			n, outside := 0, 0
+			for k := 0; k < 5; k++ {
+				for j := 0; j < 12; j++ {
+					for i := 0; i < 10; i++ {
+						if labels[(k*12+j)*10+i] == 1 {
+							n++
+							// Resampling may blur the edge by a voxel, never more.
+							if !(k >= 1 && k < 3 && j >= 3 && j < 8 && i >= 1 && i < 7) {
+								outside++
+							}
+						}
+					}
+				}
+			}
+			assert.Zero(t, outside)
+			if model == "patched" {
+				assert.Equal(t, blood, n)
+			} else {
+				// Halving the in-plane resolution of a 4x3-voxel block keeps
+				// its core only: some voxels, all inside.
+				assert.Positive(t, n)
+			}
+		})
+	}
 }

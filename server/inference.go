@@ -14,6 +14,7 @@ import (
 	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/postprocess"
+	"github.com/voxserve/voxserve/preprocess"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
@@ -43,10 +44,11 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	}
 	defer release()
 
-	prep := time.Now()
+	prepStart := time.Now()
 	var inputs []*tensor.Tensor
 	resp := &pb.InferResponse{Model: m.Spec.Name, Version: m.VersionString(), RequestId: req.GetRequestId()}
 	var geometry *pb.Geometry
+	var plan *preprocess.Prepared // set when the bundle declares preprocessing
 	switch in := req.GetInput().(type) {
 	case *pb.InferRequest_Tensors:
 		if inputs, err = tensorsFromProto(in.Tensors.GetTensors()); err != nil {
@@ -72,20 +74,37 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		if vol.Modality == "" && len(m.Spec.Modalities) > 0 {
 			resp.Warnings = append(resp.Warnings, "the study has no modality; the model's modality check was skipped")
 		}
-		t, err := volumeInput(m.Spec, vol)
-		if err != nil {
-			return nil, err
+		if pp := m.Spec.Preprocessing; pp != nil {
+			if plan, err = preprocess.Prepare(vol, pp.Spec(), m.Spec.Inputs[0].Name); err != nil {
+				return nil, invalid("preprocessing the study: %v", err)
+			}
+			inputs = []*tensor.Tensor{plan.Input}
+		} else {
+			t, err := volumeInput(m.Spec, vol)
+			if err != nil {
+				return nil, err
+			}
+			inputs = []*tensor.Tensor{t}
 		}
-		inputs = []*tensor.Tensor{t}
 		geometry = geometryToProto(vol.Geometry)
 	default:
 		return nil, invalid("input: one of tensors, volume or dicom is required")
 	}
-	prepTime := time.Since(prep)
+	prepTime := time.Since(prepStart)
 
-	outs, tm, err := m.Infer(ctx, inputs)
+	outs, tm, err := m.InferAll(ctx, inputs)
 	if err != nil {
 		return nil, err
+	}
+	if plan != nil && want[pb.OutputKind_OUTPUT_KIND_MASK] {
+		// Per-voxel outputs go back onto the study's own grid.
+		for i, decl := range m.Spec.Outputs {
+			if decl.Kind == "mask" {
+				if outs[i], err = plan.ToSource(outs[i]); err != nil {
+					return nil, status.Errorf(codes.Internal, "mapping %s back to the study: %v", decl.Name, err)
+				}
+			}
+		}
 	}
 
 	post := time.Now()

@@ -101,3 +101,26 @@ func DemoPhantom() *tensor.Tensor {
 	}
 	return tensor.FromFloat32("", []int64{z, y, x}, v)
 }
+
+// Threshold2D is a per-pixel test model for slice layouts: over a float32
+// [batch, 1, height, width] input, probability_map = sigmoid((x - t) * k)
+// and score = max over the slice, [batch, 1].
+func Threshold2D(t, k float32) Model {
+	img := []Dim{{Param: "batch"}, {Value: 1}, {Param: "height"}, {Param: "width"}}
+	return Model{
+		Name:    "threshold2d",
+		Opset:   17,
+		Inputs:  []Value{{Name: "image", Type: Float, Shape: img}},
+		Outputs: []Value{{Name: "probability_map", Type: Float, Shape: img}, {Name: "score", Type: Float, Shape: []Dim{{Param: "batch"}, {Value: 1}}}},
+		Initializers: []Initializer{
+			{Name: "t", Float32: []float32{t}},
+			{Name: "k", Float32: []float32{k}},
+		},
+		Nodes: []Node{
+			{Op: "Sub", Inputs: []string{"image", "t"}, Outputs: []string{"centred"}},
+			{Op: "Mul", Inputs: []string{"centred", "k"}, Outputs: []string{"logit"}},
+			{Op: "Sigmoid", Inputs: []string{"logit"}, Outputs: []string{"probability_map"}},
+			{Op: "ReduceMax", Inputs: []string{"probability_map"}, Outputs: []string{"score"}, Attrs: []Attr{Ints("axes", 2, 3), I("keepdims", 0)}},
+		},
+	}
+}

@@ -1,0 +1,212 @@
+package preprocess
+
+import (
+	"fmt"
+
+	"github.com/voxserve/voxserve/tensor"
+	"github.com/voxserve/voxserve/volume"
+)
+
+// Layouts: how a prepared volume is cut into the model's batch.
+const (
+	LayoutVolume  = "volume"  // [1, C, Z, Y, X]
+	LayoutSlices  = "slices"  // [Z, C, Y, X]
+	LayoutSlabs   = "slabs"   // [Z, C*(2r+1), Y, X]
+	LayoutPatches = "patches" // [N, C, pz, py, px]
+)
+
+// Spec is a bundle's declared preprocessing.
+type Spec struct {
+	// Orientation "LPS" reorients to the nearest LPS-aligned axes; "" keeps.
+	Orientation string
+	// TargetSpacing in mm along x, y, z; 0 keeps that axis' spacing.
+	TargetSpacing [3]float64
+	// InPlaneSize (rows, columns) centre-crops or pads each slice after
+	// resampling; 0 keeps.
+	InPlaneSize [2]int
+	// Windows make one channel each, in [0, 1]. Without windows the volume
+	// is one channel, normalized per Normalize.
+	Windows []Window
+	// Normalize is "none", "zscore" or "clip" (with Clip = aMin, aMax,
+	// bMin, bMax); it applies when there are no windows.
+	Normalize string
+	Clip      [4]float64
+	Layout    string
+	// SlabRadius r gives slabs of 2r+1 slices.
+	SlabRadius int
+	// PatchSize (x, y, z) and Overlap (fraction) for the patches layout.
+	PatchSize [3]int
+	Overlap   float64
+	// PadValue fills voxels outside the volume (after normalization).
+	PadValue float32
+}
+
+// Channels is the number of channels per voxel before slab stacking.
+func (s *Spec) Channels() int { return max(1, len(s.Windows)) }
+
+// InputChannels is the channel axis of the model input.
+func (s *Spec) InputChannels() int {
+	if s.Layout == LayoutSlabs {
+		return s.Channels() * (2*s.SlabRadius + 1)
+	}
+	return s.Channels()
+}
+
+// Prepared is a volume turned into a model input, with what is needed to
+// map the model's outputs back onto the source grid.
+type Prepared struct {
+	Spec       Spec
+	Source     volume.Geometry
+	SourceSize [3]int // x, y, z
+	Model      volume.Geometry
+	ModelSize  [3]int
+	Patches    []Patch
+	// Input is the model input, float32.
+	Input *tensor.Tensor
+}
+
+// Prepare runs the declared preprocessing on a volume.
+func Prepare(v *volume.Volume, spec Spec, inputName string) (*Prepared, error) {
+	g, err := FromVolume(v)
+	if err != nil {
+		return nil, err
+	}
+	p := &Prepared{Spec: spec, Source: g.Geometry, SourceSize: [3]int{g.NX, g.NY, g.NZ}}
+	if spec.Orientation == "LPS" {
+		if g, err = Reorient(g); err != nil {
+			return nil, err
+		}
+	}
+	if spec.TargetSpacing != ([3]float64{}) {
+		var size [3]int
+		n := [3]int{g.NX, g.NY, g.NZ}
+		to := spec.TargetSpacing
+		for a := 0; a < 3; a++ {
+			if to[a] == 0 {
+				to[a] = g.Geometry.Spacing[a]
+			}
+			size[a] = ResampleSize(n[a], g.Geometry.Spacing[a], to[a])
+		}
+		if size != n || to != g.Geometry.Spacing {
+			g = Resample(g, to, size, Linear)
+		}
+	}
+	// Normalize before padding so that the pad value is in the model's units.
+	var ch *Channels
+	if len(spec.Windows) > 0 {
+		ch = &Channels{C: len(spec.Windows), NX: g.NX, NY: g.NY, NZ: g.NZ, V: make([]float32, len(spec.Windows)*g.Len())}
+		Windows(g, spec.Windows, ch.V)
+	} else {
+		switch spec.Normalize {
+		case "zscore":
+			ZScore(g.V)
+		case "clip":
+			c := spec.Clip
+			ClipScale(g.V, float32(c[0]), float32(c[1]), float32(c[2]), float32(c[3]))
+		}
+		ch = &Channels{C: 1, NX: g.NX, NY: g.NY, NZ: g.NZ, V: g.V}
+	}
+	geo := g.Geometry
+	if rows, cols := spec.InPlaneSize[0], spec.InPlaneSize[1]; rows > 0 && cols > 0 && (rows != ch.NY || cols != ch.NX) {
+		var out *Channels
+		for c := 0; c < ch.C; c++ {
+			one := &Grid{NX: ch.NX, NY: ch.NY, NZ: ch.NZ, Geometry: geo, V: ch.V[c*ch.vox() : (c+1)*ch.vox()]}
+			cp := CropOrPad(one, rows, cols, spec.PadValue)
+			if out == nil {
+				out = &Channels{C: ch.C, NX: cp.NX, NY: cp.NY, NZ: cp.NZ, V: make([]float32, ch.C*cp.Len())}
+			}
+			copy(out.V[c*cp.Len():], cp.V)
+			if c == ch.C-1 {
+				geo = cp.Geometry
+			}
+		}
+		ch = out
+	}
+	p.Model, p.ModelSize = geo, [3]int{ch.NX, ch.NY, ch.NZ}
+
+	var data []float32
+	var shape []int64
+	switch spec.Layout {
+	case LayoutVolume, "":
+		data = ch.V
+		shape = []int64{1, int64(ch.C), int64(ch.NZ), int64(ch.NY), int64(ch.NX)}
+	case LayoutSlices:
+		data = make([]float32, len(ch.V))
+		SlicesTensor(ch, data)
+		shape = []int64{int64(ch.NZ), int64(ch.C), int64(ch.NY), int64(ch.NX)}
+	case LayoutSlabs:
+		depth := 2*spec.SlabRadius + 1
+		data = make([]float32, len(ch.V)*depth)
+		SlabsTensor(ch, spec.SlabRadius, data)
+		shape = []int64{int64(ch.NZ), int64(ch.C * depth), int64(ch.NY), int64(ch.NX)}
+	case LayoutPatches:
+		ps := spec.PatchSize
+		p.Patches = Patches(p.ModelSize, ps, spec.Overlap)
+		per := ch.C * ps[0] * ps[1] * ps[2]
+		data = make([]float32, len(p.Patches)*per)
+		parallel(len(p.Patches), func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				ExtractPatch(ch, p.Patches[i], ps, spec.PadValue, data[i*per:(i+1)*per])
+			}
+		})
+		shape = []int64{int64(len(p.Patches)), int64(ch.C), int64(ps[2]), int64(ps[1]), int64(ps[0])}
+	default:
+		return nil, fmt.Errorf("unknown layout %q", spec.Layout)
+	}
+	p.Input = tensor.FromFloat32(inputName, shape, data)
+	return p, nil
+}
+
+// ToSource maps a per-voxel model output (probabilities or logits, one
+// channel per label, in the layout's batch form) back onto the source grid
+// by trilinear interpolation in physical space. It returns [1, C, Z, Y, X]
+// on the source grid.
+func (p *Prepared) ToSource(out *tensor.Tensor) (*tensor.Tensor, error) {
+	v, err := out.Float32s()
+	if err != nil {
+		return nil, err
+	}
+	mx, my, mz := p.ModelSize[0], p.ModelSize[1], p.ModelSize[2]
+	var ch *Channels
+	switch p.Spec.Layout {
+	case LayoutVolume, "":
+		if len(out.Shape) != 5 || out.Shape[0] != 1 || out.Shape[2] != int64(mz) || out.Shape[3] != int64(my) || out.Shape[4] != int64(mx) {
+			return nil, fmt.Errorf("output %q has shape %v; want [1, C, %d, %d, %d]", out.Name, out.Shape, mz, my, mx)
+		}
+		ch = &Channels{C: int(out.Shape[1]), NX: mx, NY: my, NZ: mz, V: v}
+	case LayoutSlices, LayoutSlabs:
+		if len(out.Shape) != 4 || out.Shape[0] != int64(mz) || out.Shape[2] != int64(my) || out.Shape[3] != int64(mx) {
+			return nil, fmt.Errorf("output %q has shape %v; want [%d, C, %d, %d]", out.Name, out.Shape, mz, my, mx)
+		}
+		c := int(out.Shape[1])
+		ch = &Channels{C: c, NX: mx, NY: my, NZ: mz, V: make([]float32, len(v))}
+		plane := mx * my
+		for k := 0; k < mz; k++ {
+			for cc := 0; cc < c; cc++ {
+				copy(ch.V[cc*mz*plane+k*plane:cc*mz*plane+(k+1)*plane], v[(k*c+cc)*plane:(k*c+cc+1)*plane])
+			}
+		}
+	case LayoutPatches:
+		ps := p.Spec.PatchSize
+		if len(out.Shape) != 5 || out.Shape[0] != int64(len(p.Patches)) || out.Shape[2] != int64(ps[2]) || out.Shape[3] != int64(ps[1]) || out.Shape[4] != int64(ps[0]) {
+			return nil, fmt.Errorf("output %q has shape %v; want [%d, C, %d, %d, %d]", out.Name, out.Shape, len(p.Patches), ps[2], ps[1], ps[0])
+		}
+		c := int(out.Shape[1])
+		agg := NewAggregator(c, p.ModelSize, ps)
+		per := c * ps[0] * ps[1] * ps[2]
+		for i, patch := range p.Patches {
+			if err := agg.Add(patch, v[i*per:(i+1)*per]); err != nil {
+				return nil, err
+			}
+		}
+		ch = agg.Result()
+	}
+	sx, sy, sz := p.SourceSize[0], p.SourceSize[1], p.SourceSize[2]
+	n := sx * sy * sz
+	res := make([]float32, ch.C*n)
+	for c := 0; c < ch.C; c++ {
+		g := &Grid{NX: mx, NY: my, NZ: mz, Geometry: p.Model, V: ch.V[c*ch.vox() : (c+1)*ch.vox()]}
+		copy(res[c*n:], ToGrid(g, p.Source, p.SourceSize, Linear).V)
+	}
+	return tensor.FromFloat32(out.Name, []int64{1, int64(ch.C), int64(sz), int64(sy), int64(sx)}, res), nil
+}
