@@ -320,3 +320,55 @@ func lie(data []byte) []byte {
 	out[i+8], out[i+9], out[i+10], out[i+11] = 0xF0, 0xFF, 0xFF, 0xFF
 	return out
 }
+
+func TestEnhancedMultiFrame(t *testing.T) {
+	src := ctSeries()
+	c, s := math.Cos(0.2), math.Sin(0.2)
+	src.Orientation = [6]float64{c, s, 0, -s, c, 0}
+	b, err := src.EncodeEnhanced([]int{3, 0, 6, 1, 5, 2, 4}) // frames out of spatial order
+	require.NoError(t, err)
+	series, _, err := ReadStudy([]Input{{"enhanced.dcm", b}}, Options{StrictSpacing: true})
+	require.NoError(t, err)
+	require.Len(t, series, 1)
+	got := series[0]
+	assert.Equal(t, [3]int64{7, 6, 5}, got.Volume.Dims)
+	assert.InDelta(t, 2.5, got.Volume.Geometry.Spacing[2], 1e-9)
+	assert.InDelta(t, 0.7, got.Volume.Geometry.Spacing[0], 1e-9)
+	assert.Equal(t, 2, got.Slices[0].Frame) // spatially first is frame 2 (slice 0)
+	v := voxels(t, got)
+	for k := 0; k < 7; k++ {
+		require.Equal(t, float32(1000+100*k-1024), v[k*30], "slice %d", k)
+	}
+}
+
+func TestProjectionRadiograph(t *testing.T) {
+	src := ctSeries()
+	src.Slices, src.Modality = 1, "DX"
+	sl := src.Slice(0)
+	sl.Omit = []tag.Tag{tag.ImagePositionPatient, tag.ImageOrientationPatient}
+	b, err := dicomtest.Encode(sl)
+	require.NoError(t, err)
+	series, _, err := ReadStudy([]Input{{"cxr.dcm", b}}, Options{})
+	require.NoError(t, err)
+	g := series[0].Volume.Geometry
+	assert.Equal(t, [3]int64{1, 6, 5}, series[0].Volume.Dims)
+	assert.InDelta(t, 0.7, g.Spacing[0], 1e-9)
+	assert.InDelta(t, 0.8, g.Spacing[1], 1e-9)
+	assert.Equal(t, [9]float64{1, 0, 0, 0, 1, 0, 0, 0, 1}, g.Direction)
+}
+
+func TestRLEErrors(t *testing.T) {
+	out := make([]int64, 4)
+	assert.ErrorContains(t, decodeRLE(make([]byte, 10), 2, 2, 2, out), "shorter than the 64-byte header")
+	hdr := make([]byte, 64)
+	hdr[0] = 1
+	assert.ErrorContains(t, decodeRLE(hdr, 2, 2, 2, out), "1 segments, 2 expected")
+	hdr[0], hdr[4] = 1, 64
+	seg := append(hdr, 1, 7, 8) // a literal run of 2 for a 4-byte frame
+	assert.ErrorContains(t, decodeRLE(seg, 2, 2, 1, out), "decoded 2 bytes, frame needs 4")
+	ok := append(append([]byte{}, hdr...), 0xFD, 9) // replicate 9 four times
+	require.NoError(t, decodeRLE(ok, 2, 2, 1, out))
+	assert.Equal(t, []int64{9, 9, 9, 9}, out)
+	over := append(append([]byte{}, hdr...), 0xF0, 9) // replicate 17 times: overflows
+	assert.ErrorContains(t, decodeRLE(over, 2, 2, 1, out), "overflows")
+}

@@ -258,3 +258,25 @@ func TestInspectPydicomSet(t *testing.T) {
 		assert.NotContains(t, e, "goroutine")
 	}
 }
+
+func TestInferDICOMFolder(t *testing.T) {
+	src := dicomtest.Series{Rows: 8, Cols: 8, Slices: 4, Spacing: [3]float64{0.5, 0.5, 2}, Orientation: [6]float64{1, 0, 0, 0, 1, 0},
+		Slope: 1, Intercept: -1024, Modality: "CT", BodyPart: "HEAD", StudyUID: "1.2.3", SeriesUID: "1.2.3.5",
+		Value: func(i, j, k int) int32 {
+			if k == 2 && i < 3 && j < 2 {
+				return 1024 + 75
+			}
+			return 1024 + 30
+		}}
+	files, err := src.Encode()
+	require.NoError(t, err)
+	dir := t.TempDir()
+	for i, f := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("%d.dcm", i)), f, 0o644))
+	}
+	out, code, err := runCLI("infer", "--model", "hyperdensity", "--dicom", dir, "--model-repository", "../../models")
+	require.NoError(t, err, out)
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "PRESENT")
+	assert.Contains(t, out, "mask probability_map [4 8 8]: hyperdense 6 voxels")
+}

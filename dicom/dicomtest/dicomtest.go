@@ -185,3 +185,72 @@ func (s Series) Encode() ([][]byte, error) {
 	}
 	return out, nil
 }
+
+// EnhancedCTImageStorage is the SOP Class UID of enhanced (multi-frame) CT.
+const EnhancedCTImageStorage = "1.2.840.10008.5.1.4.1.1.2.1"
+
+// EncodeEnhanced writes the series as one multi-frame instance with
+// per-frame Plane Position and shared orientation, pixel measures and
+// rescale (PS3.3 C.7.6.16), in the given frame order.
+func (s Series) EncodeEnhanced(order []int) ([]byte, error) {
+	first := s.Slice(0)
+	mk := func(t tag.Tag, v any) *sd.Element {
+		e, err := sd.NewElement(t, v)
+		if err != nil {
+			panic(err) // only fixed, valid values reach here
+		}
+		return e
+	}
+	o := s.Orientation
+	shared := []*sd.Element{
+		mk(tag.PlaneOrientationSequence, [][]*sd.Element{{mk(tag.ImageOrientationPatient, []string{ds(o[0]), ds(o[1]), ds(o[2]), ds(o[3]), ds(o[4]), ds(o[5])})}}),
+		mk(tag.PixelMeasuresSequence, [][]*sd.Element{{
+			mk(tag.PixelSpacing, []string{ds(s.Spacing[1]), ds(s.Spacing[0])}),
+			mk(tag.SliceThickness, []string{ds(s.Spacing[2])})}}),
+		mk(tag.PixelValueTransformationSequence, [][]*sd.Element{{
+			mk(tag.RescaleIntercept, []string{ds(s.Intercept)}),
+			mk(tag.RescaleSlope, []string{ds(s.Slope)})}}),
+	}
+	var perFrame [][]*sd.Element
+	pix := make([]byte, 0, 2*s.Rows*s.Cols*len(order))
+	for _, k := range order {
+		sl := s.Slice(k)
+		p := sl.Position
+		perFrame = append(perFrame, []*sd.Element{
+			mk(tag.PlanePositionSequence, [][]*sd.Element{{mk(tag.ImagePositionPatient, []string{ds(p[0]), ds(p[1]), ds(p[2])})}}),
+		})
+		for _, v := range sl.Pixels {
+			pix = binary.LittleEndian.AppendUint16(pix, uint16(v))
+		}
+	}
+	uid := s.SeriesUID + ".100"
+	elems := []*sd.Element{
+		mk(tag.MediaStorageSOPClassUID, []string{EnhancedCTImageStorage}),
+		mk(tag.MediaStorageSOPInstanceUID, []string{uid}),
+		mk(tag.TransferSyntaxUID, []string{"1.2.840.10008.1.2.1"}),
+		mk(tag.SOPClassUID, []string{EnhancedCTImageStorage}),
+		mk(tag.SOPInstanceUID, []string{uid}),
+		mk(tag.Modality, []string{s.Modality}),
+		mk(tag.StudyInstanceUID, []string{s.StudyUID}),
+		mk(tag.SeriesInstanceUID, []string{s.SeriesUID}),
+		mk(tag.FrameOfReferenceUID, []string{first.FrameOfReferenceUID}),
+		mk(tag.BodyPartExamined, []string{s.BodyPart}),
+		mk(tag.SamplesPerPixel, []int{1}),
+		mk(tag.PhotometricInterpretation, []string{"MONOCHROME2"}),
+		mk(tag.NumberOfFrames, []string{strconv.Itoa(len(order))}),
+		mk(tag.Rows, []int{s.Rows}),
+		mk(tag.Columns, []int{s.Cols}),
+		mk(tag.BitsAllocated, []int{16}),
+		mk(tag.BitsStored, []int{16}),
+		mk(tag.HighBit, []int{15}),
+		mk(tag.PixelRepresentation, []int{1}),
+		mk(tag.SharedFunctionalGroupsSequence, [][]*sd.Element{shared}),
+		mk(tag.PerFrameFunctionalGroupsSequence, perFrame),
+		mk(tag.PixelData, sd.PixelDataInfo{IntentionallyUnprocessed: true, UnprocessedValueData: pix}),
+	}
+	var buf bytes.Buffer
+	if err := sd.Write(&buf, sd.Dataset{Elements: elems}, sd.SkipVRVerification()); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
