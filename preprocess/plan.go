@@ -99,10 +99,10 @@ func Prepare(v *volume.Volume, spec Spec, inputName string) (*Prepared, error) {
 	} else {
 		switch spec.Normalize {
 		case "zscore":
-			ZScore(g.V)
+			ZScore(g.owned())
 		case "clip":
 			c := spec.Clip
-			ClipScale(g.V, float32(c[0]), float32(c[1]), float32(c[2]), float32(c[3]))
+			ClipScale(g.owned(), float32(c[0]), float32(c[1]), float32(c[2]), float32(c[3]))
 		}
 		ch = &Channels{C: 1, NX: g.NX, NY: g.NY, NZ: g.NZ, V: g.V}
 	}
@@ -153,7 +153,7 @@ func Prepare(v *volume.Volume, spec Spec, inputName string) (*Prepared, error) {
 	default:
 		return nil, fmt.Errorf("unknown layout %q", spec.Layout)
 	}
-	p.Input = tensor.FromFloat32(inputName, shape, data)
+	p.Input = tensor.ViewFloat32(inputName, shape, data) // data belongs to this request
 	return p, nil
 }
 
@@ -208,5 +208,5 @@ func (p *Prepared) ToSource(out *tensor.Tensor) (*tensor.Tensor, error) {
 		g := &Grid{NX: mx, NY: my, NZ: mz, Geometry: p.Model, V: ch.V[c*ch.vox() : (c+1)*ch.vox()]}
 		copy(res[c*n:], ToGrid(g, p.Source, p.SourceSize, Linear).V)
 	}
-	return tensor.FromFloat32(out.Name, []int64{1, int64(ch.C), int64(sz), int64(sy), int64(sx)}, res), nil
+	return tensor.ViewFloat32(out.Name, []int64{1, int64(ch.C), int64(sz), int64(sy), int64(sx)}, res), nil
 }

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
 )
 
@@ -22,15 +23,27 @@ type Grid struct {
 	NX, NY, NZ int
 	Geometry   volume.Geometry
 	V          []float32
+	// shared marks V as a view of someone else's data: copy before writing.
+	shared bool
 }
 
-// FromVolume converts a volume to a Grid (float32 values).
+// FromVolume makes a Grid of a volume: a view of float32 data (no copy),
+// a float32 copy of anything else.
 func FromVolume(v *volume.Volume) (*Grid, error) {
-	f, err := v.Float32()
+	f, shared, err := tensor.Float32View(&v.Voxels)
 	if err != nil {
 		return nil, err
 	}
-	return &Grid{NX: int(v.Dims[2]), NY: int(v.Dims[1]), NZ: int(v.Dims[0]), Geometry: v.Geometry, V: f}, nil
+	return &Grid{NX: int(v.Dims[2]), NY: int(v.Dims[1]), NZ: int(v.Dims[0]), Geometry: v.Geometry, V: f, shared: shared}, nil
+}
+
+// owned returns g's values, copied first if they are a view.
+func (g *Grid) owned() []float32 {
+	if g.shared {
+		g.V = append([]float32(nil), g.V...)
+		g.shared = false
+	}
+	return g.V
 }
 
 // Len is the number of voxels.

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"compress/zlib"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -234,4 +237,22 @@ func TestInferWithPreprocessing(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestUndecodedSyntaxIsUnimplemented(t *testing.T) {
+	matches, _ := filepath.Glob("../.venv/lib/python*/site-packages/pydicom/data/test_files/MR_small_jp2klossless.dcm")
+	if len(matches) == 0 {
+		if os.Getenv("VOXSERVE_REQUIRE_PYTHON") != "" {
+			t.Fatal("pydicom's test files are missing; run make test")
+		}
+		t.Skip("no .venv with pydicom's test files")
+	}
+	data, err := os.ReadFile(matches[0])
+	require.NoError(t, err)
+	b := testrepo.Hyperdensity()
+	b.YAML = strings.Replace(b.YAML, "modalities: [CT]", "modalities: [CT, MR]", 1)
+	h := start(t, testrepo.Write(t, b), Options{})
+	_, err = h.client.Infer(ctxT(t), &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: [][]byte{data}}}})
+	assert.Equal(t, codes.Unimplemented, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "instances[0]: (0002,0010) Transfer Syntax UID: 1.2.840.10008.1.2.4.90 (JPEG 2000 Lossless) is not decoded")
 }

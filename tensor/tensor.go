@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"unsafe"
 )
 
 // DType is an element type. The names are NumPy's, which is what users of
@@ -172,4 +173,32 @@ func ToFloat32(t *Tensor) ([]float32, error) {
 		return nil, fmt.Errorf("cannot convert %s to float32", t.DType)
 	}
 	return out, nil
+}
+
+// Float32View returns a float32 tensor's data as []float32 without copying
+// when its bytes are 4-byte aligned (Go allocations are), else a copy. The
+// view aliases t.Data: callers must not write to it unless they own t.
+func Float32View(t *Tensor) ([]float32, bool, error) {
+	if t.DType != Float32 {
+		v, err := ToFloat32(t)
+		return v, false, err
+	}
+	if err := t.Check(); err != nil {
+		return nil, false, err
+	}
+	if uintptr(unsafe.Pointer(unsafe.SliceData(t.Data)))%4 != 0 {
+		v, err := ToFloat32(t)
+		return v, false, err
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(t.Data))), len(t.Data)/4), true, nil
+}
+
+// ViewFloat32 makes a float32 tensor whose data aliases v (no copy); v must
+// not change while the tensor is in use.
+func ViewFloat32(name string, shape []int64, v []float32) *Tensor {
+	var data []byte
+	if len(v) > 0 {
+		data = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 4*len(v))
+	}
+	return &Tensor{Name: name, DType: Float32, Shape: append([]int64(nil), shape...), Data: data}
 }
