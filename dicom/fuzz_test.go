@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/voxserve/voxserve/dicom/dicomtest"
+	"github.com/voxserve/voxserve/dicom/dicomwrite"
 )
 
 func seedFiles(f *testing.F) [][]byte {
@@ -19,7 +19,7 @@ func seedFiles(f *testing.F) [][]byte {
 	seeds = append(seeds, files...)
 	mono1 := ctSeries().Slice(0)
 	mono1.Photometric, mono1.BitsStored = "MONOCHROME1", 12
-	if b, err := dicomtest.Encode(mono1); err == nil {
+	if b, err := dicomwrite.Encode(mono1); err == nil {
 		seeds = append(seeds, b)
 	}
 	// Real files where present: pydicom's decodable grayscale set.

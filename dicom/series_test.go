@@ -14,11 +14,11 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/suyashkumar/dicom/pkg/tag"
 
-	"github.com/voxserve/voxserve/dicom/dicomtest"
+	"github.com/voxserve/voxserve/dicom/dicomwrite"
 )
 
-func ctSeries() dicomtest.Series {
-	return dicomtest.Series{
+func ctSeries() dicomwrite.Series {
+	return dicomwrite.Series{
 		Rows: 6, Cols: 5, Slices: 7, Spacing: [3]float64{0.7, 0.8, 2.5}, Origin: [3]float64{-120, -110.5, 33},
 		Orientation: [6]float64{1, 0, 0, 0, 1, 0}, Slope: 1, Intercept: -1024, Modality: "CT", BodyPart: "HEAD",
 		StudyUID: "1.2.3", SeriesUID: "1.2.3.4",
@@ -115,7 +115,7 @@ func TestSpacingProblems(t *testing.T) {
 	// Uneven: move one slice by 1 mm.
 	sl := src.Slice(3)
 	sl.Position[2] += 1
-	b, err := dicomtest.Encode(sl)
+	b, err := dicomwrite.Encode(sl)
 	require.NoError(t, err)
 	uneven := append([][]byte{}, files...)
 	uneven[3] = b
@@ -128,7 +128,7 @@ func TestSpacingProblems(t *testing.T) {
 	for k := range shear {
 		sl := src.Slice(k)
 		sl.Position[1] += 0.5 * float64(k)
-		shear[k], err = dicomtest.Encode(sl)
+		shear[k], err = dicomwrite.Encode(sl)
 		require.NoError(t, err)
 	}
 	series, _, err = ReadStudy(inputs(t, shear), Options{})
@@ -140,10 +140,10 @@ func TestSeriesErrors(t *testing.T) {
 	src := ctSeries()
 	files, err := src.Encode()
 	require.NoError(t, err)
-	enc := func(edit func(*dicomtest.Slice)) []byte {
+	enc := func(edit func(*dicomwrite.Slice)) []byte {
 		sl := src.Slice(2)
 		edit(&sl)
-		b, err := dicomtest.Encode(sl)
+		b, err := dicomwrite.Encode(sl)
 		require.NoError(t, err)
 		return b
 	}
@@ -152,13 +152,13 @@ func TestSeriesErrors(t *testing.T) {
 		bad  []byte
 		want string
 	}{
-		{"mixed size", enc(func(s *dicomtest.Slice) { s.Rows, s.Cols, s.Pixels = 2, 2, make([]int32, 4) }), "mixed image sizes"},
-		{"mixed orientation", enc(func(s *dicomtest.Slice) { s.Orientation = [6]float64{0, 1, 0, 0, 0, -1} }), "mixed orientations"},
-		{"duplicate position", enc(func(s *dicomtest.Slice) { s.Position = src.Slice(3).Position; s.SOPUID = "9.9" }), "at the same position"},
+		{"mixed size", enc(func(s *dicomwrite.Slice) { s.Rows, s.Cols, s.Pixels = 2, 2, make([]int32, 4) }), "mixed image sizes"},
+		{"mixed orientation", enc(func(s *dicomwrite.Slice) { s.Orientation = [6]float64{0, 1, 0, 0, 0, -1} }), "mixed orientations"},
+		{"duplicate position", enc(func(s *dicomwrite.Slice) { s.Position = src.Slice(3).Position; s.SOPUID = "9.9" }), "at the same position"},
 		{"duplicate instance", files[3], "are the same instance"},
-		{"missing position", enc(func(s *dicomtest.Slice) { s.Omit = []tag.Tag{tag.ImagePositionPatient} }), "(0020,0032) Image Position (Patient): missing"},
-		{"bad orientation", enc(func(s *dicomtest.Slice) { s.Orientation = [6]float64{1, 0, 0, 1, 0, 0} }), "mixed orientations"},
-		{"mixed spacing", enc(func(s *dicomtest.Slice) { s.PixelSpacing = [2]float64{0.5, 0.5} }), "mixed pixel spacing"},
+		{"missing position", enc(func(s *dicomwrite.Slice) { s.Omit = []tag.Tag{tag.ImagePositionPatient} }), "(0020,0032) Image Position (Patient): missing"},
+		{"bad orientation", enc(func(s *dicomwrite.Slice) { s.Orientation = [6]float64{1, 0, 0, 1, 0, 0} }), "mixed orientations"},
+		{"mixed spacing", enc(func(s *dicomwrite.Slice) { s.PixelSpacing = [2]float64{0.5, 0.5} }), "mixed pixel spacing"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -190,9 +190,9 @@ func TestBitsStoredAndPerSliceRescale(t *testing.T) {
 	s0, s1 := src.Slice(0), src.Slice(1)
 	s0.BitsStored, s1.BitsStored = 12, 12
 	s1.Slope, s1.Intercept = 2, 10
-	b0, err := dicomtest.Encode(s0)
+	b0, err := dicomwrite.Encode(s0)
 	require.NoError(t, err)
-	b1, err := dicomtest.Encode(s1)
+	b1, err := dicomwrite.Encode(s1)
 	require.NoError(t, err)
 	series, _, err := ReadStudy(inputs(t, [][]byte{b1, b0}), Options{})
 	require.NoError(t, err)
@@ -231,12 +231,12 @@ func TestSkipsNonImagesAndNonDICOM(t *testing.T) {
 }
 
 func TestBadInstances(t *testing.T) {
-	good, err := dicomtest.Encode(ctSeries().Slice(0))
+	good, err := dicomwrite.Encode(ctSeries().Slice(0))
 	require.NoError(t, err)
-	enc := func(edit func(*dicomtest.Slice)) []byte {
+	enc := func(edit func(*dicomwrite.Slice)) []byte {
 		sl := ctSeries().Slice(0)
 		edit(&sl)
-		b, err := dicomtest.Encode(sl)
+		b, err := dicomwrite.Encode(sl)
 		require.NoError(t, err)
 		return b
 	}
@@ -247,13 +247,13 @@ func TestBadInstances(t *testing.T) {
 	}{
 		{"truncated", good[:len(good)-40], "not a readable DICOM file"},
 		{"header only", good[:strings.LastIndex(string(good), "\xe0\x7f\x10\x00")], "(7FE0,0010) Pixel Data: missing, though the image has Rows and Columns (truncated file?)"},
-		{"no rows", enc(func(s *dicomtest.Slice) { s.Omit = []tag.Tag{tag.Rows} }), "(0028,0010) Rows: missing"},
-		{"no pixel data", enc(func(s *dicomtest.Slice) { s.Omit = []tag.Tag{tag.PixelData} }), "(7FE0,0010) Pixel Data: missing"},
+		{"no rows", enc(func(s *dicomwrite.Slice) { s.Omit = []tag.Tag{tag.Rows} }), "(0028,0010) Rows: missing"},
+		{"no pixel data", enc(func(s *dicomwrite.Slice) { s.Omit = []tag.Tag{tag.PixelData} }), "(7FE0,0010) Pixel Data: missing"},
 		{"huge rows", patchUS(t, good, tag.Rows, 60000), "(0028,0010) Rows: 60000 is outside 1..8192"},
 		{"bits allocated 1", patchUS(t, good, tag.BitsAllocated, 1), "(0028,0100) Bits Allocated: 1 is not supported"},
 		{"bits stored > allocated", patchUS(t, good, tag.BitsStored, 20), "(0028,0101) Bits Stored: 20 must be between 1 and Bits Allocated (16)"},
 		{"lying length", lie(good), "element (7FE0,0010) claims 4294967280 bytes"},
-		{"bad slope", enc(func(s *dicomtest.Slice) { s.Slope = 0 }), ""},
+		{"bad slope", enc(func(s *dicomwrite.Slice) { s.Slope = 0 }), ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -346,7 +346,7 @@ func TestProjectionRadiograph(t *testing.T) {
 	src.Slices, src.Modality = 1, "DX"
 	sl := src.Slice(0)
 	sl.Omit = []tag.Tag{tag.ImagePositionPatient, tag.ImageOrientationPatient}
-	b, err := dicomtest.Encode(sl)
+	b, err := dicomwrite.Encode(sl)
 	require.NoError(t, err)
 	series, _, err := ReadStudy([]Input{{"cxr.dcm", b}}, Options{})
 	require.NoError(t, err)

@@ -14,15 +14,15 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/voxserve/voxserve/dicom/dicomtest"
+	"github.com/voxserve/voxserve/dicom/dicomwrite"
 	"github.com/voxserve/voxserve/internal/onnxbuild"
 	"github.com/voxserve/voxserve/internal/testrepo"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
 
 // headCT is a small CT series in HU (stored = HU + 1024) with a 70 HU block.
-func headCT() (dicomtest.Series, int) {
-	s := dicomtest.Series{
+func headCT() (dicomwrite.Series, int) {
+	s := dicomwrite.Series{
 		Rows: 12, Cols: 10, Slices: 5, Spacing: [3]float64{0.5, 0.6, 3}, Origin: [3]float64{-20, -30, 100},
 		Orientation: [6]float64{1, 0, 0, 0, 1, 0}, Slope: 1, Intercept: -1024, Modality: "CT", BodyPart: "HEAD",
 		StudyUID: "1.2.826.0.1.1", SeriesUID: "1.2.826.0.1.1.2",
@@ -36,7 +36,7 @@ func headCT() (dicomtest.Series, int) {
 	return s, 2 * 3 * 4
 }
 
-func dicomReq(t *testing.T, s dicomtest.Series) *pb.InferRequest {
+func dicomReq(t *testing.T, s dicomwrite.Series) *pb.InferRequest {
 	files, err := s.Encode()
 	require.NoError(t, err)
 	return &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}}

@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/voxserve/voxserve/dicom"
-	"github.com/voxserve/voxserve/dicom/dicomtest"
+	"github.com/voxserve/voxserve/dicom/dicomwrite"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/internal/testrepo"
 	"github.com/voxserve/voxserve/server"
@@ -186,7 +186,7 @@ func TestBundleValidate(t *testing.T) {
 }
 
 func TestInspect(t *testing.T) {
-	src := dicomtest.Series{Rows: 4, Cols: 3, Slices: 3, Spacing: [3]float64{0.5, 0.5, 2}, Orientation: [6]float64{1, 0, 0, 0, 1, 0},
+	src := dicomwrite.Series{Rows: 4, Cols: 3, Slices: 3, Spacing: [3]float64{0.5, 0.5, 2}, Orientation: [6]float64{1, 0, 0, 0, 1, 0},
 		Slope: 1, Intercept: -1024, Modality: "CT", BodyPart: "HEAD", StudyUID: "1.2.3", SeriesUID: "1.2.3.4",
 		Value: func(i, j, k int) int32 { return int32(1024 + 10*k) }}
 	src.Slices = 5
@@ -260,7 +260,7 @@ func TestInspectPydicomSet(t *testing.T) {
 }
 
 func TestInferDICOMFolder(t *testing.T) {
-	src := dicomtest.Series{Rows: 8, Cols: 8, Slices: 4, Spacing: [3]float64{0.5, 0.5, 2}, Orientation: [6]float64{1, 0, 0, 0, 1, 0},
+	src := dicomwrite.Series{Rows: 8, Cols: 8, Slices: 4, Spacing: [3]float64{0.5, 0.5, 2}, Orientation: [6]float64{1, 0, 0, 0, 1, 0},
 		Slope: 1, Intercept: -1024, Modality: "CT", BodyPart: "HEAD", StudyUID: "1.2.3", SeriesUID: "1.2.3.5",
 		Value: func(i, j, k int) int32 {
 			if k == 2 && i < 3 && j < 2 {

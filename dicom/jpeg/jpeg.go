@@ -392,6 +392,9 @@ func (d *decoder) losslessScan(br *bitReader, h *huffman, predictor int, pt uint
 	if predictor < 1 || predictor > 7 {
 		return fmt.Errorf("predictor %d is not 1..7", predictor)
 	}
+	if int(pt) >= d.precision {
+		return fmt.Errorf("point transform %d is not below the precision %d", pt, d.precision)
+	}
 	w, ht, pix := d.width, d.height, d.img.Pix
 	initial := int32(1) << (d.precision - int(pt) - 1)
 	mask := int32(1)<<d.precision - 1

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"github.com/voxserve/voxserve/dicom/dicomtest"
+	"github.com/voxserve/voxserve/dicom/dicomwrite"
 )
 
 func main() {
@@ -28,7 +28,7 @@ func main() {
 		os.Exit(1)
 	}
 	for k := 0; k < slices; k++ {
-		b, err := dicomtest.Encode(s.Slice(k))
+		b, err := dicomwrite.Encode(s.Slice(k))
 		if err == nil {
 			err = os.WriteFile(filepath.Join(os.Args[1], fmt.Sprintf("IM%04d.dcm", k)), b, 0o644)
 		}
@@ -40,8 +40,8 @@ func main() {
 }
 
 // BenchSeries is a head-CT-like series: air, a skull ring, brain.
-func BenchSeries(rows, cols, slices int) dicomtest.Series {
-	return dicomtest.Series{
+func BenchSeries(rows, cols, slices int) dicomwrite.Series {
+	return dicomwrite.Series{
 		Rows: rows, Cols: cols, Slices: slices, Spacing: [3]float64{0.45, 0.45, 0.625}, Origin: [3]float64{-115, -115, -90},
 		Orientation: [6]float64{1, 0, 0, 0, 1, 0}, Slope: 1, Intercept: -1024, Modality: "CT", BodyPart: "HEAD",
 		StudyUID: "1.2.826.0.1.3680043.10.1", SeriesUID: "1.2.826.0.1.3680043.10.1.1",

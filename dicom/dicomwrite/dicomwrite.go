@@ -1,6 +1,6 @@
-// Package dicomtest writes DICOM image instances with known geometry and
+// Package dicomwrite writes DICOM image instances with known geometry and
 // pixel values, for tests, benchmarks and the phantom generator.
-package dicomtest
+package dicomwrite
 
 import (
 	"bytes"
