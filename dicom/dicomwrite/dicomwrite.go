@@ -137,6 +137,10 @@ type Series struct {
 	Syntax      string
 	StudyUID    string
 	SeriesUID   string
+	SOPClassUID string  // default CT Image Storage
+	Thickness   float64 // Slice Thickness; default Spacing[2]
+	BitsStored  int     // default 16
+	Omit        []tag.Tag
 	// Value gives the stored value of voxel (i column, j row, k slice).
 	Value func(i, j, k int) int32
 }
@@ -162,13 +166,18 @@ func (s Series) Slice(k int) Slice {
 		pr = 0
 	}
 	z := float64(k) * s.Spacing[2]
+	thick := s.Thickness
+	if thick == 0 {
+		thick = s.Spacing[2]
+	}
 	return Slice{
+		SOPClassUID: s.SOPClassUID, BitsStored: s.BitsStored, Omit: s.Omit,
 		StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, SOPUID: fmt.Sprintf("%s.%d", s.SeriesUID, k+1),
 		FrameOfReferenceUID: s.StudyUID + ".9", Modality: s.Modality, BodyPart: s.BodyPart, TransferSyntax: s.Syntax,
 		Rows: s.Rows, Cols: s.Cols, Pixels: pix, PixelRepresentation: pr, Photometric: s.Photometric,
 		Position:     [3]float64{s.Origin[0] + z*n[0], s.Origin[1] + z*n[1], s.Origin[2] + z*n[2]},
 		Orientation:  s.Orientation,
-		PixelSpacing: [2]float64{s.Spacing[1], s.Spacing[0]}, SliceThickness: s.Spacing[2],
+		PixelSpacing: [2]float64{s.Spacing[1], s.Spacing[0]}, SliceThickness: thick,
 		Slope: s.Slope, Intercept: s.Intercept, InstanceNumber: k + 1,
 	}
 }
