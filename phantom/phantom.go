@@ -100,6 +100,10 @@ func Generate(kind Kind, opts Options) (*Case, error) {
 	switch kind {
 	case HeadCT:
 		return headCT(opts), nil
+	case ChestXR:
+		return chestXR(opts), nil
+	case AbdomenCT:
+		return abdomenCT(opts), nil
 	}
 	return nil, fmt.Errorf("unknown phantom kind %q (want head-ct, chest-xr or abdomen-ct)", kind)
 }

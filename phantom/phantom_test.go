@@ -32,9 +32,10 @@ func readBack(t *testing.T, c *Case) *dicom.Series {
 }
 
 func TestHeadCTGroundTruth(t *testing.T) {
-	for seed := uint64(1); seed <= 6; seed++ {
+	for seed := uint64(1); seed <= 5; seed++ {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			c, err := Generate(HeadCT, Options{Seed: seed, Positive: yes(), Matrix: 128})
+			// Thin (0.625 mm) and thick (5 mm) slices in turn.
+			c, err := Generate(HeadCT, Options{Seed: seed, Positive: yes(), Matrix: 96, SliceThickness: []float64{0.625, 5, 1.25, 2.5, 5}[seed-1]})
 			require.NoError(t, err)
 			tr := c.Truth
 			assert.True(t, tr.Positive)
@@ -103,4 +104,105 @@ func TestHeadCTNegativeAndDeterministic(t *testing.T) {
 	c, err := Generate(HeadCT, Options{Seed: 43, Positive: no(), Matrix: 96, SliceThickness: 5})
 	require.NoError(t, err)
 	assert.NotEqual(t, a.Truth.SeriesUID, c.Truth.SeriesUID)
+}
+
+func TestChestXRGroundTruth(t *testing.T) {
+	mono1 := 0
+	for seed := uint64(1); seed <= 8; seed++ {
+		c, err := Generate(ChestXR, Options{Seed: seed, Positive: yes(), Matrix: 256})
+		require.NoError(t, err)
+		tr := c.Truth
+		require.Len(t, tr.Lesions, 1)
+		side := labelRightLung
+		if tr.Lesions[0] == "left pneumothorax" {
+			side = labelLeftLung
+		}
+		var ptx, hemi float64
+		for _, l := range c.Labels {
+			switch int(l) {
+			case labelPneumothorax:
+				ptx++
+				hemi++
+			case side:
+				hemi++
+			}
+		}
+		assert.InDelta(t, tr.Measurements[0].Value, ptx/hemi, 0.02, "seed %d", seed)
+		assert.Positive(t, tr.Measurements[0].Value)
+
+		s := readBack(t, c)
+		assert.Equal(t, "DX", s.Modality)
+		assert.Equal(t, "CHEST", s.BodyPart)
+		assert.Equal(t, [3]int64{1, 256, 256}, s.Volume.Dims)
+		assert.InDelta(t, tr.Spacing[0], s.Volume.Geometry.Spacing[0], 1e-6)
+		// Whatever the photometric interpretation, voxserve reads lungs darker
+		// than the mediastinum.
+		v, _ := s.Volume.Float32()
+		var lung, soft, nl, ns float64
+		for i, x := range v {
+			switch c.Labels[i] {
+			case labelRightLung, labelLeftLung:
+				lung += float64(x)
+				nl++
+			}
+			if i%256 == 128 { // the midline column: mediastinum and spine
+				soft += float64(x)
+				ns++
+			}
+		}
+		assert.Less(t, lung/nl, soft/ns)
+		if c.Series.Photometric == "MONOCHROME1" {
+			mono1++
+		}
+	}
+	for seed := uint64(9); seed <= 40 && mono1 == 0; seed++ {
+		c, err := Generate(ChestXR, Options{Seed: seed, Matrix: 32})
+		require.NoError(t, err)
+		if c.Series.Photometric == "MONOCHROME1" {
+			mono1++
+		}
+	}
+	assert.Positive(t, mono1, "some radiographs should be MONOCHROME1")
+	neg, err := Generate(ChestXR, Options{Seed: 3, Positive: no(), Matrix: 128})
+	require.NoError(t, err)
+	assert.Zero(t, neg.Truth.Measurements[0].Value)
+}
+
+func TestAbdomenCTGroundTruth(t *testing.T) {
+	for seed := uint64(1); seed <= 2; seed++ {
+		c, err := Generate(AbdomenCT, Options{Seed: seed, Matrix: 160, SliceThickness: 2})
+		require.NoError(t, err)
+		tr := c.Truth
+		m := map[string]float64{}
+		for _, x := range tr.Measurements {
+			m[x.Label+"/"+x.Name] = x.Value
+		}
+		plane := tr.Dims[1] * tr.Dims[2]
+		pixA := tr.Spacing[0] * tr.Spacing[1] / 100 // cm2
+		voxML := pixA * tr.Spacing[2] / 10
+		v := readBack(t, c)
+		hu, _ := v.Volume.Float32()
+		for lab, name := range map[uint8]string{labelLeftPsoas: "left psoas", labelRightPsoas: "right psoas"} {
+			n, slices, best, sum := 0, 0, 0, 0.0
+			for k := 0; k < tr.Dims[0]; k++ {
+				in := 0
+				for i := k * plane; i < (k+1)*plane; i++ {
+					if c.Labels[i] == lab {
+						in++
+						sum += float64(hu[i])
+					}
+				}
+				n += in
+				best = max(best, in)
+				if in > 0 {
+					slices++
+				}
+			}
+			assert.InEpsilon(t, m[name+"/volume"], float64(n)*voxML, 0.08, "%s volume, seed %d", name, seed)
+			assert.InDelta(t, m[name+"/craniocaudal length"], float64(slices)*tr.Spacing[2]/10, 0.6, "%s length", name)
+			assert.InEpsilon(t, m[name+"/maximal cross-sectional area"], float64(best)*pixA, 0.15, "%s area", name)
+			assert.InDelta(t, m[name+"/mean attenuation"], sum/float64(n), 8, "%s mean HU", name)
+		}
+		assert.Equal(t, "ABDOMEN", v.BodyPart)
+	}
 }

@@ -44,6 +44,8 @@ Usage:
   voxctl load      NAME [--version V]... --addr ADDR
   voxctl unload    NAME [--version V] --addr ADDR
   voxctl inspect   [--json] [--strict-spacing] PATH...
+  voxctl phantom   --kind head-ct|chest-xr|abdomen-ct --out DIR [--seed N] [--count K]
+                   [--positive-fraction F] [--matrix N] [--slice-thickness MM]
   voxctl bundle validate DIR
 
 Without --addr, models and infer run the server in process on --model-repository
@@ -111,6 +113,8 @@ func run(args []string, out io.Writer) error {
 		return cmdUnload(rest, out)
 	case "inspect":
 		return cmdInspect(rest, out)
+	case "phantom":
+		return cmdPhantom(rest, out)
 	case "bundle":
 		if len(rest) == 0 || rest[0] != "validate" {
 			return usageErr("bundle: the subcommand is `validate DIR`")

@@ -280,3 +280,29 @@ func TestInferDICOMFolder(t *testing.T) {
 	assert.Contains(t, out, "PRESENT")
 	assert.Contains(t, out, "mask probability_map [4 8 8]: hyperdense 6 voxels")
 }
+
+func TestPhantomCommand(t *testing.T) {
+	dir := t.TempDir()
+	out, code, err := runCLI("phantom", "--kind", "head-ct", "--out", dir, "--seed", "7", "--count", "2", "--matrix", "48", "--slice-thickness", "5", "--quiet")
+	require.NoError(t, err, out)
+	assert.Equal(t, 0, code)
+	for _, s := range []string{"head-ct-000007", "head-ct-000008"} {
+		for _, f := range []string{"IM0000.dcm", "labels.npy", "truth.json"} {
+			_, err := os.Stat(filepath.Join(dir, s, f))
+			assert.NoError(t, err, "%s/%s", s, f)
+		}
+	}
+	// The written study reads back and serves.
+	out, _, err = runCLI("inspect", "--json", filepath.Join(dir, "head-ct-000007"))
+	require.NoError(t, err)
+	assert.Contains(t, out, `"modality": "CT"`)
+	assert.Contains(t, out, "labels.npy") // listed as skipped: not DICOM
+	out, _, err = runCLI("infer", "--model", "hyperdensity", "--dicom", filepath.Join(dir, "head-ct-000007"), "--model-repository", "../../models")
+	require.NoError(t, err)
+	assert.Contains(t, out, "hyperdense region")
+
+	_, code, _ = runCLI("phantom", "--kind", "knee-mr", "--out", dir)
+	assert.Equal(t, 2, code)
+	_, code, _ = runCLI("phantom", "--kind", "head-ct")
+	assert.Equal(t, 2, code)
+}
