@@ -83,6 +83,24 @@ type Output struct {
 	// Activation is applied before thresholds: none, sigmoid or softmax.
 	Activation string  `yaml:"activation"`
 	Labels     []Label `yaml:"labels"`
+	// MinComponentMM3 drops connected components of a mask smaller than
+	// this (specks), before measurements.
+	MinComponentMM3 float64 `yaml:"min_component_mm3"`
+	// Measurements computed on a mask output's label map.
+	Measurements []MeasurementSpec `yaml:"measurements"`
+}
+
+// MeasurementSpec declares one measurement of a mask output.
+type MeasurementSpec struct {
+	// Name is what the response and reports call it, e.g. "hemorrhage volume".
+	Name string `yaml:"name"`
+	// Type: volume (mL), craniocaudal_length (cm), max_axial_area (cm2),
+	// mean_intensity (HU for CT), side_fraction (of Label over itself plus
+	// the Right or Left label on its side).
+	Type  string `yaml:"type"`
+	Label string `yaml:"label"`
+	Right string `yaml:"right"`
+	Left  string `yaml:"left"`
 }
 
 // Label is one class of a scores or mask output.
@@ -146,12 +164,13 @@ const (
 )
 
 var (
-	nameRE       = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
-	tasks        = []string{"classification", "segmentation", "both"}
-	outputKinds  = []string{"scores", "mask", "tensor"}
-	activations  = []string{"none", "sigmoid", "softmax"}
-	providers    = []string{"cpu", "cuda"}
-	optimization = []string{"all", "extended", "basic", "disabled"}
+	nameRE           = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+	tasks            = []string{"classification", "segmentation", "both"}
+	outputKinds      = []string{"scores", "mask", "tensor"}
+	activations      = []string{"none", "sigmoid", "softmax"}
+	providers        = []string{"cpu", "cuda"}
+	optimization     = []string{"all", "extended", "basic", "disabled"}
+	measurementTypes = []string{"volume", "craniocaudal_length", "max_axial_area", "mean_intensity", "side_fraction"}
 )
 
 // FieldError is a validation error that names the file and the field.
@@ -292,6 +311,30 @@ func (s *Spec) validate(file string) error {
 		if out.Kind == "scores" || out.Kind == "mask" {
 			if out.DataType != string(tensor.Float32) {
 				bad(field+".data_type", "a %s output must be float32, not %q", out.Kind, out.DataType)
+			}
+		}
+		if out.MinComponentMM3 < 0 {
+			bad(field+".min_component_mm3", "%g must be >= 0", out.MinComponentMM3)
+		}
+		labels := map[string]bool{}
+		for _, l := range out.Labels {
+			labels[l.Name] = true
+		}
+		for j, m := range out.Measurements {
+			mf := fmt.Sprintf("%s.measurements[%d]", field, j)
+			if out.Kind != "mask" {
+				bad(mf, "measurements belong to mask outputs, not %s", out.Kind)
+			}
+			if m.Name == "" {
+				bad(mf+".name", "is required")
+			}
+			if !oneOf(m.Type, measurementTypes) {
+				bad(mf+".type", "%q must be one of %s", m.Type, strings.Join(measurementTypes, ", "))
+			}
+			for _, ref := range []struct{ f, v string }{{"label", m.Label}, {"right", m.Right}, {"left", m.Left}} {
+				if (ref.f == "label" || m.Type == "side_fraction") && !labels[ref.v] {
+					bad(mf+"."+ref.f, "%q is not one of the output's labels", ref.v)
+				}
 			}
 		}
 		for j, l := range out.Labels {

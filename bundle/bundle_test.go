@@ -97,6 +97,15 @@ func TestParseErrorsNameFileAndField(t *testing.T) {
 		{"two documents", func(s string) string { return s + "---\nname: x\n" },
 			[]string{"more than one YAML document"}},
 		{"empty", func(string) string { return "" }, []string{"demo/bundle.yaml: file is empty"}},
+		{"measurement on scores", func(s string) string {
+			return strings.Replace(s, "      - name: other\n", "      - name: other\n    measurements: [{name: v, type: volume, label: bleed}]\n", 1)
+		}, []string{"outputs[0].measurements[0]: measurements belong to mask outputs, not scores"}},
+		{"measurement type", func(s string) string {
+			return strings.Replace(s, "      - name: other\n", "      - name: other\n    measurements: [{name: v, type: diameter, label: bleed}]\n", 1)
+		}, []string{"outputs[0].measurements[0].type: \"diameter\" must be one of volume"}},
+		{"measurement label", func(s string) string {
+			return strings.Replace(s, "      - name: other\n", "      - name: other\n    measurements: [{name: v, type: volume, label: clot}]\n", 1)
+		}, []string{"outputs[0].measurements[0].label: \"clot\" is not one of the output's labels"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

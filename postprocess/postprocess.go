@@ -51,13 +51,17 @@ func (m *Mask) Compressed() ([]byte, error) {
 
 // Result is everything derived from one run.
 type Result struct {
-	Findings []Finding
-	Masks    []Mask
+	Findings     []Finding
+	Masks        []Mask
+	Measurements []Measurement
+	Warnings     []string
 }
 
-// Run derives findings and masks from outputs, which are in the bundle's
-// declared output order. wantMasks skips label-map work when not asked for.
-func Run(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool) (*Result, error) {
+// Run derives findings, masks and measurements from outputs, which are in
+// the bundle's declared output order. wantMasks skips label-map work when
+// neither masks nor measurements are asked for. study (nil for tensor
+// inputs) gives the geometry measurements need.
+func Run(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool, study *Study) (*Result, error) {
 	if len(outputs) != len(spec.Outputs) {
 		return nil, fmt.Errorf("model gave %d outputs, bundle declares %d", len(outputs), len(spec.Outputs))
 	}
@@ -78,6 +82,22 @@ func Run(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool) (*Result, 
 			m, err := labelMap(spec, decl, out)
 			if err != nil {
 				return nil, err
+			}
+			if study != nil && decl.MinComponentMM3 > 0 {
+				g := study.Geometry
+				minVox := int(math.Ceil(decl.MinComponentMM3 / (g.Spacing[0] * g.Spacing[1] * g.Spacing[2])))
+				RemoveSmallComponents(m.Voxels, maskDims(m), minVox)
+			}
+			if len(decl.Measurements) > 0 {
+				if study == nil {
+					res.Warnings = append(res.Warnings, fmt.Sprintf("output %s: measurements need a volume or DICOM input (geometry); none computed", decl.Name))
+				} else {
+					ms, err := measure(decl, m, study)
+					if err != nil {
+						return nil, err
+					}
+					res.Measurements = append(res.Measurements, ms...)
+				}
 			}
 			res.Masks = append(res.Masks, *m)
 		}

@@ -32,7 +32,7 @@ func TestFindingsActivationsAndBatchMax(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			out := bundle.Output{Name: "s", Kind: "scores", Activation: tt.activation,
 				Labels: []bundle.Label{{Name: "a", Threshold: 0.6}, {Name: "b", Threshold: 0.95}}}
-			res, err := Run(spec(out), []*tensor.Tensor{tensor.FromFloat32("s", []int64{2, 2}, tt.values)}, true)
+			res, err := Run(spec(out), []*tensor.Tensor{tensor.FromFloat32("s", []int64{2, 2}, tt.values)}, true, nil)
 			require.NoError(t, err)
 			require.Len(t, res.Findings, 2)
 			for i, f := range res.Findings {
@@ -55,7 +55,7 @@ func inflate(t *testing.T, m *Mask) []byte {
 
 func TestLabelMaps(t *testing.T) {
 	one := bundle.Output{Name: "m", Kind: "mask", Activation: "none", Labels: []bundle.Label{{Name: "lesion", Threshold: 0.5}}}
-	res, err := Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 1, 2, 2}, []float32{0.2, 0.5, 0.9, 0.49})}, true)
+	res, err := Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 1, 2, 2}, []float32{0.2, 0.5, 0.9, 0.49})}, true, nil)
 	require.NoError(t, err)
 	require.Len(t, res.Masks, 1)
 	assert.Equal(t, []int64{2, 2}, res.Masks[0].Dims)
@@ -68,32 +68,32 @@ func TestLabelMaps(t *testing.T) {
 		3, 0, 0, 0, // channel 0
 		0, 3, 1, 0, // channel 1
 	}
-	res, err = Run(spec(two), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 2, 4}, logits)}, true)
+	res, err = Run(spec(two), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 2, 4}, logits)}, true, nil)
 	require.NoError(t, err)
 	// voxel 0: left (0.95); 1: right (0.95); 2: right 0.73 < 0.9 -> 0; 3: tie 0.5 -> left at 0.5.
 	assert.Equal(t, []byte{1, 2, 0, 1}, res.Masks[0].Voxels)
 
 	// A batch keeps its batch axis.
-	res, err = Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{2, 1, 2}, []float32{1, 0, 0, 1})}, true)
+	res, err = Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{2, 1, 2}, []float32{1, 0, 0, 1})}, true, nil)
 	require.NoError(t, err)
 	assert.Equal(t, []int64{2, 2}, res.Masks[0].Dims)
 	assert.Equal(t, []byte{1, 0, 0, 1}, res.Masks[0].Voxels)
 
 	// Skipped when masks are not wanted.
-	res, err = Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 1, 2}, []float32{1, 0})}, false)
+	res, err = Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 1, 2}, []float32{1, 0})}, false, nil)
 	require.NoError(t, err)
 	assert.Empty(t, res.Masks)
 }
 
 func TestShapeErrors(t *testing.T) {
 	one := bundle.Output{Name: "m", Kind: "mask", Labels: []bundle.Label{{Name: "a"}}}
-	_, err := Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{2}, []float32{1, 2})}, true)
+	_, err := Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{2}, []float32{1, 2})}, true, nil)
 	assert.ErrorContains(t, err, "want [batch, channels, spatial...]")
-	_, err = Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 2, 1}, []float32{1, 2})}, true)
+	_, err = Run(spec(one), []*tensor.Tensor{tensor.FromFloat32("m", []int64{1, 2, 1}, []float32{1, 2})}, true, nil)
 	assert.ErrorContains(t, err, "has 2 channels, bundle declares 1 labels")
 	sc := bundle.Output{Name: "s", Kind: "scores", Labels: []bundle.Label{{Name: "a"}, {Name: "b"}}}
-	_, err = Run(spec(sc), []*tensor.Tensor{tensor.FromFloat32("s", []int64{3}, []float32{1, 2, 3})}, true)
+	_, err = Run(spec(sc), []*tensor.Tensor{tensor.FromFloat32("s", []int64{3}, []float32{1, 2, 3})}, true, nil)
 	assert.ErrorContains(t, err, "not a multiple of its 2 labels")
-	_, err = Run(spec(sc), nil, true)
+	_, err = Run(spec(sc), nil, true, nil)
 	assert.ErrorContains(t, err, "model gave 0 outputs, bundle declares 1")
 }

@@ -49,6 +49,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	resp := &pb.InferResponse{Model: m.Spec.Name, Version: m.VersionString(), RequestId: req.GetRequestId()}
 	var geometry *pb.Geometry
 	var plan *preprocess.Prepared // set when the bundle declares preprocessing
+	var study *postprocess.Study  // set for volume and DICOM inputs
 	switch in := req.GetInput().(type) {
 	case *pb.InferRequest_Tensors:
 		if inputs, err = tensorsFromProto(in.Tensors.GetTensors()); err != nil {
@@ -87,6 +88,11 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			inputs = []*tensor.Tensor{t}
 		}
 		geometry = geometryToProto(vol.Geometry)
+		values, _, err := tensor.Float32View(&vol.Voxels)
+		if err != nil {
+			return nil, invalid("volume: %v", err)
+		}
+		study = &postprocess.Study{Geometry: vol.Geometry, Values: values, Modality: vol.Modality}
 	default:
 		return nil, invalid("input: one of tensors, volume or dicom is required")
 	}
@@ -108,9 +114,18 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	}
 
 	post := time.Now()
-	res, err := postprocess.Run(m.Spec, outs, want[pb.OutputKind_OUTPUT_KIND_MASK])
+	res, err := postprocess.Run(m.Spec, outs, want[pb.OutputKind_OUTPUT_KIND_MASK] || want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS], study)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "postprocessing %s: %v", m, err)
+	}
+	resp.Warnings = append(resp.Warnings, res.Warnings...)
+	if want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS] {
+		for _, x := range res.Measurements {
+			resp.Measurements = append(resp.Measurements, &pb.Measurement{Name: x.Name, Value: x.Value, Unit: x.Unit, Label: x.Label})
+		}
+	}
+	if !want[pb.OutputKind_OUTPUT_KIND_MASK] {
+		res.Masks = nil
 	}
 	if want[pb.OutputKind_OUTPUT_KIND_FINDINGS] {
 		for _, f := range res.Findings {

@@ -1,0 +1,218 @@
+package postprocess
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/voxserve/voxserve/bundle"
+	"github.com/voxserve/voxserve/volume"
+)
+
+// Measurement is one value derived from a label map and its geometry.
+type Measurement struct {
+	Name  string
+	Label string
+	Value float64
+	Unit  string // UCUM
+}
+
+// Study is what measurements need besides the label map: the geometry of
+// the grid the mask lies on and the source values (HU for CT) on it.
+type Study struct {
+	Geometry volume.Geometry
+	// Values are the source voxels, z-major, or nil.
+	Values   []float32
+	Modality string
+}
+
+// RemoveSmallComponents zeroes the 26-connected components of each label
+// smaller than minVoxels, in place, and returns how many it removed.
+func RemoveSmallComponents(lab []uint8, dims [3]int, minVoxels int) int {
+	if minVoxels <= 1 {
+		return 0
+	}
+	nx, ny, nz := dims[2], dims[1], dims[0]
+	seen := make([]bool, len(lab))
+	removed := 0
+	var stack, comp []int
+	for start, l := range lab {
+		if l == 0 || seen[start] {
+			continue
+		}
+		stack = append(stack[:0], start)
+		comp = comp[:0]
+		seen[start] = true
+		for len(stack) > 0 {
+			v := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			comp = append(comp, v)
+			x, y, z := v%nx, (v/nx)%ny, v/(nx*ny)
+			for dz := -1; dz <= 1; dz++ {
+				for dy := -1; dy <= 1; dy++ {
+					for dx := -1; dx <= 1; dx++ {
+						xx, yy, zz := x+dx, y+dy, z+dz
+						if xx < 0 || yy < 0 || zz < 0 || xx >= nx || yy >= ny || zz >= nz {
+							continue
+						}
+						w := (zz*ny+yy)*nx + xx
+						if !seen[w] && lab[w] == l {
+							seen[w] = true
+							stack = append(stack, w)
+						}
+					}
+				}
+			}
+		}
+		if len(comp) < minVoxels {
+			for _, v := range comp {
+				lab[v] = 0
+			}
+			removed++
+		}
+	}
+	return removed
+}
+
+// measure computes an output's declared measurements on its label map.
+func measure(decl bundle.Output, m *Mask, st *Study) ([]Measurement, error) {
+	dims := maskDims(m)
+	if n := dims[0] * dims[1] * dims[2]; n != len(m.Voxels) {
+		return nil, fmt.Errorf("mask %q has %d voxels for dims %v", decl.Name, len(m.Voxels), m.Dims)
+	}
+	g := st.Geometry
+	value := func(name string) (uint8, error) {
+		for i, l := range decl.Labels {
+			if l.Name == name {
+				return uint8(i + 1), nil
+			}
+		}
+		return 0, fmt.Errorf("output %q has no label %q", decl.Name, name)
+	}
+	nx, ny, nz := dims[2], dims[1], dims[0]
+	var out []Measurement
+	for _, ms := range decl.Measurements {
+		lab, err := value(ms.Label)
+		if err != nil {
+			return nil, err
+		}
+		res := Measurement{Name: ms.Name, Label: ms.Label}
+		switch ms.Type {
+		case "volume":
+			n := count(m.Voxels, lab)
+			res.Value, res.Unit = float64(n)*g.Spacing[0]*g.Spacing[1]*g.Spacing[2]/1000, "mL"
+		case "max_axial_area":
+			best := 0
+			for k := 0; k < nz; k++ {
+				best = max(best, count(m.Voxels[k*nx*ny:(k+1)*nx*ny], lab))
+			}
+			res.Value, res.Unit = float64(best)*g.Spacing[0]*g.Spacing[1]/100, "cm2"
+		case "craniocaudal_length":
+			// Extent along the patient's S axis of the voxels, each voxel
+			// contributing its own extent along S.
+			lo, hi := math.Inf(1), math.Inf(-1)
+			d := g.Direction
+			for k := 0; k < nz; k++ {
+				for j := 0; j < ny; j++ {
+					for i := 0; i < nx; i++ {
+						if m.Voxels[(k*ny+j)*nx+i] != lab {
+							continue
+						}
+						s := g.Origin[2] + float64(i)*g.Spacing[0]*d[2] + float64(j)*g.Spacing[1]*d[5] + float64(k)*g.Spacing[2]*d[8]
+						lo, hi = math.Min(lo, s), math.Max(hi, s)
+					}
+				}
+			}
+			if hi >= lo {
+				ext := g.Spacing[0]*math.Abs(d[2]) + g.Spacing[1]*math.Abs(d[5]) + g.Spacing[2]*math.Abs(d[8])
+				res.Value = (hi - lo + ext) / 10
+			}
+			res.Unit = "cm"
+		case "mean_intensity":
+			if st.Values == nil || len(st.Values) != len(m.Voxels) {
+				return nil, fmt.Errorf("measurement %q needs the source values on the mask's grid", ms.Name)
+			}
+			sum, n := 0.0, 0
+			for i, l := range m.Voxels {
+				if l == lab {
+					sum += float64(st.Values[i])
+					n++
+				}
+			}
+			if n > 0 {
+				res.Value = sum / float64(n)
+			}
+			res.Unit = "{intensity}"
+			if st.Modality == "CT" {
+				res.Unit = "[hnsf'U]"
+			}
+		case "side_fraction":
+			right, err := value(ms.Right)
+			if err != nil {
+				return nil, err
+			}
+			left, err := value(ms.Left)
+			if err != nil {
+				return nil, err
+			}
+			res.Value, res.Unit = sideFraction(m.Voxels, nx, ny, lab, right, left), "1"
+		default:
+			return nil, fmt.Errorf("unknown measurement type %q", ms.Type)
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+func count(v []uint8, l uint8) int {
+	n := 0
+	for _, x := range v {
+		if x == l {
+			n++
+		}
+	}
+	return n
+}
+
+// sideFraction is |num| / (|num| + |lung on num's side|): the side is the
+// lung label whose centroid is nearer the numerator's.
+func sideFraction(v []uint8, nx, ny int, num, right, left uint8) float64 {
+	var c [3][3]float64 // num, right, left: sum x, sum y, count
+	for i, l := range v {
+		x, y := float64(i%nx), float64((i/nx)%ny)
+		for s, want := range []uint8{num, right, left} {
+			if l == want {
+				c[s][0] += x
+				c[s][1] += y
+				c[s][2]++
+			}
+		}
+	}
+	if c[0][2] == 0 {
+		return 0
+	}
+	centroid := func(s int) (float64, float64) { return c[s][0] / math.Max(c[s][2], 1), c[s][1] / math.Max(c[s][2], 1) }
+	nxc, nyc := centroid(0)
+	rx, ry := centroid(1)
+	lx, ly := centroid(2)
+	side := c[1][2]
+	if c[2][2] > 0 && (c[1][2] == 0 || math.Hypot(nxc-lx, nyc-ly) < math.Hypot(nxc-rx, nyc-ry)) {
+		side = c[2][2]
+	}
+	return c[0][2] / (c[0][2] + side)
+}
+
+// maskDims is the mask's [z, y, x]; a 2D mask is one slice.
+func maskDims(m *Mask) [3]int {
+	d := m.Dims
+	switch len(d) {
+	case 2:
+		return [3]int{1, int(d[0]), int(d[1])}
+	case 3:
+		return [3]int{int(d[0]), int(d[1]), int(d[2])}
+	}
+	n := 1
+	for _, x := range d[:max(len(d)-2, 0)] {
+		n *= int(x)
+	}
+	return [3]int{n, int(d[len(d)-2]), int(d[len(d)-1])}
+}
