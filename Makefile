@@ -26,7 +26,7 @@ NORACE_PKGS := ./phantom/
 
 export CGO_ENABLED := 1
 
-.PHONY: venv deps deps-go build run test test-short lint fmt vet staticcheck proto proto-check \
+.PHONY: models eval venv deps deps-go build run test test-short lint fmt vet staticcheck proto proto-check \
         fuzz models-demo clean help
 
 help: ## list the targets
@@ -98,6 +98,20 @@ fuzz: deps ## run every fuzz target for FUZZTIME each
 	  for f in $$($(GO) test -list '^Fuzz' $$p | grep '^Fuzz'); do \
 	    echo "== $$p $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
 	  done; done
+
+TRAIN_VENV := .venv-train
+
+$(TRAIN_VENV)/.ok: scripts/requirements-train.txt
+	python3 -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-train.txt
+	@touch $@
+
+models: build $(TRAIN_VENV)/.ok ## train the reference bundles from scratch on phantoms (CPU, tens of minutes; PyTorch is a 5 GB install)
+	$(TRAIN_VENV)/bin/python scripts/train_ich.py --voxctl bin/voxctl --work data/ich --out models/ich/1/model.onnx
+
+EVAL_CASES ?= 100
+eval: build ## evaluate the reference bundles on held-out phantoms; writes models/<name>/eval/ and the bundles' metrics
+	scripts/eval.sh $(EVAL_CASES)
 
 models-demo: ## regenerate the demo ONNX file and example input
 	$(GO) run ./scripts/gen-demo-model $(MODELS)/hyperdensity/1/model.onnx examples/hyperdensity-phantom.npy

@@ -210,3 +210,46 @@ func (p *Prepared) ToSource(out *tensor.Tensor) (*tensor.Tensor, error) {
 	}
 	return tensor.ViewFloat32(out.Name, []int64{1, int64(ch.C), int64(sz), int64(sy), int64(sx)}, res), nil
 }
+
+// PrepareLabels carries a label map on the source grid through the same
+// geometry as Prepare (reorientation, nearest-neighbour resampling, crop or
+// pad) and lays it out like the model's batch without the channel axis:
+// [1, Z, Y, X] (volume), [Z, Y, X] (slices and slabs), [N, pz, py, px]
+// (patches). Training data made this way matches what the server feeds the
+// model exactly.
+func (p *Prepared) PrepareLabels(labels []uint8) (*tensor.Tensor, error) {
+	sx, sy, sz := p.SourceSize[0], p.SourceSize[1], p.SourceSize[2]
+	if len(labels) != sx*sy*sz {
+		return nil, fmt.Errorf("label map has %d voxels, the source has %d", len(labels), sx*sy*sz)
+	}
+	src := &Grid{NX: sx, NY: sy, NZ: sz, Geometry: p.Source, V: make([]float32, len(labels))}
+	for i, l := range labels {
+		src.V[i] = float32(l)
+	}
+	g := ToGrid(src, p.Model, p.ModelSize, Nearest)
+	out := make([]byte, len(g.V))
+	for i, v := range g.V {
+		out[i] = uint8(v)
+	}
+	mx, my, mz := p.ModelSize[0], p.ModelSize[1], p.ModelSize[2]
+	switch p.Spec.Layout {
+	case LayoutVolume, "":
+		return &tensor.Tensor{Name: "labels", DType: tensor.Uint8, Shape: []int64{1, int64(mz), int64(my), int64(mx)}, Data: out}, nil
+	case LayoutSlices, LayoutSlabs:
+		return &tensor.Tensor{Name: "labels", DType: tensor.Uint8, Shape: []int64{int64(mz), int64(my), int64(mx)}, Data: out}, nil
+	case LayoutPatches:
+		ps := p.Spec.PatchSize
+		per := ps[0] * ps[1] * ps[2]
+		ch := &Channels{C: 1, NX: mx, NY: my, NZ: mz, V: g.V}
+		buf := make([]float32, per)
+		res := make([]byte, len(p.Patches)*per)
+		for i, patch := range p.Patches {
+			ExtractPatch(ch, patch, ps, 0, buf)
+			for j, v := range buf {
+				res[i*per+j] = uint8(v)
+			}
+		}
+		return &tensor.Tensor{Name: "labels", DType: tensor.Uint8, Shape: []int64{int64(len(p.Patches)), int64(ps[2]), int64(ps[1]), int64(ps[0])}, Data: res}, nil
+	}
+	return nil, fmt.Errorf("unknown layout %q", p.Spec.Layout)
+}

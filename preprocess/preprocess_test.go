@@ -312,3 +312,36 @@ func TestPrepareLayoutsRoundTrip(t *testing.T) {
 }
 
 func tensorOf(v []float32, shape []int64) *tensor.Tensor { return tensor.FromFloat32("", shape, v) }
+
+// Labels follow the image through Prepare's geometry: where the windowed
+// image is dense, the label is set.
+func TestPrepareLabels(t *testing.T) {
+	v := ctVolume()
+	src, _ := v.Float32()
+	labels := make([]uint8, len(src))
+	for i, x := range src {
+		if x > 50 {
+			labels[i] = 1
+		}
+	}
+	for _, spec := range []Spec{
+		{Windows: []Window{{Center: 40, Width: 80}}, Layout: LayoutSlices, TargetSpacing: [3]float64{1, 1, 0}, InPlaneSize: [2]int{10, 12}},
+		{Layout: LayoutPatches, PatchSize: [3]int{8, 8, 4}, Overlap: 0.5, TargetSpacing: [3]float64{1, 1, 1}},
+		{Layout: LayoutVolume},
+	} {
+		p, err := Prepare(v, spec, "image")
+		require.NoError(t, err)
+		lt, err := p.PrepareLabels(labels)
+		require.NoError(t, err)
+		img, _ := p.Input.Float32s()
+		require.Equal(t, len(img), len(lt.Data), spec.Layout) // one channel: same layout
+		for i, l := range lt.Data {
+			dense := img[i] > 0.8 || (len(spec.Windows) == 0 && img[i] > 50)
+			if l == 1 {
+				assert.True(t, dense, "%s: label without dense image at %d", spec.Layout, i)
+			}
+		}
+		_, err = p.PrepareLabels(labels[:10])
+		assert.Error(t, err)
+	}
+}

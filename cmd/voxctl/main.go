@@ -46,6 +46,8 @@ Usage:
   voxctl inspect   [--json] [--strict-spacing] PATH...
   voxctl phantom   --kind head-ct|chest-xr|abdomen-ct --out DIR [--seed N] [--count K]
                    [--positive-fraction F] [--matrix N] [--slice-thickness MM]
+  voxctl prepare   --bundle DIR --out DIR CASE_DIR...   (model inputs and labels as .npy, for training)
+  voxctl eval      --model NAME [--out DIR] [--addr ADDR | --model-repository DIR] CASE_DIR...
   voxctl bundle validate DIR
 
 Without --addr, models and infer run the server in process on --model-repository
@@ -115,6 +117,10 @@ func run(args []string, out io.Writer) error {
 		return cmdInspect(rest, out)
 	case "phantom":
 		return cmdPhantom(rest, out)
+	case "prepare":
+		return cmdPrepare(rest, out)
+	case "eval":
+		return cmdEval(rest, out)
 	case "bundle":
 		if len(rest) == 0 || rest[0] != "validate" {
 			return usageErr("bundle: the subcommand is `validate DIR`")

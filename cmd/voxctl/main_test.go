@@ -306,3 +306,30 @@ func TestPhantomCommand(t *testing.T) {
 	_, code, _ = runCLI("phantom", "--kind", "head-ct")
 	assert.Equal(t, 2, code)
 }
+
+// The evaluation path, smoke-tested on a few phantoms: the demo model on
+// head CT (and the ich bundle when models/ holds it).
+func TestEvalSmoke(t *testing.T) {
+	dir := t.TempDir()
+	_, _, err := runCLI("phantom", "--kind", "head-ct", "--out", dir, "--seed", "300000", "--count", "3", "--matrix", "64", "--slice-thickness", "5", "--positive-fraction", "0.5", "--quiet")
+	require.NoError(t, err)
+	cases, _ := filepath.Glob(filepath.Join(dir, "head-ct-*"))
+	for _, model := range []string{"hyperdensity", "ich"} {
+		if _, err := os.Stat(filepath.Join("../../models", model, "1", "model.onnx")); err != nil {
+			continue
+		}
+		out := t.TempDir()
+		md, code, err := runCLI(append([]string{"eval", "--model", model, "--model-repository", "../../models", "--out", out, "--bootstrap", "50"}, cases...)...)
+		require.NoError(t, err, md)
+		assert.Equal(t, 0, code)
+		assert.Contains(t, md, "# Evaluation: "+model)
+		assert.Contains(t, md, "## Detection")
+		raw, err := os.ReadFile(filepath.Join(out, "report.json"))
+		require.NoError(t, err)
+		var rep EvalReport
+		require.NoError(t, json.Unmarshal(raw, &rep))
+		assert.Equal(t, 3, rep.Cases)
+		assert.Equal(t, [2]uint64{300000, 300002}, rep.Seeds)
+		require.NotNil(t, rep.Detection)
+	}
+}
