@@ -174,14 +174,8 @@ func abdomenCT(o Options) *Case {
 	g := grid{nx: matrix, ny: matrix, spacing: [3]float64{fov / float64(matrix), fov / float64(matrix), thick}, thickness: thick,
 		row: [3]float64{1, 0, 0}, col: [3]float64{0, 1, 0}, normal: [3]float64{0, 0, 1}}
 	g.nz = max(1, int(math.Round((length+uniform(r, 40, 70))/thick)))
-	half := [3]float64{fov / 2, fov / 2, float64(g.nz-1) * thick / 2}
-	for c := 0; c < 3; c++ {
-		g.origin[c] = -half[0]*g.row[c] - half[1]*g.col[c] - half[2]*g.normal[c]
-	}
-	samples := max(1, int(math.Ceil(thick/0.75)))
-	huv, lab := g.render(samples,
-		func(p [3]float64) float64 { return a.hu(toLocal(p, centre, rot)) },
-		func(p [3]float64) uint8 { return a.label(toLocal(p, centre, rot)) })
+	g.centre()
+	huv, lab := g.renderBody(centre, rot, a.hu, a.label)
 	sigma := min(max(uniform(r, 6, 14)*math.Sqrt(1.25/thick), 3), 18)
 	addNoise(huv, sigma, o.Seed)
 

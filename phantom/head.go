@@ -206,15 +206,8 @@ func headCT(o Options) *Case {
 	}
 	extent := 2*h.skin.r[2] + uniform(r, 0, 20)
 	g.nz = max(1, int(math.Round(extent/thick)))
-	// Centre the grid on the scanner's isocentre.
-	half := [3]float64{fov / 2, fov / 2, float64(g.nz-1) * thick / 2}
-	for c := 0; c < 3; c++ {
-		g.origin[c] = -half[0]*g.row[c] - half[1]*g.col[c] - half[2]*g.normal[c]
-	}
-	samples := max(1, int(math.Ceil(thick/0.75)))
-	hu, lab := g.render(samples,
-		func(p [3]float64) float64 { return h.hu(toLocal(p, centre, rot)) },
-		func(p [3]float64) uint8 { return h.label(toLocal(p, centre, rot)) })
+	g.centre()
+	hu, lab := g.renderBody(centre, rot, h.hu, h.label)
 	// Thicker slices average more photons: less noise.
 	sigma := min(max(uniform(r, 4, 10)*math.Sqrt(1.25/thick), 2.5), 14)
 	addNoise(hu, sigma, o.Seed)

@@ -197,6 +197,24 @@ func (g grid) position(i, j float64, k int) [3]float64 {
 	return p
 }
 
+// centre places the grid's middle voxel on the scanner's isocentre.
+func (g *grid) centre() {
+	half := [3]float64{float64(g.nx) * g.spacing[0] / 2, float64(g.ny) * g.spacing[1] / 2, float64(g.nz-1) * g.spacing[2] / 2}
+	for c := 0; c < 3; c++ {
+		g.origin[c] = -half[0]*g.row[c] - half[1]*g.col[c] - half[2]*g.normal[c]
+	}
+}
+
+// renderBody renders a body defined in its own frame (value and label of a
+// local point) posed at centre with rotation rot, sampling the slice
+// profile every 0.75 mm of thickness.
+func (g grid) renderBody(centre [3]float64, rot [9]float64, value func(local [3]float64) float64, label func(local [3]float64) uint8) ([]float32, []uint8) {
+	samples := max(1, int(math.Ceil(g.thickness/0.75)))
+	return g.render(samples,
+		func(p [3]float64) float64 { return value(toLocal(p, centre, rot)) },
+		func(p [3]float64) uint8 { return label(toLocal(p, centre, rot)) })
+}
+
 // render fills a CT volume: value(p, voxelIndex) gives HU (averaged over
 // samples across the slice thickness, as a scanner's slice profile does)
 // and label(p) the label at the voxel centre.

@@ -166,6 +166,18 @@ func (c *common) connect(models []string) (*client.Conn, error) {
 	return conn, nil
 }
 
+// call connects, runs f under the request deadline, and disconnects.
+func (c *common) call(models []string, f func(ctx context.Context, conn *client.Conn) error) error {
+	conn, err := c.connect(models)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	return f(ctx, conn)
+}
+
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
 	// Allow flags after positional arguments (voxctl load NAME --addr A).
@@ -559,24 +571,19 @@ func cmdLoad(args []string, out io.Writer) error {
 	if len(pos) != 1 || c.addr == "" {
 		return usageErr("load: usage is `voxctl load NAME [--version V]... --addr ADDR`")
 	}
-	conn, err := c.connect(nil)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	resp, err := conn.Inference.LoadModel(ctx, &pb.LoadModelRequest{Name: pos[0], Versions: versions})
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return printJSON(out, resp)
-	}
-	for _, m := range resp.GetLoaded() {
-		fmt.Fprintf(out, "loaded %s version %s on %s\n", m.GetName(), m.GetVersion(), m.GetExecutionProvider())
-	}
-	return nil
+	return c.call(nil, func(ctx context.Context, conn *client.Conn) error {
+		resp, err := conn.Inference.LoadModel(ctx, &pb.LoadModelRequest{Name: pos[0], Versions: versions})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return printJSON(out, resp)
+		}
+		for _, m := range resp.GetLoaded() {
+			fmt.Fprintf(out, "loaded %s version %s on %s\n", m.GetName(), m.GetVersion(), m.GetExecutionProvider())
+		}
+		return nil
+	})
 }
 
 func cmdUnload(args []string, out io.Writer) error {
@@ -591,22 +598,17 @@ func cmdUnload(args []string, out io.Writer) error {
 	if len(pos) != 1 || c.addr == "" {
 		return usageErr("unload: usage is `voxctl unload NAME [--version V] --addr ADDR`")
 	}
-	conn, err := c.connect(nil)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	resp, err := conn.Inference.UnloadModel(ctx, &pb.UnloadModelRequest{Name: pos[0], Version: *version})
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return printJSON(out, resp)
-	}
-	fmt.Fprintf(out, "unloaded %s versions %s\n", pos[0], strings.Join(resp.GetUnloadedVersions(), ", "))
-	return nil
+	return c.call(nil, func(ctx context.Context, conn *client.Conn) error {
+		resp, err := conn.Inference.UnloadModel(ctx, &pb.UnloadModelRequest{Name: pos[0], Version: *version})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return printJSON(out, resp)
+		}
+		fmt.Fprintf(out, "unloaded %s versions %s\n", pos[0], strings.Join(resp.GetUnloadedVersions(), ", "))
+		return nil
+	})
 }
 
 func cmdBundleValidate(args []string, out io.Writer) error {
