@@ -256,3 +256,24 @@ func TestUndecodedSyntaxIsUnimplemented(t *testing.T) {
 	assert.Equal(t, codes.Unimplemented, status.Code(err))
 	assert.Contains(t, status.Convert(err).Message(), "instances[0]: (0002,0010) Transfer Syntax UID: 1.2.840.10008.1.2.4.90 (JPEG 2000 Lossless) is not decoded")
 }
+
+// Measurements asked for alone are still taken on the study's grid.
+func TestMeasurementsWithoutMasks(t *testing.T) {
+	yaml := strings.Replace(patchesYAML, "    labels: [{name: dense}]\n", "    labels: [{name: dense}]\n    measurements: [{name: dense volume, type: volume, label: dense}]\n", 1)
+	repo := testrepo.Write(t, testrepo.Bundle{Name: "patched", YAML: yaml, Versions: map[int64][]byte{1: onnxbuild.Hyperdensity(60, 5).Marshal()}})
+	h := start(t, repo, Options{})
+	s, blood := headCT()
+	files, err := s.Encode()
+	require.NoError(t, err)
+	for _, outputs := range [][]pb.OutputKind{{pb.OutputKind_OUTPUT_KIND_MEASUREMENTS}, nil} {
+		resp, err := h.client.Infer(ctxT(t), &pb.InferRequest{Model: "patched", Outputs: outputs, Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}})
+		require.NoError(t, err)
+		require.Len(t, resp.GetMeasurements(), 1)
+		m := resp.Measurements[0]
+		assert.Equal(t, "mL", m.GetUnit())
+		assert.InDelta(t, float64(blood)*0.5*0.6*3/1000, m.GetValue(), 1e-9)
+		if outputs != nil {
+			assert.Empty(t, resp.GetMasks())
+		}
+	}
+}

@@ -102,8 +102,10 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	if err != nil {
 		return nil, err
 	}
-	if plan != nil && want[pb.OutputKind_OUTPUT_KIND_MASK] {
-		// Per-voxel outputs go back onto the study's own grid.
+	needMasks := want[pb.OutputKind_OUTPUT_KIND_MASK] || want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS]
+	if plan != nil && needMasks {
+		// Per-voxel outputs go back onto the study's own grid (measurements
+		// are taken there too).
 		for i, decl := range m.Spec.Outputs {
 			if decl.Kind == "mask" {
 				if outs[i], err = plan.ToSource(outs[i]); err != nil {
@@ -114,7 +116,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	}
 
 	post := time.Now()
-	res, err := postprocess.Run(m.Spec, outs, want[pb.OutputKind_OUTPUT_KIND_MASK] || want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS], study)
+	res, err := postprocess.Run(m.Spec, outs, needMasks, study)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "postprocessing %s: %v", m, err)
 	}
