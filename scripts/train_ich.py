@@ -124,6 +124,18 @@ def auc(scores, labels):
     return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
 
 
+def set_threshold(path, label, value):
+    """Write the threshold picked on the validation split into bundle.yaml."""
+    lines = open(path).read().splitlines()
+    i = next(k for k, l in enumerate(lines) if l.strip() == "- name: " + label)
+    for k in range(i + 1, len(lines)):
+        if lines[k].strip().startswith("threshold:"):
+            indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
+            lines[k] = f"{indent}threshold: {value:.4f}  # picked on the validation split by scripts/train_ich.py"
+            break
+    open(path, "w").write("\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--voxctl", default="bin/voxctl")
@@ -132,7 +144,7 @@ def main():
     ap.add_argument("--out", default="models/ich/1/model.onnx")
     ap.add_argument("--train-cases", type=int, default=120)
     ap.add_argument("--val-cases", type=int, default=40)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -181,6 +193,7 @@ def main():
                       opset_version=17, dynamo=False)
     with open(os.path.join(args.work, "train_metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
+    set_threshold(os.path.join(args.bundle, "bundle.yaml"), "intracranial hemorrhage", threshold)
     print(json.dumps(metrics), flush=True)
 
 

@@ -78,7 +78,12 @@ func cmdEval(args []string, out io.Writer) error {
 		return err
 	}
 	defer conn.Close()
-	rep := EvalReport{Command: "voxctl eval " + strings.Join(args, " "), Date: time.Now().UTC().Truncate(time.Second), Model: *model, Cases: len(cases)}
+	// The command as run, with the case folders summarised (they are the seeds).
+	flagArgs := args[:len(args)-len(cases)]
+	if len(cases) > 0 && len(args) >= len(cases) && args[len(args)-len(cases)] != cases[0] {
+		flagArgs = args // flags after the cases: keep the line as given
+	}
+	rep := EvalReport{Command: fmt.Sprintf("voxctl eval %s <%d case folders: %s ...>", strings.Join(flagArgs, " "), len(cases), filepath.Dir(filepath.Clean(cases[0]))), Date: time.Now().UTC().Truncate(time.Second), Model: *model, Cases: len(cases)}
 	var scores []float64
 	var positive []bool
 	var conf evaluation.Confusion
