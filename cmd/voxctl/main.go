@@ -411,7 +411,11 @@ func printInfer(out io.Writer, r *pb.InferResponse) error {
 		_ = tw.Flush()
 	}
 	for _, m := range r.GetMeasurements() {
-		fmt.Fprintf(out, "%s %s: %.3f %s\n", m.GetLabel(), m.GetName(), m.GetValue(), m.GetUnit())
+		name := m.GetName()
+		if !strings.Contains(name, m.GetLabel()) {
+			name = m.GetLabel() + " " + name
+		}
+		fmt.Fprintf(out, "%s: %.3f %s\n", name, m.GetValue(), m.GetUnit())
 	}
 	for _, m := range r.GetMasks() {
 		counts, err := maskCounts(m)
