@@ -33,24 +33,27 @@ type truthFile struct {
 
 // EvalReport is what voxctl eval writes.
 type EvalReport struct {
-	Command   string    `json:"command"`
-	Date      time.Time `json:"date"`
-	Model     string    `json:"model"`
-	Version   string    `json:"version"`
-	Cases     int       `json:"cases"`
-	Seeds     [2]uint64 `json:"seeds"`
-	Detection *struct {
-		Finding     string               `json:"finding"`
-		AUC         float64              `json:"auc"`
-		AUC95       [2]float64           `json:"auc_95ci"`
-		Threshold   float64              `json:"threshold"`
-		Confusion   evaluation.Confusion `json:"confusion"`
-		Sensitivity float64              `json:"sensitivity"`
-		Specificity float64              `json:"specificity"`
-	} `json:"detection,omitempty"`
+	Command      string                       `json:"command"`
+	Date         time.Time                    `json:"date"`
+	Model        string                       `json:"model"`
+	Version      string                       `json:"version"`
+	Cases        int                          `json:"cases"`
+	Seeds        [2]uint64                    `json:"seeds"`
+	Detection    *detection                   `json:"detection,omitempty"`
 	Dice         map[string]diceSummary       `json:"dice,omitempty"`
 	Measurements map[string]evaluation.Errors `json:"measurements,omitempty"`
 	Failures     []string                     `json:"failures,omitempty"`
+}
+
+// detection scores a study-level finding against the truth.
+type detection struct {
+	Finding     string               `json:"finding"`
+	AUC         float64              `json:"auc"`
+	AUC95       [2]float64           `json:"auc_95ci"`
+	Threshold   float64              `json:"threshold"`
+	Confusion   evaluation.Confusion `json:"confusion"`
+	Sensitivity float64              `json:"sensitivity"`
+	Specificity float64              `json:"specificity"`
 }
 
 type diceSummary struct {
@@ -157,15 +160,7 @@ func cmdEval(args []string, out io.Writer) error {
 	}
 	fmt.Fprintln(os.Stderr)
 	if len(scores) > 0 {
-		rep.Detection = &struct {
-			Finding     string               `json:"finding"`
-			AUC         float64              `json:"auc"`
-			AUC95       [2]float64           `json:"auc_95ci"`
-			Threshold   float64              `json:"threshold"`
-			Confusion   evaluation.Confusion `json:"confusion"`
-			Sensitivity float64              `json:"sensitivity"`
-			Specificity float64              `json:"specificity"`
-		}{Finding: finding, AUC: evaluation.AUC(scores, positive), Threshold: threshold, Confusion: conf,
+		rep.Detection = &detection{Finding: finding, AUC: evaluation.AUC(scores, positive), Threshold: threshold, Confusion: conf,
 			Sensitivity: conf.Sensitivity(), Specificity: conf.Specificity()}
 		rep.Detection.AUC95[0], rep.Detection.AUC95[1] = evaluation.BootstrapAUC(scores, positive, *boot, 1)
 		// JSON has no NaN: an undefined figure (one class only) is written as -1.
