@@ -103,14 +103,14 @@ func cmdEval(args []string, out io.Writer) error {
 			rep.Seeds[0] = tr.Seed
 		}
 		rep.Seeds[1] = max(rep.Seeds[1], tr.Seed)
-		instances, err := readDicomFiles(cd)
+		instances, _, err := readStudy(cd)
 		if err != nil {
 			return &exitError{1, err}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 		resp, err := conn.Inference.Infer(ctx, &pb.InferRequest{Model: *model, RequestId: filepath.Base(cd),
 			Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MASK, pb.OutputKind_OUTPUT_KIND_MEASUREMENTS},
-			Input:   &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: instances}}})
+			Input:   &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: instanceBytes(instances)}}})
 		cancel()
 		if err != nil {
 			rep.Failures = append(rep.Failures, fmt.Sprintf("%s: %s", filepath.Base(cd), describe(err)))
@@ -228,24 +228,6 @@ func readTruth(dir string) (*truthFile, []uint8, error) {
 		return nil, nil, fmt.Errorf("%s/labels.npy: %w", dir, err)
 	}
 	return &tr, lab.Data, nil
-}
-
-func readDicomFiles(dir string) ([][]byte, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var out [][]byte
-	for _, e := range entries {
-		if !e.IsDir() && strings.HasSuffix(strings.ToLower(e.Name()), ".dcm") {
-			b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, b)
-		}
-	}
-	return out, nil
 }
 
 func writeEvalReport(dir string, rep *EvalReport) error {

@@ -360,11 +360,14 @@ func cmdInfer(args []string, out io.Writer) error {
 		req.Input = &pb.InferRequest_Volume{Volume: &pb.Volume{DataType: server.DTypeToProto(t.DType), Dims: t.Shape,
 			Geometry: g, Data: t.Data, Modality: *modality}}
 	case *dicom != "":
-		instances, err := readFolder(*dicom)
+		instances, skipped, err := readStudy(*dicom)
 		if err != nil {
-			return err
+			return &exitError{1, err}
 		}
-		req.Input = &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: instances}}
+		if skipped > 0 {
+			fmt.Fprintf(os.Stderr, "voxctl: %d files in %s are not DICOM; not sent\n", skipped, *dicom)
+		}
+		req.Input = &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: instanceBytes(instances)}}
 	}
 	if *tensors {
 		req.Outputs = []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MASK,
@@ -516,28 +519,6 @@ func readNpy(path string) (*tensor.Tensor, error) {
 		return nil, &exitError{1, fmt.Errorf("%s: %w", path, err)}
 	}
 	return t, nil
-}
-
-func readFolder(dir string) ([][]byte, error) {
-	var out [][]byte
-	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		out = append(out, b)
-		return nil
-	})
-	if err != nil {
-		return nil, &exitError{1, err}
-	}
-	if len(out) == 0 {
-		return nil, &exitError{1, fmt.Errorf("%s: no files", dir)}
-	}
-	return out, nil
 }
 
 func parseFloats(s string, n int) ([]float64, error) {

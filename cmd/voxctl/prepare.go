@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/voxserve/voxserve/bundle"
 	"github.com/voxserve/voxserve/dicom"
@@ -78,20 +77,9 @@ func cmdPrepare(args []string, out io.Writer) error {
 }
 
 func prepareCase(spec *bundle.Spec, dir string) (*preprocess.Prepared, error) {
-	var inputs []dicom.Input
-	entries, err := os.ReadDir(dir)
+	inputs, _, err := readStudy(dir)
 	if err != nil {
 		return nil, err
-	}
-	for _, e := range entries {
-		if e.IsDir() || !strings.HasSuffix(strings.ToLower(e.Name()), ".dcm") {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		inputs = append(inputs, dicom.Input{Source: e.Name(), Data: b})
 	}
 	series, _, err := dicom.ReadStudy(inputs, dicom.Options{})
 	if err != nil {
