@@ -109,7 +109,7 @@ func Run(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool, study *Stu
 // label is the maximum over the batch (e.g. over its slices): one positive
 // slice makes a positive study.
 func findings(spec *bundle.Spec, decl bundle.Output, out *tensor.Tensor) ([]Finding, error) {
-	v, err := out.Float32s()
+	v, _, err := tensor.Float32View(out) // read only
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +169,7 @@ func labelMap(spec *bundle.Spec, decl bundle.Output, out *tensor.Tensor) (*Mask,
 	if len(out.Shape) < 3 {
 		return nil, fmt.Errorf("mask output %q has shape %v; want [batch, channels, spatial...]", decl.Name, out.Shape)
 	}
-	v, err := out.Float32s()
+	v, _, err := tensor.Float32View(out) // read only: the whole mask output
 	if err != nil {
 		return nil, err
 	}

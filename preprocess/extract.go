@@ -258,6 +258,14 @@ func CropOrPad(g *Grid, rows, cols int, pad float32) *Grid {
 // Nearest.
 func ToGrid(src *Grid, target volume.Geometry, size [3]int, interp Interp) *Grid {
 	out := &Grid{NX: size[0], NY: size[1], NZ: size[2], Geometry: target, V: make([]float32, size[0]*size[1]*size[2])}
+	ToGridInto(src, out, interp)
+	return out
+}
+
+// ToGridInto is ToGrid writing into out, whose geometry, size and values
+// (len NX*NY*NZ, zeroed where Nearest may leave voxels untouched) are set.
+func ToGridInto(src, out *Grid, interp Interp) {
+	target, size := out.Geometry, [3]int{out.NX, out.NY, out.NZ}
 	// Source continuous index a of target index t is affine in t:
 	// idx_a = off_a + sum_b t_b * m[a][b].
 	var off [3]float64
@@ -319,5 +327,4 @@ func ToGrid(src *Grid, target volume.Geometry, size [3]int, interp Interp) *Grid
 			}
 		}
 	})
-	return out
 }

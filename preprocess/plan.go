@@ -162,7 +162,7 @@ func Prepare(v *volume.Volume, spec Spec, inputName string) (*Prepared, error) {
 // by trilinear interpolation in physical space. It returns [1, C, Z, Y, X]
 // on the source grid.
 func (p *Prepared) ToSource(out *tensor.Tensor) (*tensor.Tensor, error) {
-	v, err := out.Float32s()
+	v, _, err := tensor.Float32View(out) // read only
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +206,7 @@ func (p *Prepared) ToSource(out *tensor.Tensor) (*tensor.Tensor, error) {
 	res := make([]float32, ch.C*n)
 	for c := 0; c < ch.C; c++ {
 		g := &Grid{NX: mx, NY: my, NZ: mz, Geometry: p.Model, V: ch.V[c*ch.vox() : (c+1)*ch.vox()]}
-		copy(res[c*n:], ToGrid(g, p.Source, p.SourceSize, Linear).V)
+		ToGridInto(g, &Grid{NX: sx, NY: sy, NZ: sz, Geometry: p.Source, V: res[c*n : (c+1)*n]}, Linear)
 	}
 	return tensor.ViewFloat32(out.Name, []int64{1, int64(ch.C), int64(sz), int64(sy), int64(sx)}, res), nil
 }
