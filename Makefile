@@ -8,6 +8,13 @@ GO        ?= go
 DEPS      := .deps
 GOBIN_DIR := $(CURDIR)/$(DEPS)/bin
 ORT_LIB   := $(DEPS)/onnxruntime/libonnxruntime.so.1
+CUDA_DIR  := $(DEPS)/cuda
+NVCC      := $(CUDA_DIR)/bin/nvcc
+# --fmad=false: a*b+c rounds twice, as in the Go reference, so that the
+# kernels match it bit for bit where the operations are the same.
+NVCC_FLAGS := -ptx --fmad=false -Ikernels/src
+PTX_ARCHS := 90 75
+CUDA_ENV  := CGO_CFLAGS="-I$(CURDIR)/$(CUDA_DIR)/include"
 VENV      := .venv
 PY        := $(VENV)/bin/python
 
@@ -26,7 +33,7 @@ NORACE_PKGS := ./phantom/
 
 export CGO_ENABLED := 1
 
-.PHONY: models eval venv deps deps-go build run test test-short lint fmt vet staticcheck proto proto-check \
+.PHONY: models eval venv deps deps-go deps-cuda kernels kernels-check build-cuda check-cuda build run test test-short lint fmt vet staticcheck proto proto-check \
         fuzz models-demo clean help
 
 help: ## list the targets
@@ -41,13 +48,40 @@ $(ORT_LIB): scripts/fetch-onnxruntime.sh
 deps-go:
 	@$(GO) mod download
 
+deps-cuda: $(NVCC) ## CUDA 13.0 nvcc and headers from PyPI, for the kernels and the cuda build
+
+$(NVCC): scripts/fetch-cuda.sh scripts/requirements-cuda.txt
+	@scripts/fetch-cuda.sh $(CUDA_DIR)
+	@touch $@
+
+kernels: $(NVCC) ## regenerate kernels/ptx from kernels/src with nvcc
+	@for a in $(PTX_ARCHS); do \
+	  $(NVCC) $(NVCC_FLAGS) -arch=compute_$$a -o kernels/ptx/voxkernels_sm$$a.ptx kernels/src/voxkernels.cu || exit 1; \
+	done
+
+kernels-check: $(NVCC) ## check that the committed PTX is what the sources compile to
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	for a in $(PTX_ARCHS); do \
+	  $(NVCC) $(NVCC_FLAGS) -arch=compute_$$a -o $$tmp/voxkernels_sm$$a.ptx kernels/src/voxkernels.cu || exit 1; \
+	  cmp -s $$tmp/voxkernels_sm$$a.ptx kernels/ptx/voxkernels_sm$$a.ptx || \
+	    { echo "kernels/ptx/voxkernels_sm$$a.ptx is stale: run make kernels"; exit 1; }; \
+	done; echo "kernels: PTX matches kernels/src"
+
+build-cuda: deps $(NVCC) ## build the GPU binaries into bin/cuda/ (they run on the CPU where there is no GPU)
+	$(CUDA_ENV) $(GO) build -tags cuda -o bin/cuda/ ./cmd/...
+
+check-cuda: kernels-check ## what CI can check of the GPU path: PTX, cuda build, vet, tests (they skip with no device)
+	$(CUDA_ENV) $(GO) build -tags cuda ./...
+	$(CUDA_ENV) $(GO) vet -tags cuda ./...
+	$(CUDA_ENV) $(GO) test -tags cuda -count=1 ./kernels/...
+
 build: deps ## build bin/voxserve, bin/voxctl, bin/voxbench
 	$(GO) build -o bin/ ./cmd/...
 
 run: build ## build and serve the bundled models (CPU when there is no GPU)
 	bin/voxserve --model-repository $(MODELS) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-test: deps lint $(VENV)/.ok ## the whole test suite
+test: deps lint check-cuda $(VENV)/.ok ## the whole test suite
 	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(RACE) $(TEST_FLAGS) $$($(GO) list ./... | grep -v -e '/phantom$$')
 	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(TEST_FLAGS) $(NORACE_PKGS)
 

@@ -188,15 +188,29 @@ func labelMap(spec *bundle.Spec, decl bundle.Output, out *tensor.Tensor) (*Mask,
 	} else {
 		m.Dims = append([]int64{batch}, spatial...)
 	}
+	th := make([]float64, len(decl.Labels))
+	for i, l := range decl.Labels {
+		th[i] = l.Threshold
+	}
+	LabelVoxels(v, int(batch), int(channels), int(n), decl.Activation, th, m.Voxels)
+	return m, nil
+}
+
+// LabelVoxels turns a [batch, channels, n] output into labels in out
+// (batch*n values): each voxel gets 1 + its most probable channel (the
+// first of equals) if that probability reaches the channel's threshold,
+// else 0. activation ("sigmoid", "softmax" or "") is applied in float64;
+// a single channel is activated only by a sigmoid.
+func LabelVoxels(v []float32, batch, channels, n int, activation string, thresholds []float64, out []uint8) {
 	probs := make([]float64, channels)
-	for b := int64(0); b < batch; b++ {
+	for b := 0; b < batch; b++ {
 		base := b * channels * n
-		for i := int64(0); i < n; i++ {
+		for i := 0; i < n; i++ {
 			for c := range probs {
-				probs[c] = float64(v[base+int64(c)*n+i])
+				probs[c] = float64(v[base+c*n+i])
 			}
-			if channels > 1 || decl.Activation == "sigmoid" {
-				activate(decl.Activation, probs)
+			if channels > 1 || activation == "sigmoid" {
+				activate(activation, probs)
 			}
 			best := 0
 			for c := range probs {
@@ -204,10 +218,10 @@ func labelMap(spec *bundle.Spec, decl bundle.Output, out *tensor.Tensor) (*Mask,
 					best = c
 				}
 			}
-			if probs[best] >= decl.Labels[best].Threshold {
-				m.Voxels[b*n+i] = uint8(best + 1)
+			out[b*n+i] = 0
+			if probs[best] >= thresholds[best] {
+				out[b*n+i] = uint8(best + 1)
 			}
 		}
 	}
-	return m, nil
 }

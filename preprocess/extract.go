@@ -266,25 +266,7 @@ func ToGrid(src *Grid, target volume.Geometry, size [3]int, interp Interp) *Grid
 // (len NX*NY*NZ, zeroed where Nearest may leave voxels untouched) are set.
 func ToGridInto(src, out *Grid, interp Interp) {
 	target, size := out.Geometry, [3]int{out.NX, out.NY, out.NZ}
-	// Source continuous index a of target index t is affine in t:
-	// idx_a = off_a + sum_b t_b * m[a][b].
-	var off [3]float64
-	var m [3][3]float64
-	sd, td := src.Geometry.Direction, target.Direction
-	for a := 0; a < 3; a++ {
-		var dp float64
-		for c := 0; c < 3; c++ {
-			dp += (target.Origin[c] - src.Geometry.Origin[c]) * sd[3*a+c]
-		}
-		off[a] = dp / src.Geometry.Spacing[a]
-		for b := 0; b < 3; b++ {
-			var cos float64
-			for c := 0; c < 3; c++ {
-				cos += td[3*b+c] * sd[3*a+c]
-			}
-			m[a][b] = target.Spacing[b] * cos / src.Geometry.Spacing[a]
-		}
-	}
+	off, m := GridMap(src.Geometry, target)
 	n := [3]int{src.NX, src.NY, src.NZ}
 	parallel(size[2], func(lo, hi int) {
 		for k := lo; k < hi; k++ {
@@ -327,4 +309,25 @@ func ToGridInto(src, out *Grid, interp Interp) {
 			}
 		}
 	})
+}
+
+// GridMap is the affine map from target voxel indices to source
+// continuous indices: idx_a = off_a + sum_b t_b * m[a][b].
+func GridMap(src, target volume.Geometry) (off [3]float64, m [3][3]float64) {
+	sd, td := src.Direction, target.Direction
+	for a := 0; a < 3; a++ {
+		var dp float64
+		for c := 0; c < 3; c++ {
+			dp += (target.Origin[c] - src.Origin[c]) * sd[3*a+c]
+		}
+		off[a] = dp / src.Spacing[a]
+		for b := 0; b < 3; b++ {
+			var cos float64
+			for c := 0; c < 3; c++ {
+				cos += td[3*b+c] * sd[3*a+c]
+			}
+			m[a][b] = target.Spacing[b] * cos / src.Spacing[a]
+		}
+	}
+	return off, m
 }

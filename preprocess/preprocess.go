@@ -170,50 +170,67 @@ func Resample(g *Grid, spacing [3]float64, size [3]int, interp Interp) *Grid {
 	return out
 }
 
-// axisMap precomputes, for each output index along an axis, the two input
-// indices and the weight of the second.
-type axisMap struct {
-	i0, i1 []int
-	w      []float32
+// AxisMap holds, for each output index along an axis, the two input
+// indices and the weight of the second: the whole of a separable
+// resampling's geometry. The CUDA kernels take the same tables, so that
+// both sides interpolate with identical weights.
+type AxisMap struct {
+	I0, I1 []int32
+	W      []float32
 }
 
-func newAxisMap(nOut, nIn int, ratio float64, interp Interp) axisMap {
-	m := axisMap{i0: make([]int, nOut), i1: make([]int, nOut), w: make([]float32, nOut)}
+// NewAxisMap maps nOut output voxels onto nIn input voxels whose spacing
+// is ratio times smaller: output o sits at input index o*ratio; beyond the
+// last voxel the edge value is taken.
+func NewAxisMap(nOut, nIn int, ratio float64, interp Interp) AxisMap {
+	m := AxisMap{I0: make([]int32, nOut), I1: make([]int32, nOut), W: make([]float32, nOut)}
 	for o := 0; o < nOut; o++ {
 		x := float64(o) * ratio
 		if interp == Nearest {
-			i := min(int(math.Floor(x+0.5)), nIn-1)
-			m.i0[o], m.i1[o] = i, i
+			i := int32(min(int(math.Floor(x+0.5)), nIn-1))
+			m.I0[o], m.I1[o] = i, i
 			continue
 		}
 		i := int(math.Floor(x))
 		if i >= nIn-1 {
-			m.i0[o], m.i1[o] = nIn-1, nIn-1
+			m.I0[o], m.I1[o] = int32(nIn-1), int32(nIn-1)
 			continue
 		}
-		m.i0[o], m.i1[o], m.w[o] = i, i+1, float32(x-float64(i))
+		m.I0[o], m.I1[o], m.W[o] = int32(i), int32(i+1), float32(x-float64(i))
 	}
 	return m
+}
+
+// ResampleMaps are the three axis maps that take g to out's size and spacing.
+func ResampleMaps(g, out *Grid, interp Interp) [3]AxisMap {
+	return [3]AxisMap{
+		NewAxisMap(out.NX, g.NX, out.Geometry.Spacing[0]/g.Geometry.Spacing[0], interp),
+		NewAxisMap(out.NY, g.NY, out.Geometry.Spacing[1]/g.Geometry.Spacing[1], interp),
+		NewAxisMap(out.NZ, g.NZ, out.Geometry.Spacing[2]/g.Geometry.Spacing[2], interp),
+	}
 }
 
 // ResampleInto fills out (whose size and spacing are set) from g; out must
 // share g's origin and direction.
 func ResampleInto(g, out *Grid, interp Interp) {
-	mx := newAxisMap(out.NX, g.NX, out.Geometry.Spacing[0]/g.Geometry.Spacing[0], interp)
-	my := newAxisMap(out.NY, g.NY, out.Geometry.Spacing[1]/g.Geometry.Spacing[1], interp)
-	mz := newAxisMap(out.NZ, g.NZ, out.Geometry.Spacing[2]/g.Geometry.Spacing[2], interp)
+	ResampleMapsInto(g, out, ResampleMaps(g, out, interp))
+}
+
+// ResampleMapsInto fills out from g through precomputed axis maps.
+func ResampleMapsInto(g, out *Grid, m [3]AxisMap) {
+	mx, my, mz := m[0], m[1], m[2]
 	parallel(out.NZ, func(lo, hi int) {
 		for k := lo; k < hi; k++ {
-			z0, z1, wz := mz.i0[k], mz.i1[k], mz.w[k]
+			z0, z1, wz := int(mz.I0[k]), int(mz.I1[k]), mz.W[k]
 			for j := 0; j < out.NY; j++ {
-				y0, y1, wy := my.i0[j], my.i1[j], my.w[j]
+				y0, y1, wy := int(my.I0[j]), int(my.I1[j]), my.W[j]
 				r00 := g.V[(z0*g.NY+y0)*g.NX:]
 				r01 := g.V[(z0*g.NY+y1)*g.NX:]
 				r10 := g.V[(z1*g.NY+y0)*g.NX:]
 				r11 := g.V[(z1*g.NY+y1)*g.NX:]
 				row := out.V[(k*out.NY+j)*out.NX : (k*out.NY+j+1)*out.NX]
 				for i := range row {
-					x0, x1, wx := mx.i0[i], mx.i1[i], mx.w[i]
+					x0, x1, wx := mx.I0[i], mx.I1[i], mx.W[i]
 					c00 := r00[x0] + (r00[x1]-r00[x0])*wx
 					c01 := r01[x0] + (r01[x1]-r01[x0])*wx
 					c10 := r10[x0] + (r10[x1]-r10[x0])*wx
