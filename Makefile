@@ -140,8 +140,10 @@ $(TRAIN_VENV)/.ok: scripts/requirements-train.txt
 	$(TRAIN_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-train.txt
 	@touch $@
 
-models: build $(TRAIN_VENV)/.ok ## train the reference bundles from scratch on phantoms (CPU, tens of minutes; PyTorch is a 5 GB install)
+models: build $(TRAIN_VENV)/.ok ## train the reference bundles from scratch on phantoms (CPU: about 20, 10 and 45 minutes; PyTorch is a 5 GB install)
 	$(TRAIN_VENV)/bin/python scripts/train_ich.py --voxctl bin/voxctl --work data/ich --out models/ich/1/model.onnx
+	$(TRAIN_VENV)/bin/python scripts/train_seg.py --task pneumothorax --voxctl bin/voxctl
+	$(TRAIN_VENV)/bin/python scripts/train_seg.py --task psoas --voxctl bin/voxctl
 
 EVAL_CASES ?= 100
 eval: build ## evaluate the reference bundles on held-out phantoms; writes models/<name>/eval/ and the bundles' metrics

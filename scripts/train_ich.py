@@ -17,21 +17,16 @@ split, never on the held-out seeds used by the evaluation.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from trainlib import UNet, auc, export, run, set_threshold
+
 TRAIN_SEED, VAL_SEED = 100000, 200000
-
-
-def run(cmd):
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def make_split(voxctl, work, name, seed, count, bundle):
@@ -52,36 +47,6 @@ def make_split(voxctl, work, name, seed, count, bundle):
         ys.append((y > 0).astype(np.uint8))
         cls.append((y.reshape(len(y), -1).max(axis=1) > 0).astype(np.float32))
     return xs, ys, cls
-
-
-def conv(cin, cout):
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class UNet(nn.Module):
-    def __init__(self, cin=9, base=8):
-        super().__init__()
-        c = [base, base * 2, base * 4, base * 8]
-        self.e1, self.e2, self.e3, self.e4 = conv(cin, c[0]), conv(c[0], c[1]), conv(c[1], c[2]), conv(c[2], c[3])
-        self.u3, self.d3 = nn.ConvTranspose2d(c[3], c[2], 2, stride=2), conv(c[3], c[2])
-        self.u2, self.d2 = nn.ConvTranspose2d(c[2], c[1], 2, stride=2), conv(c[2], c[1])
-        self.u1, self.d1 = nn.ConvTranspose2d(c[1], c[0], 2, stride=2), conv(c[1], c[0])
-        self.seg = nn.Conv2d(c[0], 1, 1)
-        self.cls = nn.Linear(c[3] + 1, 1)
-
-    def forward(self, x):
-        e1 = self.e1(x)
-        e2 = self.e2(F.max_pool2d(e1, 2))
-        e3 = self.e3(F.max_pool2d(e2, 2))
-        e4 = self.e4(F.max_pool2d(e3, 2))
-        d3 = self.d3(torch.cat([self.u3(e4), e3], 1))
-        d2 = self.d2(torch.cat([self.u2(d3), e2], 1))
-        d1 = self.d1(torch.cat([self.u1(d2), e1], 1))
-        seg = self.seg(d1)
-        # The slice score sees the bottleneck and the strongest pixel evidence.
-        feat = torch.cat([F.adaptive_avg_pool2d(e4, 1).flatten(1), F.adaptive_max_pool2d(seg, 1).flatten(1)], 1)
-        return seg, self.cls(feat)
 
 
 def batches(xs, ys, cls, batch, rng, balanced):
@@ -117,25 +82,6 @@ def study_scores(model, xs):
     return np.array(out)
 
 
-def auc(scores, labels):
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
-
-
-def set_threshold(path, label, value):
-    """Write the threshold picked on the validation split into bundle.yaml."""
-    lines = open(path).read().splitlines()
-    i = next(k for k, l in enumerate(lines) if l.strip() == "- name: " + label)
-    for k in range(i + 1, len(lines)):
-        if lines[k].strip().startswith("threshold:"):
-            indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
-            lines[k] = f"{indent}threshold: {value:.4f}  # picked on the validation split by scripts/train_ich.py"
-            break
-    open(path, "w").write("\n".join(lines) + "\n")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--voxctl", default="bin/voxctl")
@@ -157,7 +103,7 @@ def main():
     vxs, vys, vcls = make_split(args.voxctl, args.work, "val", VAL_SEED, args.val_cases, args.bundle)
     print(f"data: {sum(len(x) for x in xs)} train slices, {sum(len(x) for x in vxs)} val slices ({time.time()-t0:.0f}s)", flush=True)
 
-    model = UNet()
+    model = UNet(cin=9, base=8, nseg=1)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = args.epochs * sum(1 for _ in batches(xs, ys, cls, args.batch, np.random.default_rng(1), True))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
@@ -185,15 +131,10 @@ def main():
     metrics = {"val_study_auc": auc(s, vlabels), "threshold": threshold, "train_seeds": [TRAIN_SEED, TRAIN_SEED + args.train_cases - 1],
                "val_seeds": [VAL_SEED, VAL_SEED + args.val_cases - 1], "epochs": args.epochs, "seed": args.seed}
 
-    model.eval()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    dummy = torch.zeros(2, 9, 128, 128)
-    torch.onnx.export(model, (dummy,), args.out, input_names=["image"], output_names=["hemorrhage_logits", "slice_logits"],
-                      dynamic_axes={"image": {0: "batch"}, "hemorrhage_logits": {0: "batch"}, "slice_logits": {0: "batch"}},
-                      opset_version=17, dynamo=False)
+    export(model, (9, 128, 128), args.out, ["hemorrhage_logits", "slice_logits"])
     with open(os.path.join(args.work, "train_metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    set_threshold(os.path.join(args.bundle, "bundle.yaml"), "intracranial hemorrhage", threshold)
+    set_threshold(os.path.join(args.bundle, "bundle.yaml"), "intracranial hemorrhage", threshold, "scripts/train_ich.py")
     print(json.dumps(metrics), flush=True)
 
 

@@ -333,3 +333,46 @@ func TestEvalSmoke(t *testing.T) {
 		require.NotNil(t, rep.Detection)
 	}
 }
+
+// The pneumothorax and psoas reference bundles on fixed seeds, through the
+// evaluation path (DICOM in, findings out): small studies, seconds.
+func TestReferenceBundles(t *testing.T) {
+	for _, tc := range []struct {
+		model, kind string
+		args        []string
+		structures  []string
+		measurement string
+	}{
+		{"pneumothorax", "chest-xr", []string{"--count", "4", "--positive-fraction", "0.5"},
+			[]string{"pneumothorax", "right lung", "left lung"}, "pneumothorax pneumothorax area fraction (1)"},
+		{"psoas", "abdomen-ct", []string{"--count", "1", "--matrix", "128", "--slice-thickness", "5"},
+			[]string{"left psoas", "right psoas"}, "left psoas volume (mL)"},
+	} {
+		t.Run(tc.model, func(t *testing.T) {
+			if _, err := os.Stat(filepath.Join("../../models", tc.model, "1", "model.onnx")); err != nil {
+				t.Skip("models/" + tc.model + " not trained")
+			}
+			dir := t.TempDir()
+			_, _, err := runCLI(append([]string{"phantom", "--kind", tc.kind, "--out", dir, "--seed", "300000", "--quiet"}, tc.args...)...)
+			require.NoError(t, err)
+			cases, _ := filepath.Glob(filepath.Join(dir, tc.kind+"-*"))
+			out := t.TempDir()
+			md, code, err := runCLI(append([]string{"eval", "--model", tc.model, "--model-repository", "../../models", "--out", out, "--bootstrap", "20"}, cases...)...)
+			require.NoError(t, err, md)
+			assert.Equal(t, 0, code)
+			raw, err := os.ReadFile(filepath.Join(out, "report.json"))
+			require.NoError(t, err)
+			var rep EvalReport
+			require.NoError(t, json.Unmarshal(raw, &rep))
+			assert.Empty(t, rep.Failures)
+			for _, s := range tc.structures {
+				if assert.Contains(t, rep.Dice, s) {
+					assert.Greater(t, rep.Dice[s].Mean, 0.8, s)
+				}
+			}
+			if assert.Contains(t, rep.Measurements, tc.measurement) {
+				assert.Less(t, rep.Measurements[tc.measurement].MedianRel, 0.25)
+			}
+		})
+	}
+}
