@@ -225,3 +225,39 @@ func LabelVoxels(v []float32, batch, channels, n int, activation string, thresho
 		}
 	}
 }
+
+// EmptyStudy says why a study holds nothing to find, or "" when it holds
+// something: every voxel the same value, or a CT whose voxels are all air
+// (at most -900 HU).
+func EmptyStudy(values []float32, modality string) string {
+	if len(values) == 0 {
+		return "the study has no voxels"
+	}
+	lo, hi := values[0], values[0]
+	for _, v := range values {
+		lo, hi = min(lo, v), max(hi, v)
+	}
+	switch {
+	case lo == hi:
+		return fmt.Sprintf("every voxel of the study is %g", lo)
+	case modality == "CT" && hi <= -900:
+		return fmt.Sprintf("the study is all air (at most %g HU)", hi)
+	}
+	return ""
+}
+
+// Negative turns r into the answer for an empty study: every finding
+// absent with probability 0, masks cleared, measurements 0, and a warning
+// that says why. The model's output on such a study means nothing.
+func (r *Result) Negative(why string) {
+	for i := range r.Findings {
+		r.Findings[i].Probability, r.Findings[i].Present = 0, false
+	}
+	for i := range r.Masks {
+		clear(r.Masks[i].Voxels)
+	}
+	for i := range r.Measurements {
+		r.Measurements[i].Value = 0
+	}
+	r.Warnings = append(r.Warnings, why+": nothing to find; findings are reported negative")
+}

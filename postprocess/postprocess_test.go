@@ -97,3 +97,31 @@ func TestShapeErrors(t *testing.T) {
 	_, err = Run(spec(sc), nil, true, nil)
 	assert.ErrorContains(t, err, "model gave 0 outputs, bundle declares 1")
 }
+
+func TestEmptyStudy(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		values   []float32
+		modality string
+		empty    bool
+	}{
+		{"none", nil, "CT", true},
+		{"constant", []float32{-1024, -1024, -1024}, "CT", true},
+		{"constant MR", []float32{0, 0}, "MR", true},
+		{"all air", []float32{-1024, -1000, -950}, "CT", true},
+		{"air in MR is just low signal", []float32{-1024, -1000}, "MR", false},
+		{"tissue", []float32{-1024, 40}, "CT", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.empty, EmptyStudy(tc.values, tc.modality) != "")
+		})
+	}
+	r := &Result{Findings: []Finding{{Label: "x", Probability: 0.9, Present: true}},
+		Masks: []Mask{{Voxels: []uint8{1, 2, 0}}}, Measurements: []Measurement{{Name: "v", Value: 3}}}
+	r.Negative("every voxel of the study is 0")
+	assert.False(t, r.Findings[0].Present)
+	assert.Zero(t, r.Findings[0].Probability)
+	assert.Equal(t, []uint8{0, 0, 0}, r.Masks[0].Voxels)
+	assert.Zero(t, r.Measurements[0].Value)
+	assert.Contains(t, r.Warnings[0], "nothing to find")
+}

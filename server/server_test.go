@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -403,4 +404,29 @@ func inflightCount(s *Server) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.calls
+}
+
+// An empty study (constant, or a CT of nothing but air) answers negative
+// with a warning, whatever the model makes of it: a constant 70 HU volume
+// would otherwise be "hyperdense" everywhere.
+func TestInferEmptyStudyIsNegative(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Hyperdensity()), Options{})
+	for _, fill := range []float32{70, -1000} {
+		vol, _ := phantom()
+		v := make([]float32, len(vol.Data)/4)
+		for i := range v {
+			v[i] = fill
+		}
+		if fill < 0 {
+			v[0] = -950 // air with a little noise is still air
+		}
+		vol.Data = tensor.FromFloat32("", vol.Dims, v).Data
+		resp, err := h.client.Infer(ctxT(t), &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Volume{Volume: vol},
+			Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MASK}})
+		require.NoError(t, err)
+		require.Len(t, resp.GetFindings(), 1)
+		assert.False(t, resp.Findings[0].GetPresent(), "fill %v", fill)
+		assert.Zero(t, resp.Findings[0].GetProbability())
+		assert.Contains(t, strings.Join(resp.GetWarnings(), "\n"), "nothing to find")
+	}
 }
