@@ -25,6 +25,18 @@ type Conn struct {
 	closeFn   func()
 }
 
+// OnClose adds f to what Close does, after the connection and the
+// in-process server are gone.
+func (c *Conn) OnClose(f func()) {
+	prev := c.closeFn
+	c.closeFn = func() {
+		if prev != nil {
+			prev()
+		}
+		f()
+	}
+}
+
 // Close tears the connection (and an in-process server) down.
 func (c *Conn) Close() {
 	_ = c.ClientConn.Close()
@@ -51,9 +63,16 @@ func Dial(addr string) (*Conn, error) {
 // InProcess starts a server over the repository on an in-memory listener
 // and connects to it. models limits what is loaded (nil: everything).
 func InProcess(repo string, models []string, ortLib string, log *slog.Logger) (*Conn, error) {
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	return InProcessWith(repo, models, ortLib, server.Options{Logger: log})
+}
+
+// InProcessWith is InProcess with the server's options (a preprocessing
+// accelerator, say).
+func InProcessWith(repo string, models []string, ortLib string, opts server.Options) (*Conn, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	log := opts.Logger
 	if err := engine.Init(ortLib); err != nil {
 		return nil, err
 	}
@@ -70,7 +89,7 @@ func InProcess(repo string, models []string, ortLib string, log *slog.Logger) (*
 		}
 	}
 	lis := bufconn.Listen(1 << 20)
-	srv := server.New(reg, server.Options{Logger: log})
+	srv := server.New(reg, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = srv.Serve(ctx, lis, nil); close(done) }()

@@ -32,7 +32,7 @@ var (
 const block = 256
 
 var kernelNames = []string{
-	"vox_window_resample_i16", "vox_resample_f32", "vox_to_grid_f32", "vox_clip_scale",
+	"vox_window_resample_i16", "vox_window_resample_f32", "vox_resample_f32", "vox_to_grid_f32", "vox_clip_scale",
 	"vox_sum_f64", "vox_shift_scale", "vox_slabs", "vox_extract_patches",
 	"vox_aggregate_patches", "vox_label_map", "vox_label_stats", "vox_ccl_init",
 	"vox_ccl_merge", "vox_ccl_count", "vox_ccl_remove",
@@ -209,6 +209,36 @@ func (g *GPU) WindowResampleI16(src []int16, dims [3]int, slope, intercept float
 	return c.end()
 }
 
+// WindowResample implements Ops (and preprocess.Accelerator).
+func (g *GPU) WindowResample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
+	w, err := windowParams(ws)
+	if err != nil {
+		return err
+	}
+	c := g.begin()
+	d := c.alloc(len(out) * 4)
+	a := (&cuda.Args{}).Ptr(upload(c, src)).Int(dims[0]).Int(dims[1]).Float(1).Float(0)
+	c.maps(a, maps)
+	ox, oy, oz := len(maps[0].W), len(maps[1].W), len(maps[2].W)
+	a.Int(ox).Int(oy).Int(oz).Struct(unsafe.Pointer(&w), int(unsafe.Sizeof(w)), 4).Ptr(d)
+	c.launch("vox_window_resample_f32", [3]int{ceil(ox, block), oy, oz}, a)
+	download(c, out, d)
+	return c.end()
+}
+
+func windowParams(ws []preprocess.Window) (C.vox_windows, error) {
+	var w C.vox_windows
+	if len(ws) == 0 || len(ws) > C.VOX_MAX_WINDOWS {
+		return w, fmt.Errorf("kernels: %d windows; the GPU takes 1 to %d", len(ws), C.VOX_MAX_WINDOWS)
+	}
+	w.n = C.int(len(ws))
+	for i, x := range ws {
+		w.low[i] = C.float(float32(x.Center - x.Width/2))
+		w.scale[i] = C.float(1 / float32(x.Width))
+	}
+	return w, nil
+}
+
 // DeviceMaps are axis maps in device memory, uploaded once per
 // preprocessing plan and reused by every request that shares it.
 type DeviceMaps struct {
@@ -239,14 +269,9 @@ func (g *GPU) FreeMaps(dm *DeviceMaps) error {
 // WindowResampleI16Device is WindowResampleI16 on device buffers, queued
 // on s without waiting: the form the GPU pipeline and the benchmarks use.
 func (g *GPU) WindowResampleI16Device(s *cuda.Stream, src cuda.Ptr, dims [3]int, slope, intercept float32, dm *DeviceMaps, ws []preprocess.Window, out cuda.Ptr) error {
-	if len(ws) == 0 || len(ws) > C.VOX_MAX_WINDOWS {
-		return fmt.Errorf("kernels: %d windows; the GPU takes 1 to %d", len(ws), C.VOX_MAX_WINDOWS)
-	}
-	var w C.vox_windows
-	w.n = C.int(len(ws))
-	for i, x := range ws {
-		w.low[i] = C.float(float32(x.Center - x.Width/2))
-		w.scale[i] = C.float(1 / float32(x.Width))
+	w, err := windowParams(ws)
+	if err != nil {
+		return err
 	}
 	a := (&cuda.Args{}).Ptr(src).Int(dims[0]).Int(dims[1]).Float(slope).Float(intercept)
 	for _, p := range dm.args {

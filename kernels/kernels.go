@@ -32,6 +32,9 @@ type Ops interface {
 	// src (dims x, y, z) are rescaled (v*slope + intercept), resampled
 	// through maps, and windowed into len(ws) channels in out.
 	WindowResampleI16(src []int16, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error
+	// WindowResample is WindowResampleI16 on float32 values (already
+	// rescaled): preprocess.Accelerator, the server's preprocessing hook.
+	WindowResample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error
 	// Resample resamples src through maps into out.
 	Resample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, out []float32) error
 	// ToGrid maps src onto out's geometry (preprocess.ToGridInto).
@@ -76,6 +79,19 @@ func (CPU) WindowResampleI16(src []int16, dims [3]int, slope, intercept float32,
 	if len(out) != len(ws)*r.Len() {
 		return fmt.Errorf("kernels: output has %d values, want %d", len(out), len(ws)*r.Len())
 	}
+	preprocess.Windows(r, ws, out)
+	return nil
+}
+
+// WindowResample implements Ops.
+func (CPU) WindowResample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
+	g := &preprocess.Grid{NX: dims[0], NY: dims[1], NZ: dims[2], V: src}
+	r := &preprocess.Grid{NX: len(maps[0].W), NY: len(maps[1].W), NZ: len(maps[2].W)}
+	if len(out) != len(ws)*r.Len() {
+		return fmt.Errorf("kernels: output has %d values, want %d", len(out), len(ws)*r.Len())
+	}
+	r.V = make([]float32, r.Len())
+	preprocess.ResampleMapsInto(g, r, maps)
 	preprocess.Windows(r, ws, out)
 	return nil
 }
@@ -185,4 +201,27 @@ func Select(ordinal int) (ops Ops, close func() error, why error) {
 		return CPU{}, func() error { return nil }, err
 	}
 	return g, g.Close, nil
+}
+
+// ForPreprocessing picks where preprocessing's fused pass runs, for the
+// --gpu flag of voxserve and voxctl: "auto" takes the GPU when one can run
+// here and the CPU (nil) otherwise, "off" the CPU, "on" the GPU or an
+// error. close releases the GPU; why says why the CPU was chosen.
+func ForPreprocessing(mode string) (acc preprocess.Accelerator, close func() error, why string, err error) {
+	none := func() error { return nil }
+	switch mode {
+	case "off":
+		return nil, none, "--gpu off", nil
+	case "auto", "on":
+	default:
+		return nil, none, "", fmt.Errorf("--gpu %q: want auto, on or off", mode)
+	}
+	g, err := Open(0)
+	if err != nil {
+		if mode == "on" {
+			return nil, none, "", err
+		}
+		return nil, none, err.Error(), nil
+	}
+	return g, g.Close, "", nil
 }

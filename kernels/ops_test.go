@@ -83,6 +83,14 @@ func checkOps(t *testing.T, ops Ops, large bool) {
 				require.NoError(t, ref.WindowResampleI16(src, d, slope, icpt, maps, ws, want))
 				require.NoError(t, ops.WindowResampleI16(src, d, slope, icpt, maps, ws, got))
 				assert.LessOrEqual(t, RelErr(got, want), tol, "dims %v -> %v", d, out)
+				// The same on float32 values, as the server's preprocessing hook gets them.
+				hu := make([]float32, len(src))
+				for i, v := range src {
+					hu[i] = float32(v)*slope + icpt
+				}
+				got = nans(n)
+				require.NoError(t, ops.WindowResample(hu, d, maps, ws, got))
+				assert.LessOrEqual(t, RelErr(got, want), tol, "float32, dims %v -> %v", d, out)
 			}
 		}
 	})

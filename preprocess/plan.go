@@ -63,10 +63,32 @@ type Prepared struct {
 	Patches    []Patch
 	// Input is the model input, float32.
 	Input *tensor.Tensor
+	// Device is the accelerator that ran the fused pass, "" for the CPU.
+	Device string
+	// Warnings are what the caller should pass on.
+	Warnings []string
 }
+
+// Accelerator runs the fused resample + window pass somewhere faster than
+// this package's Go code (kernels.GPU, on a CUDA device). It must compute
+// what ResampleMapsInto followed by Windows computes.
+type Accelerator interface {
+	Name() string
+	WindowResample(src []float32, dims [3]int, maps [3]AxisMap, ws []Window, out []float32) error
+}
+
+// Accelerates says whether PrepareWith hands spec's work to an accelerator:
+// when it declares windows (the fused pass covers resampling and windows).
+func (s *Spec) Accelerates() bool { return len(s.Windows) > 0 }
 
 // Prepare runs the declared preprocessing on a volume.
 func Prepare(v *volume.Volume, spec Spec, inputName string) (*Prepared, error) {
+	return PrepareWith(v, spec, inputName, nil)
+}
+
+// PrepareWith is Prepare with the resample + window pass on acc (nil: the
+// CPU). If acc fails, the pass runs on the CPU and Warnings says so.
+func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator) (*Prepared, error) {
 	g, err := FromVolume(v)
 	if err != nil {
 		return nil, err
@@ -77,26 +99,40 @@ func Prepare(v *volume.Volume, spec Spec, inputName string) (*Prepared, error) {
 			return nil, err
 		}
 	}
+	n := [3]int{g.NX, g.NY, g.NZ}
+	to, size := g.Geometry.Spacing, n
 	if spec.TargetSpacing != ([3]float64{}) {
-		var size [3]int
-		n := [3]int{g.NX, g.NY, g.NZ}
-		to := spec.TargetSpacing
 		for a := 0; a < 3; a++ {
-			if to[a] == 0 {
-				to[a] = g.Geometry.Spacing[a]
+			if spec.TargetSpacing[a] != 0 {
+				to[a] = spec.TargetSpacing[a]
 			}
 			size[a] = ResampleSize(n[a], g.Geometry.Spacing[a], to[a])
 		}
-		if size != n || to != g.Geometry.Spacing {
-			g = Resample(g, to, size, Linear)
+	}
+	var ch *Channels
+	if acc != nil && spec.Accelerates() {
+		// One pass: resampling (identity tables when none is needed:
+		// weight 0 reproduces the values exactly) and windows.
+		out := &Grid{NX: size[0], NY: size[1], NZ: size[2], Geometry: g.Geometry}
+		out.Geometry.Spacing = to
+		c := &Channels{C: len(spec.Windows), NX: size[0], NY: size[1], NZ: size[2]}
+		c.V = make([]float32, c.C*out.Len())
+		if err := acc.WindowResample(g.V, n, ResampleMaps(g, out, Linear), spec.Windows, c.V); err != nil {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("preprocessing on %s failed (%v); ran on the CPU", acc.Name(), err))
+		} else {
+			ch, g, p.Device = c, out, acc.Name()
 		}
 	}
+	if ch == nil && (size != n || to != g.Geometry.Spacing) {
+		g = Resample(g, to, size, Linear)
+	}
 	// Normalize before padding so that the pad value is in the model's units.
-	var ch *Channels
-	if len(spec.Windows) > 0 {
+	switch {
+	case ch != nil: // done on the accelerator
+	case len(spec.Windows) > 0:
 		ch = &Channels{C: len(spec.Windows), NX: g.NX, NY: g.NY, NZ: g.NZ, V: make([]float32, len(spec.Windows)*g.Len())}
 		Windows(g, spec.Windows, ch.V)
-	} else {
+	default:
 		switch spec.Normalize {
 		case "zscore":
 			ZScore(g.owned())

@@ -1,6 +1,7 @@
 package preprocess
 
 import (
+	"errors"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -344,4 +345,53 @@ func TestPrepareLabels(t *testing.T) {
 		_, err = p.PrepareLabels(labels[:10])
 		assert.Error(t, err)
 	}
+}
+
+// refAccel is an Accelerator computing on the CPU what the GPU computes;
+// fail makes it fail, to check the fallback.
+type refAccel struct{ fail bool }
+
+func (refAccel) Name() string { return "ref" }
+
+func (a refAccel) WindowResample(src []float32, dims [3]int, maps [3]AxisMap, ws []Window, out []float32) error {
+	if a.fail {
+		return errors.New("out of memory")
+	}
+	g := &Grid{NX: dims[0], NY: dims[1], NZ: dims[2], V: src}
+	r := &Grid{NX: len(maps[0].W), NY: len(maps[1].W), NZ: len(maps[2].W)}
+	r.V = make([]float32, r.Len())
+	ResampleMapsInto(g, r, maps)
+	Windows(r, ws, out)
+	return nil
+}
+
+// PrepareWith an accelerator gives the same input, bit for bit, as the CPU
+// path, with and without resampling; a failing accelerator falls back.
+func TestPrepareWithAccelerator(t *testing.T) {
+	brain, sub := Window{Center: 40, Width: 80}, Window{Center: 80, Width: 200}
+	for _, spec := range []Spec{
+		{Windows: []Window{brain}, Layout: LayoutVolume},
+		{Windows: []Window{brain, sub}, Layout: LayoutSlabs, SlabRadius: 1, TargetSpacing: [3]float64{0.7, 0.9, 2}, InPlaneSize: [2]int{10, 12}},
+		{Windows: []Window{brain}, Layout: LayoutPatches, PatchSize: [3]int{8, 8, 4}, Overlap: 0.5, TargetSpacing: [3]float64{1, 1, 1}, Orientation: "LPS"},
+	} {
+		want, err := Prepare(ctVolume(), spec, "image")
+		require.NoError(t, err)
+		got, err := PrepareWith(ctVolume(), spec, "image", refAccel{})
+		require.NoError(t, err)
+		assert.Equal(t, "ref", got.Device)
+		assert.Equal(t, want.Input.Shape, got.Input.Shape)
+		assert.Equal(t, want.Input.Data, got.Input.Data)
+		assert.Equal(t, want.Model, got.Model)
+
+		fell, err := PrepareWith(ctVolume(), spec, "image", refAccel{fail: true})
+		require.NoError(t, err)
+		assert.Empty(t, fell.Device)
+		assert.Equal(t, want.Input.Data, fell.Input.Data)
+		require.Len(t, fell.Warnings, 1)
+		assert.Contains(t, fell.Warnings[0], "preprocessing on ref failed (out of memory); ran on the CPU")
+	}
+	// Without windows there is nothing for the accelerator to do.
+	p, err := PrepareWith(ctVolume(), Spec{Normalize: "zscore"}, "image", refAccel{})
+	require.NoError(t, err)
+	assert.Empty(t, p.Device)
 }

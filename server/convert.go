@@ -9,6 +9,7 @@ import (
 
 	"github.com/voxserve/voxserve/bundle"
 	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/preprocess"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
@@ -192,9 +193,15 @@ func volumeInput(spec *bundle.Spec, vol *volume.Volume) (*tensor.Tensor, error) 
 	return t, nil
 }
 
-func modelInfo(m *engine.Model, available []int64) *pb.ModelInfo {
+func modelInfo(m *engine.Model, available []int64, acc preprocess.Accelerator) *pb.ModelInfo {
 	s := m.Spec
-	info := &pb.ModelInfo{
+	device := "cpu"
+	if pp := s.Preprocessing; acc != nil && pp != nil {
+		if spec := pp.Spec(); spec.Accelerates() {
+			device = acc.Name()
+		}
+	}
+	info := &pb.ModelInfo{PreprocessingDevice: device,
 		Name: s.Name, Version: m.VersionString(), State: pb.ModelInfo_STATE_READY,
 		Task: s.Task, Description: s.Description, Modalities: s.Modalities, BodyParts: s.BodyParts,
 		MaxBatchSize: s.MaxBatchSize, ExecutionProvider: m.Provider(),

@@ -3,10 +3,12 @@ package server
 import (
 	"bytes"
 	"compress/zlib"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -17,6 +19,8 @@ import (
 	"github.com/voxserve/voxserve/dicom/dicomwrite"
 	"github.com/voxserve/voxserve/internal/onnxbuild"
 	"github.com/voxserve/voxserve/internal/testrepo"
+	"github.com/voxserve/voxserve/kernels"
+	"github.com/voxserve/voxserve/preprocess"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
 
@@ -276,4 +280,56 @@ func TestMeasurementsWithoutMasks(t *testing.T) {
 			assert.Empty(t, resp.GetMasks())
 		}
 	}
+}
+
+// countingAccel is the CPU implementation behind a name, counting its calls
+// (or failing), standing in for the GPU.
+type countingAccel struct {
+	calls atomic.Int32
+	fail  bool
+}
+
+func (*countingAccel) Name() string { return "test accelerator" }
+
+func (a *countingAccel) WindowResample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
+	a.calls.Add(1)
+	if a.fail {
+		return errors.New("device lost")
+	}
+	return kernels.CPU{}.WindowResample(src, dims, maps, ws, out)
+}
+
+// With an accelerator the windowed bundle's fused pass runs there and the
+// answer is the CPU's; GetModel says where preprocessing runs; a failing
+// accelerator falls back to the CPU with a warning.
+func TestInferWithAccelerator(t *testing.T) {
+	repo := testrepo.Write(t,
+		testrepo.Bundle{Name: "windowed", YAML: windowedYAML, Versions: map[int64][]byte{1: onnxbuild.Threshold2D(0.75, 40).Marshal()}},
+		testrepo.Bundle{Name: "patched", YAML: patchesYAML, Versions: map[int64][]byte{1: onnxbuild.Hyperdensity(60, 5).Marshal()}})
+	s, _ := headCT()
+	files, err := s.Encode()
+	require.NoError(t, err)
+	req := &pb.InferRequest{Model: "windowed", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}}
+	want, err := start(t, repo, Options{}).client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+
+	acc := &countingAccel{}
+	h := start(t, repo, Options{Accelerator: acc})
+	got, err := h.client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Equal(t, int32(1), acc.calls.Load())
+	assert.Equal(t, want.GetFindings()[0].GetProbability(), got.GetFindings()[0].GetProbability())
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	info, err := h.client.GetModel(ctxT(t), &pb.GetModelRequest{Name: "windowed"})
+	require.NoError(t, err)
+	assert.Equal(t, "test accelerator", info.GetPreprocessingDevice())
+	info, err = h.client.GetModel(ctxT(t), &pb.GetModelRequest{Name: "patched"}) // no windows: nothing to accelerate
+	require.NoError(t, err)
+	assert.Equal(t, "cpu", info.GetPreprocessingDevice())
+
+	failing := &countingAccel{fail: true}
+	got, err = start(t, repo, Options{Accelerator: failing}).client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	assert.Contains(t, strings.Join(got.GetWarnings(), "\n"), "preprocessing on test accelerator failed (device lost); ran on the CPU")
 }

@@ -27,6 +27,7 @@ type inference struct {
 	// maxStreamBytes caps the DICOM bytes one InferStream may send in total.
 	maxStreamBytes int64
 	dicomOpts      dicom.Options
+	acc            preprocess.Accelerator // nil: preprocessing on the CPU
 }
 
 func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferResponse, error) {
@@ -76,10 +77,11 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			resp.Warnings = append(resp.Warnings, "the study has no modality; the model's modality check was skipped")
 		}
 		if pp := m.Spec.Preprocessing; pp != nil {
-			if plan, err = preprocess.Prepare(vol, pp.Spec(), m.Spec.Inputs[0].Name); err != nil {
+			if plan, err = preprocess.PrepareWith(vol, pp.Spec(), m.Spec.Inputs[0].Name, s.acc); err != nil {
 				return nil, invalid("preprocessing the study: %v", err)
 			}
 			inputs = []*tensor.Tensor{plan.Input}
+			resp.Warnings = append(resp.Warnings, plan.Warnings...)
 		} else {
 			t, err := volumeInput(m.Spec, vol)
 			if err != nil {
@@ -251,7 +253,7 @@ func (s *inference) InferStream(stream pb.Inference_InferStreamServer) error {
 func (s *inference) ListModels(ctx context.Context, _ *pb.ListModelsRequest) (*pb.ListModelsResponse, error) {
 	resp := &pb.ListModelsResponse{}
 	for _, m := range s.reg.Models() {
-		resp.Models = append(resp.Models, modelInfo(m, nil))
+		resp.Models = append(resp.Models, modelInfo(m, nil, s.acc))
 	}
 	return resp, nil
 }
@@ -269,7 +271,7 @@ func (s *inference) GetModel(ctx context.Context, req *pb.GetModelRequest) (*pb.
 	if b, err := bundle.Read(m.BundleDir()); err == nil {
 		avail = b.Versions
 	}
-	return modelInfo(m, avail), nil
+	return modelInfo(m, avail, s.acc), nil
 }
 
 func (s *inference) LoadModel(ctx context.Context, req *pb.LoadModelRequest) (*pb.LoadModelResponse, error) {
@@ -290,7 +292,7 @@ func (s *inference) LoadModel(ctx context.Context, req *pb.LoadModelRequest) (*p
 	}
 	resp := &pb.LoadModelResponse{}
 	for _, m := range loaded {
-		resp.Loaded = append(resp.Loaded, modelInfo(m, nil))
+		resp.Loaded = append(resp.Loaded, modelInfo(m, nil, s.acc))
 	}
 	return resp, nil
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/preprocess"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
 
@@ -44,6 +45,8 @@ type Options struct {
 	// DICOM controls series assembly (e.g. whether uneven spacing is an
 	// error or a warning).
 	DICOM dicom.Options
+	// Accelerator runs preprocessing's fused pass (kernels.GPU); nil: the CPU.
+	Accelerator preprocess.Accelerator
 }
 
 // Server is a voxserve instance over a registry.
@@ -79,7 +82,7 @@ func New(reg *engine.Registry, opts Options) *Server {
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
-	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM})
+	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	reg.OnChange(s.updateHealth)

@@ -28,6 +28,7 @@ import (
 
 	"github.com/voxserve/voxserve/client"
 	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/kernels"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 	"github.com/voxserve/voxserve/server"
 	"github.com/voxserve/voxserve/tensor"
@@ -138,6 +139,7 @@ type common struct {
 	addr    string
 	repo    string
 	ortLib  string
+	gpu     string
 	json    bool
 	timeout time.Duration
 }
@@ -147,6 +149,7 @@ func (c *common) register(fs *flag.FlagSet, inProcess bool) {
 	if inProcess {
 		fs.StringVar(&c.repo, "model-repository", "models", "model repository for in-process use (no --addr)")
 		fs.StringVar(&c.ortLib, "onnxruntime-lib", "", "ONNX Runtime library for in-process use")
+		fs.StringVar(&c.gpu, "gpu", "auto", "in-process preprocessing on the GPU: auto, on or off")
 	}
 	fs.BoolVar(&c.json, "json", false, "print JSON")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Minute, "request deadline")
@@ -159,7 +162,16 @@ func (c *common) connect(models []string) (*client.Conn, error) {
 	if c.repo == "" {
 		return nil, usageErr("--addr is required")
 	}
-	conn, err := client.InProcess(c.repo, models, c.ortLib, nil)
+	acc, closeAcc, _, err := kernels.ForPreprocessing(c.gpu)
+	if err != nil {
+		return nil, &exitError{1, err}
+	}
+	conn, err := client.InProcessWith(c.repo, models, c.ortLib, server.Options{Accelerator: acc})
+	if err == nil {
+		conn.OnClose(func() { _ = closeAcc() })
+	} else {
+		_ = closeAcc()
+	}
 	if err != nil {
 		return nil, &exitError{1, err}
 	}

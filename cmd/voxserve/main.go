@@ -14,6 +14,7 @@ import (
 
 	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/kernels"
 	"github.com/voxserve/voxserve/server"
 )
 
@@ -30,6 +31,7 @@ func run() int {
 	maxMsg := fs.Int("max-message-bytes", server.DefaultMaxMessageBytes, "largest gRPC message accepted or sent")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "time in-flight requests get to finish on SIGTERM")
 	strictSpacing := fs.Bool("dicom-strict-spacing", false, "refuse DICOM series with missing slices or uneven spacing (default: serve them with a warning)")
+	gpu := fs.String("gpu", "auto", "preprocessing on the GPU: auto (when one can run here), on (fail without one) or off")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -56,8 +58,19 @@ func run() int {
 		log.Warn("some bundles were not loaded; serving the rest", "loaded", reg.Names())
 	}
 
+	acc, closeAcc, why, err := kernels.ForPreprocessing(*gpu)
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	defer closeAcc()
+	if acc != nil {
+		log.Info("preprocessing on the GPU", "device", acc.Name())
+	} else {
+		log.Info("preprocessing on the CPU", "reason", why)
+	}
 	srv := server.New(reg, server.Options{MaxMessageBytes: *maxMsg, ShutdownGrace: *grace, Logger: log,
-		DICOM: dicom.Options{StrictSpacing: *strictSpacing}})
+		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc})
 	gl, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
 		log.Error("cannot listen", "addr", *grpcAddr, "error", err)

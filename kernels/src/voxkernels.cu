@@ -17,32 +17,29 @@
 
 static __device__ __forceinline__ float lerp(float a, float b, float w) { return a + (b - a) * w; }
 
-extern "C" {
-
-// vox_window_resample_i16 is the fused preprocessing pass: it reads stored
-// int16 values once, rescales (v*slope + intercept), resamples trilinearly
-// through per-axis tables (x0, x1, wx: the two source indices and the
-// weight of the second for each output index, as preprocess.ResampleInto
-// builds them) and writes win.n windowed float32 channels once.
+// window_resample is the fused preprocessing pass: it reads stored values
+// once, rescales (v*slope + intercept), resamples trilinearly through
+// per-axis tables (x0, x1, wx: the two source indices and the weight of the
+// second for each output index, as preprocess.ResampleInto builds them)
+// and writes win.n windowed float32 channels once.
 // Launch: grid (ceil(ox/block), oy, oz).
-__global__ void vox_window_resample_i16(const short *__restrict__ src, int sx, int sy, float slope,
-                                        float intercept, const int *__restrict__ x0,
-                                        const int *__restrict__ x1, const float *__restrict__ wx,
-                                        const int *__restrict__ y0, const int *__restrict__ y1,
-                                        const float *__restrict__ wy, const int *__restrict__ z0,
-                                        const int *__restrict__ z1, const float *__restrict__ wz,
-                                        int ox, int oy, int oz, vox_windows win,
-                                        float *__restrict__ out) {
+template <typename T>
+static __device__ __forceinline__ void window_resample(
+    const T *__restrict__ src, int sx, int sy, float slope, float intercept,
+    const int *__restrict__ x0, const int *__restrict__ x1, const float *__restrict__ wx,
+    const int *__restrict__ y0, const int *__restrict__ y1, const float *__restrict__ wy,
+    const int *__restrict__ z0, const int *__restrict__ z1, const float *__restrict__ wz, int ox,
+    int oy, int oz, const vox_windows &win, float *__restrict__ out) {
 	int i = blockIdx.x * blockDim.x + threadIdx.x;
 	int j = blockIdx.y, k = blockIdx.z;
 	if (i >= ox) return;
 	int a0 = x0[i], a1 = x1[i];
 	float fx = wx[i], fy = wy[j], fz = wz[k];
 	long long plane = (long long)sx * sy;
-	const short *r00 = src + z0[k] * plane + (long long)y0[j] * sx;
-	const short *r01 = src + z0[k] * plane + (long long)y1[j] * sx;
-	const short *r10 = src + z1[k] * plane + (long long)y0[j] * sx;
-	const short *r11 = src + z1[k] * plane + (long long)y1[j] * sx;
+	const T *r00 = src + z0[k] * plane + (long long)y0[j] * sx;
+	const T *r01 = src + z0[k] * plane + (long long)y1[j] * sx;
+	const T *r10 = src + z1[k] * plane + (long long)y0[j] * sx;
+	const T *r11 = src + z1[k] * plane + (long long)y1[j] * sx;
 #define HU(r, a) ((float)__ldg((r) + (a)) * slope + intercept)
 	float c00 = lerp(HU(r00, a0), HU(r00, a1), fx);
 	float c01 = lerp(HU(r01, a0), HU(r01, a1), fx);
@@ -61,6 +58,28 @@ __global__ void vox_window_resample_i16(const short *__restrict__ src, int sx, i
 		out[c * n + o] = fminf(fmaxf(x, 0.f), 1.f);
 	}
 }
+
+extern "C" {
+
+#define WINDOW_RESAMPLE_KERNEL(name, T)                                                          \
+	__global__ void name(const T *__restrict__ src, int sx, int sy, float slope, float intercept,    \
+	                     const int *__restrict__ x0, const int *__restrict__ x1,                    \
+	                     const float *__restrict__ wx, const int *__restrict__ y0,                  \
+	                     const int *__restrict__ y1, const float *__restrict__ wy,                  \
+	                     const int *__restrict__ z0, const int *__restrict__ z1,                    \
+	                     const float *__restrict__ wz, int ox, int oy, int oz, vox_windows win,     \
+	                     float *__restrict__ out) {                                                 \
+		window_resample(src, sx, sy, slope, intercept, x0, x1, wx, y0, y1, wy, z0, z1, wz, ox, oy, \
+		                oz, win, out);                                                             \
+	}
+
+// vox_window_resample_i16 takes stored int16 values: DICOM pixels as they
+// arrive, read once.
+WINDOW_RESAMPLE_KERNEL(vox_window_resample_i16, short)
+
+// vox_window_resample_f32 takes float32 values (already rescaled: slope 1,
+// intercept 0 make the rescale exact).
+WINDOW_RESAMPLE_KERNEL(vox_window_resample_f32, float)
 
 // vox_resample_f32 resamples a float32 volume through per-axis tables (the
 // tables decide trilinear or nearest). Launch: grid (ceil(ox/block), oy, oz).

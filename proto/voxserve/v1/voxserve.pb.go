@@ -1506,8 +1506,11 @@ type ModelInfo struct {
 	Metrics           map[string]float64 `protobuf:"bytes,13,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	// Versions on disk in the repository, loaded or not.
 	AvailableVersions []string `protobuf:"bytes,14,rep,name=available_versions,json=availableVersions,proto3" json:"available_versions,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Where the bundle's preprocessing runs: "cpu", or "cuda: <device>" when
+	// the server has a GPU and the bundle's preprocessing can use it.
+	PreprocessingDevice string `protobuf:"bytes,15,opt,name=preprocessing_device,json=preprocessingDevice,proto3" json:"preprocessing_device,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -1636,6 +1639,13 @@ func (x *ModelInfo) GetAvailableVersions() []string {
 		return x.AvailableVersions
 	}
 	return nil
+}
+
+func (x *ModelInfo) GetPreprocessingDevice() string {
+	if x != nil {
+		return x.PreprocessingDevice
+	}
+	return ""
 }
 
 type LoadModelRequest struct {
@@ -1926,7 +1936,7 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\tdata_type\x18\x02 \x01(\x0e2\x15.voxserve.v1.DataTypeR\bdataType\x12\x12\n" +
 	"\x04dims\x18\x03 \x03(\x03R\x04dims\x12\x12\n" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x16\n" +
-	"\x06labels\x18\x05 \x03(\tR\x06labels\"\xb0\x05\n" +
+	"\x06labels\x18\x05 \x03(\tR\x06labels\"\xe3\x05\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x122\n" +
@@ -1945,7 +1955,8 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\x12execution_provider\x18\v \x01(\tR\x11executionProvider\x12!\n" +
 	"\fintended_use\x18\f \x01(\tR\vintendedUse\x12=\n" +
 	"\ametrics\x18\r \x03(\v2#.voxserve.v1.ModelInfo.MetricsEntryR\ametrics\x12-\n" +
-	"\x12available_versions\x18\x0e \x03(\tR\x11availableVersions\x1a:\n" +
+	"\x12available_versions\x18\x0e \x03(\tR\x11availableVersions\x121\n" +
+	"\x14preprocessing_device\x18\x0f \x01(\tR\x13preprocessingDevice\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"F\n" +
