@@ -8,6 +8,8 @@ import (
 	"compress/zlib"
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 
 	"github.com/voxserve/voxserve/bundle"
 	"github.com/voxserve/voxserve/tensor"
@@ -202,26 +204,65 @@ func labelMap(spec *bundle.Spec, decl bundle.Output, out *tensor.Tensor) (*Mask,
 // else 0. activation ("sigmoid", "softmax" or "") is applied in float64;
 // a single channel is activated only by a sigmoid.
 func LabelVoxels(v []float32, batch, channels, n int, activation string, thresholds []float64, out []uint8) {
+	// Voxels are independent: split them across the cores.
+	total := batch * n
+	workers := max(1, min(runtime.GOMAXPROCS(0), total/(1<<16)))
+	chunk := (total + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := 0; lo < total; lo += chunk {
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			labelRange(v, channels, n, activation, thresholds, out, lo, hi)
+		}(lo, min(lo+chunk, total))
+	}
+	wg.Wait()
+}
+
+// labelRange labels voxels [lo, hi) of the flattened batch.
+func labelRange(v []float32, channels, n int, activation string, thresholds []float64, out []uint8, lo, hi int) {
+	if channels == 1 && activation == "sigmoid" && thresholds[0] > 0 && thresholds[0] < 1 {
+		// sigmoid(x) >= t is x >= logit(t): decide on the logit, and take
+		// the exact path only within a margin of it, a million times wider
+		// than float64 rounding, so the decisions are the exact path's.
+		t := thresholds[0]
+		xt := math.Log(t / (1 - t))
+		margin := 1e-6 * (1 + math.Abs(xt))
+		for e := lo; e < hi; e++ {
+			x := float64(v[e])
+			switch {
+			case x < xt-margin:
+				out[e] = 0
+			case x > xt+margin:
+				out[e] = 1
+			case 1/(1+math.Exp(-x)) >= t:
+				out[e] = 1
+			default:
+				out[e] = 0
+			}
+		}
+		return
+	}
 	probs := make([]float64, channels)
-	for b := 0; b < batch; b++ {
+	act := channels > 1 || activation == "sigmoid"
+	for e := lo; e < hi; e++ {
+		b, i := e/n, e%n
 		base := b * channels * n
-		for i := 0; i < n; i++ {
-			for c := range probs {
-				probs[c] = float64(v[base+c*n+i])
+		for c := range probs {
+			probs[c] = float64(v[base+c*n+i])
+		}
+		if act {
+			activate(activation, probs)
+		}
+		best := 0
+		for c := range probs {
+			if probs[c] > probs[best] {
+				best = c
 			}
-			if channels > 1 || activation == "sigmoid" {
-				activate(activation, probs)
-			}
-			best := 0
-			for c := range probs {
-				if probs[c] > probs[best] {
-					best = c
-				}
-			}
-			out[b*n+i] = 0
-			if probs[best] >= thresholds[best] {
-				out[b*n+i] = uint8(best + 1)
-			}
+		}
+		out[e] = 0
+		if probs[best] >= thresholds[best] {
+			out[e] = uint8(best + 1)
 		}
 	}
 }

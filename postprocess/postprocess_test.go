@@ -125,3 +125,25 @@ func TestEmptyStudy(t *testing.T) {
 	assert.Zero(t, r.Measurements[0].Value)
 	assert.Contains(t, r.Warnings[0], "nothing to find")
 }
+
+// The single-channel sigmoid path decides on the logit; its decisions must
+// be the exact path's, at the threshold too.
+func TestLabelVoxelsSigmoidFastPathIsExact(t *testing.T) {
+	for _, th := range []float64{0.5, 0.8657, 0.95, 0.05, 1e-9} {
+		xt := math.Log(th / (1 - th))
+		var v []float32
+		for _, d := range []float64{0, 1e-7, -1e-7, 1e-3, -1e-3, 2, -2, 50, -50} {
+			x := float32(xt + d)
+			v = append(v, x, math.Nextafter32(x, float32(math.Inf(1))), math.Nextafter32(x, float32(math.Inf(-1))))
+		}
+		got := make([]uint8, len(v))
+		LabelVoxels(v, 1, 1, len(v), "sigmoid", []float64{th}, got)
+		for i, x := range v {
+			want := uint8(0)
+			if 1/(1+math.Exp(-float64(x))) >= th {
+				want = 1
+			}
+			assert.Equal(t, want, got[i], "threshold %v logit %v", th, x)
+		}
+	}
+}

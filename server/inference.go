@@ -105,6 +105,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		return nil, err
 	}
 	needMasks := want[pb.OutputKind_OUTPUT_KIND_MASK] || want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS]
+	post := time.Now() // postprocessing includes mapping outputs back to the study
 	if plan != nil && needMasks {
 		// Per-voxel outputs go back onto the study's own grid (measurements
 		// are taken there too).
@@ -117,7 +118,6 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		}
 	}
 
-	post := time.Now()
 	res, err := postprocess.Run(m.Spec, outs, needMasks, study)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "postprocessing %s: %v", m, err)
