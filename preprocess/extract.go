@@ -343,8 +343,7 @@ var separableToGrid = true
 // the weight of the second, and whether it lies inside the source
 // (Nearest leaves outside voxels untouched).
 type axisTable struct {
-	lo, hi []int
-	w      []float32
+	AxisMap
 	inside []bool
 }
 
@@ -363,7 +362,7 @@ func separableMap(off [3]float64, m [3][3]float64, size, n [3]int, interp Interp
 		}
 	}
 	for a := 0; a < 3; a++ {
-		t[a] = axisTable{lo: make([]int, size[a]), hi: make([]int, size[a]), w: make([]float32, size[a]), inside: make([]bool, size[a])}
+		t[a] = axisTable{AxisMap{I0: make([]int32, size[a]), I1: make([]int32, size[a]), W: make([]float32, size[a])}, make([]bool, size[a])}
 		for i := 0; i < size[a]; i++ {
 			// The general loop's sum, with the other axes' zero terms.
 			var x float64
@@ -378,7 +377,7 @@ func separableMap(off [3]float64, m [3][3]float64, size, n [3]int, interp Interp
 			if interp == Nearest {
 				r := int(math.Floor(x + 0.5))
 				if r >= 0 && r < n[a] {
-					t[a].lo[i], t[a].hi[i], t[a].inside[i] = r, r, true
+					t[a].I0[i], t[a].I1[i], t[a].inside[i] = int32(r), int32(r), true
 				}
 				continue
 			}
@@ -386,9 +385,9 @@ func separableMap(off [3]float64, m [3][3]float64, size, n [3]int, interp Interp
 			x = math.Min(math.Max(x, 0), float64(n[a]-1))
 			f := int(math.Floor(x))
 			if f >= n[a]-1 {
-				t[a].lo[i], t[a].hi[i] = n[a]-1, n[a]-1
+				t[a].I0[i], t[a].I1[i] = int32(n[a]-1), int32(n[a]-1)
 			} else {
-				t[a].lo[i], t[a].hi[i], t[a].w[i] = f, f+1, float32(x-float64(f))
+				t[a].I0[i], t[a].I1[i], t[a].W[i] = int32(f), int32(f+1), float32(x-float64(f))
 			}
 		}
 	}
@@ -402,30 +401,18 @@ func toGridSeparable(src, out *Grid, t [3]axisTable) {
 			if !tz.inside[k] {
 				continue
 			}
-			z0, z1, wz := tz.lo[k], tz.hi[k], tz.w[k]
+			z0, z1, wz := int(tz.I0[k]), int(tz.I1[k]), tz.W[k]
 			for j := 0; j < out.NY; j++ {
 				if !ty.inside[j] {
 					continue
 				}
-				y0, y1, wy := ty.lo[j], ty.hi[j], ty.w[j]
+				y0, y1, wy := int(ty.I0[j]), int(ty.I1[j]), ty.W[j]
 				r00 := src.V[(z0*src.NY+y0)*src.NX:]
 				r01 := src.V[(z0*src.NY+y1)*src.NX:]
 				r10 := src.V[(z1*src.NY+y0)*src.NX:]
 				r11 := src.V[(z1*src.NY+y1)*src.NX:]
 				row := out.V[(k*out.NY+j)*out.NX : (k*out.NY+j+1)*out.NX]
-				for i := range row {
-					if !tx.inside[i] {
-						continue
-					}
-					x0, x1, wx := tx.lo[i], tx.hi[i], tx.w[i]
-					c00 := r00[x0] + (r00[x1]-r00[x0])*wx
-					c01 := r01[x0] + (r01[x1]-r01[x0])*wx
-					c10 := r10[x0] + (r10[x1]-r10[x0])*wx
-					c11 := r11[x0] + (r11[x1]-r11[x0])*wx
-					c0 := c00 + (c01-c00)*wy
-					c1 := c10 + (c11-c10)*wy
-					row[i] = c0 + (c1-c0)*wz
-				}
+				trilinearRow(row, r00, r01, r10, r11, tx.AxisMap, tx.inside, wy, wz)
 			}
 		}
 	})

@@ -229,19 +229,29 @@ func ResampleMapsInto(g, out *Grid, m [3]AxisMap) {
 				r10 := g.V[(z1*g.NY+y0)*g.NX:]
 				r11 := g.V[(z1*g.NY+y1)*g.NX:]
 				row := out.V[(k*out.NY+j)*out.NX : (k*out.NY+j+1)*out.NX]
-				for i := range row {
-					x0, x1, wx := mx.I0[i], mx.I1[i], mx.W[i]
-					c00 := r00[x0] + (r00[x1]-r00[x0])*wx
-					c01 := r01[x0] + (r01[x1]-r01[x0])*wx
-					c10 := r10[x0] + (r10[x1]-r10[x0])*wx
-					c11 := r11[x0] + (r11[x1]-r11[x0])*wx
-					c0 := c00 + (c01-c00)*wy
-					c1 := c10 + (c11-c10)*wy
-					row[i] = c0 + (c1-c0)*wz
-				}
+				trilinearRow(row, r00, r01, r10, r11, mx, nil, wy, wz)
 			}
 		}
 	})
+}
+
+// trilinearRow fills one output row from the four source rows around it
+// (y0/y1 by z0/z1): along x through mx, skipping indices where inside is
+// false when inside is given, then by the y and z weights.
+func trilinearRow(row, r00, r01, r10, r11 []float32, mx AxisMap, inside []bool, wy, wz float32) {
+	for i := range row {
+		if inside != nil && !inside[i] {
+			continue
+		}
+		x0, x1, wx := mx.I0[i], mx.I1[i], mx.W[i]
+		c00 := r00[x0] + (r00[x1]-r00[x0])*wx
+		c01 := r01[x0] + (r01[x1]-r01[x0])*wx
+		c10 := r10[x0] + (r10[x1]-r10[x0])*wx
+		c11 := r11[x0] + (r11[x1]-r11[x0])*wx
+		c0 := c00 + (c01-c00)*wy
+		c1 := c10 + (c11-c10)*wy
+		row[i] = c0 + (c1-c0)*wz
+	}
 }
 
 // Reorient permutes and flips g's axes so that its x, y and z axes point
