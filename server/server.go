@@ -23,6 +23,7 @@ import (
 	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/preprocess"
+	kpb "github.com/voxserve/voxserve/proto/inference"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
 
@@ -83,6 +84,7 @@ func New(reg *engine.Registry, opts Options) *Server {
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
 	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator})
+	kpb.RegisterGRPCInferenceServiceServer(s.grpc, &kserve{reg: reg, ready: s.Ready, version: Version})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	reg.OnChange(s.updateHealth)
@@ -94,10 +96,17 @@ func New(reg *engine.Registry, opts Options) *Server {
 // protocol) can register on the same port before Serve.
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
 
+// Version is voxserve's version, reported by ServerMetadata.
+var Version = "0.1.0-dev"
+
+// healthExempt are the calls that answer while draining (liveness and
+// readiness probes must see the drain, not an error).
 var healthExempt = map[string]bool{
-	"/grpc.health.v1.Health/Check": true,
-	"/grpc.health.v1.Health/Watch": true,
-	"/grpc.health.v1.Health/List":  true,
+	"/grpc.health.v1.Health/Check":                true,
+	"/grpc.health.v1.Health/Watch":                true,
+	"/grpc.health.v1.Health/List":                 true,
+	"/inference.GRPCInferenceService/ServerLive":  true,
+	"/inference.GRPCInferenceService/ServerReady": true,
 }
 
 // enter registers an in-flight call, or refuses it while draining.

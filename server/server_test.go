@@ -45,6 +45,7 @@ type harness struct {
 	conn    *grpc.ClientConn
 	client  pb.InferenceClient
 	httpURL string
+	addr    string // gRPC
 	cancel  context.CancelFunc
 	done    chan error
 }
@@ -61,7 +62,7 @@ func start(t *testing.T, repo string, opts Options) *harness {
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{srv: srv, reg: reg, cancel: cancel, done: make(chan error, 1), httpURL: "http://" + hl.Addr().String()}
+	h := &harness{srv: srv, reg: reg, cancel: cancel, done: make(chan error, 1), httpURL: "http://" + hl.Addr().String(), addr: gl.Addr().String()}
 	go func() { h.done <- srv.Serve(ctx, gl, hl) }()
 	h.conn, err = grpc.NewClient(gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxMessageBytes), grpc.MaxCallSendMsgSize(DefaultMaxMessageBytes)))

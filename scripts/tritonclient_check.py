@@ -1,0 +1,104 @@
+"""Checks voxserve's KServe v2 service with Triton's own Python client.
+
+    python scripts/tritonclient_check.py HOST:PORT
+
+Run by server/kserve_test.go against a server over the test repository's
+`affine` model (y = 2x + 1 over [batch, 2, 3]). First it compiles voxserve's
+proto/inference/grpc_service.proto and checks that every message field has
+the name, number and type tritonclient's own descriptors give it; then it
+talks to the server. Exits non-zero on the first failure.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2 as triton
+from tritonclient.utils import InferenceServerException
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit("tritonclient check failed: " + what)
+
+
+def same_wire_format():
+    """Our proto, compiled to a descriptor set (not imported: its package
+    would clash with tritonclient's in the descriptor pool), field by field
+    against tritonclient's descriptors."""
+    from google.protobuf import descriptor_pb2
+
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "set.pb")
+        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(ROOT, "proto"),
+                        "--descriptor_set_out=" + out, "inference/grpc_service.proto"], check=True)
+        fds = descriptor_pb2.FileDescriptorSet.FromString(open(out, "rb").read())
+    ours = fds.file[0]
+    n = 0
+
+    def compare(mine, theirs, path):
+        nonlocal n
+        for f in mine.field:
+            t = theirs.fields_by_name.get(f.name)
+            check(t is not None, f"{path}.{f.name}: not in tritonclient's descriptor")
+            check((f.number, f.type, f.label) == (t.number, t.type, t.label),
+                  f"{path}.{f.name}: ours is number {f.number} type {f.type}, tritonclient's {t.number} {t.type}")
+            n += 1
+        for nested in mine.nested_type:
+            compare(nested, theirs.nested_types_by_name[nested.name], path + "." + nested.name)
+
+    for msg in ours.message_type:
+        compare(msg, triton.DESCRIPTOR.message_types_by_name[msg.name], msg.name)
+    svc = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    for m in ours.service[0].method:
+        check(m.name in svc.methods_by_name, f"method {m.name} is not Triton's")
+    print(f"wire format: {n} fields match tritonclient's")
+
+
+def main():
+    same_wire_format()
+    c = grpcclient.InferenceServerClient(url=sys.argv[1])
+    check(c.is_server_live(), "server live")
+    check(c.is_server_ready(), "server ready")
+    check(c.is_model_ready("affine"), "model ready")
+    check(not c.is_model_ready("nope"), "unknown model not ready")
+    check(c.get_server_metadata().name == "voxserve", "server metadata")
+    md = c.get_model_metadata("affine")
+    check(md.inputs[0].datatype == "FP32" and list(md.inputs[0].shape) == [-1, 2, 3], f"model metadata {md}")
+
+    x = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    res = c.infer("affine", [inp], outputs=[grpcclient.InferRequestedOutput("y")], request_id="t1", priority=1, timeout=10_000_000)
+    y = res.as_numpy("y")
+    check(y is not None and np.array_equal(y, 2 * x + 1), f"infer: got {y}")
+    check(res.get_response().id == "t1", "request id")
+
+    try:
+        c.infer("nope", [inp])
+        check(False, "infer on an unknown model succeeded")
+    except InferenceServerException as e:
+        check("NOT_FOUND" in str(e.status()), f"unknown model: {e.status()} {e.message()}")
+    bad = grpcclient.InferInput("x", [1, 3, 2], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3, 2), dtype=np.float32))
+    try:
+        c.infer("affine", [bad])
+        check(False, "infer with a wrong shape succeeded")
+    except InferenceServerException as e:
+        check("INVALID_ARGUMENT" in str(e.status()), f"wrong shape: {e.status()} {e.message()}")
+
+    c.unload_model("affine")
+    check(not c.is_model_ready("affine"), "unloaded model not ready")
+    index = {m.name: m.state for m in c.get_model_repository_index().models}
+    check(index.get("affine") == "UNAVAILABLE", f"index after unload: {index}")
+    c.load_model("affine")
+    check(c.is_model_ready("affine"), "reloaded model ready")
+    print("tritonclient: all checks passed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/voxserve/voxserve/bundle"
+	"github.com/voxserve/voxserve/engine"
+	kpb "github.com/voxserve/voxserve/proto/inference"
+	"github.com/voxserve/voxserve/tensor"
+)
+
+// kserve serves the KServe v2 / Triton gRPC protocol at the tensor level,
+// on the same port and the same models as voxserve's own API, so that
+// Triton's clients work unchanged.
+type kserve struct {
+	kpb.UnimplementedGRPCInferenceServiceServer
+	reg     *engine.Registry
+	ready   func() bool
+	version string
+}
+
+// The KServe names of voxserve's tensor data types.
+var kserveTypes = map[tensor.DType]string{
+	tensor.Bool: "BOOL", tensor.Uint8: "UINT8", tensor.Uint16: "UINT16", tensor.Int8: "INT8",
+	tensor.Int16: "INT16", tensor.Int32: "INT32", tensor.Int64: "INT64", tensor.Float16: "FP16",
+	tensor.Float32: "FP32", tensor.Float64: "FP64",
+}
+
+func fromKServeType(s string) (tensor.DType, bool) {
+	for d, k := range kserveTypes {
+		if k == s {
+			return d, true
+		}
+	}
+	return "", false
+}
+
+func (k *kserve) ServerLive(context.Context, *kpb.ServerLiveRequest) (*kpb.ServerLiveResponse, error) {
+	return &kpb.ServerLiveResponse{Live: true}, nil
+}
+
+func (k *kserve) ServerReady(context.Context, *kpb.ServerReadyRequest) (*kpb.ServerReadyResponse, error) {
+	return &kpb.ServerReadyResponse{Ready: k.ready()}, nil
+}
+
+func (k *kserve) ModelReady(_ context.Context, req *kpb.ModelReadyRequest) (*kpb.ModelReadyResponse, error) {
+	if req.GetName() == "" {
+		return nil, invalid("name: required")
+	}
+	_, release, err := k.reg.Acquire(req.GetName(), req.GetVersion())
+	if err != nil {
+		if status.Code(err) == codes.NotFound {
+			return &kpb.ModelReadyResponse{Ready: false}, nil
+		}
+		return nil, err
+	}
+	release()
+	return &kpb.ModelReadyResponse{Ready: k.ready()}, nil
+}
+
+func (k *kserve) ServerMetadata(context.Context, *kpb.ServerMetadataRequest) (*kpb.ServerMetadataResponse, error) {
+	return &kpb.ServerMetadataResponse{Name: "voxserve", Version: k.version, Extensions: []string{"model_repository"}}, nil
+}
+
+// loadedVersions lists a model's loaded versions, oldest first.
+func (k *kserve) loadedVersions(name string) []string {
+	var vs []int64
+	for _, m := range k.reg.Models() {
+		if m.Spec.Name == name {
+			vs = append(vs, m.Version)
+		}
+	}
+	sort.Slice(vs, func(i, j int) bool { return vs[i] < vs[j] })
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = strconv.FormatInt(v, 10)
+	}
+	return out
+}
+
+func (k *kserve) ModelMetadata(_ context.Context, req *kpb.ModelMetadataRequest) (*kpb.ModelMetadataResponse, error) {
+	if req.GetName() == "" {
+		return nil, invalid("name: required")
+	}
+	m, release, err := k.reg.Acquire(req.GetName(), req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	s := m.Spec
+	resp := &kpb.ModelMetadataResponse{Name: s.Name, Versions: k.loadedVersions(s.Name), Platform: "onnxruntime_onnx"}
+	shape := func(dims []int64) []int64 {
+		if s.MaxBatchSize > 0 {
+			return append([]int64{-1}, dims...)
+		}
+		return dims
+	}
+	for _, in := range s.Inputs {
+		dt, _ := tensor.ParseDType(in.DataType)
+		resp.Inputs = append(resp.Inputs, &kpb.ModelMetadataResponse_TensorMetadata{Name: in.Name, Datatype: kserveTypes[dt], Shape: shape(in.Dims)})
+	}
+	for _, out := range s.Outputs {
+		dt, _ := tensor.ParseDType(out.DataType)
+		resp.Outputs = append(resp.Outputs, &kpb.ModelMetadataResponse_TensorMetadata{Name: out.Name, Datatype: kserveTypes[dt], Shape: shape(out.Dims)})
+	}
+	return resp, nil
+}
+
+func (k *kserve) ModelInfer(ctx context.Context, req *kpb.ModelInferRequest) (*kpb.ModelInferResponse, error) {
+	if req.GetModelName() == "" {
+		return nil, invalid("model_name: required")
+	}
+	ctx, cancel, err := requestParameters(ctx, req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	inputs, err := kserveInputs(req)
+	if err != nil {
+		return nil, err
+	}
+	m, release, err := k.reg.Acquire(req.GetModelName(), req.GetModelVersion())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	outs, _, err := m.InferAll(ctx, inputs)
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for i, o := range req.GetOutputs() {
+		if !hasOutput(m.Spec, o.GetName()) {
+			return nil, invalid("outputs[%d].name: model %q has no output %q", i, m.Spec.Name, o.GetName())
+		}
+		want[o.GetName()] = true
+	}
+	resp := &kpb.ModelInferResponse{ModelName: m.Spec.Name, ModelVersion: m.VersionString(), Id: req.GetId()}
+	for i, t := range outs {
+		name := m.Spec.Outputs[i].Name
+		if len(want) > 0 && !want[name] {
+			continue
+		}
+		resp.Outputs = append(resp.Outputs, &kpb.ModelInferResponse_InferOutputTensor{Name: name, Datatype: kserveTypes[t.DType], Shape: t.Shape})
+		resp.RawOutputContents = append(resp.RawOutputContents, t.Data)
+	}
+	return resp, nil
+}
+
+func hasOutput(s *bundle.Spec, name string) bool {
+	for _, o := range s.Outputs {
+		if o.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// requestParameters applies the request parameters voxserve reads:
+// "timeout" (microseconds, as Triton) shortens the deadline, "priority" (1
+// the highest, 0 the default) is checked. Others are ignored, as Triton
+// ignores parameters it does not know.
+func requestParameters(ctx context.Context, params map[string]*kpb.InferParameter) (context.Context, context.CancelFunc, error) {
+	cancel := func() {}
+	if p, ok := params["priority"]; ok {
+		if _, err := intParam("priority", p); err != nil {
+			return nil, nil, err
+		}
+	}
+	if p, ok := params["timeout"]; ok {
+		us, err := intParam("timeout", p)
+		if err != nil {
+			return nil, nil, err
+		}
+		if us > 0 {
+			ctx, cancel = context.WithTimeout(ctx, time.Duration(us)*time.Microsecond)
+		}
+	}
+	return ctx, cancel, nil
+}
+
+func intParam(name string, p *kpb.InferParameter) (int64, error) {
+	switch v := p.GetParameterChoice().(type) {
+	case *kpb.InferParameter_Int64Param:
+		if v.Int64Param >= 0 {
+			return v.Int64Param, nil
+		}
+	case *kpb.InferParameter_Uint64Param:
+		if v.Uint64Param <= math.MaxInt64 {
+			return int64(v.Uint64Param), nil
+		}
+	}
+	return 0, invalid("parameters[%q]: want a non-negative integer", name)
+}
+
+// kserveInputs reads the request's tensors, from raw_input_contents or
+// from typed contents.
+func kserveInputs(req *kpb.ModelInferRequest) ([]*tensor.Tensor, error) {
+	ins := req.GetInputs()
+	if len(ins) == 0 {
+		return nil, invalid("inputs: at least one input is required")
+	}
+	raw := req.GetRawInputContents()
+	if len(raw) > 0 && len(raw) != len(ins) {
+		return nil, invalid("raw_input_contents: %d entries for %d inputs", len(raw), len(ins))
+	}
+	out := make([]*tensor.Tensor, len(ins))
+	for i, in := range ins {
+		dt, ok := fromKServeType(in.GetDatatype())
+		if !ok {
+			return nil, invalid("inputs[%d].datatype: %q is not supported (want one of BOOL, UINT8, UINT16, INT8, INT16, INT32, INT64, FP16, FP32, FP64)", i, in.GetDatatype())
+		}
+		t := &tensor.Tensor{Name: in.GetName(), DType: dt, Shape: in.GetShape()}
+		if len(raw) > 0 {
+			if in.GetContents() != nil {
+				return nil, invalid("inputs[%d]: contents and raw_input_contents both given", i)
+			}
+			t.Data = raw[i]
+		} else {
+			data, err := typedContents(dt, in.GetContents())
+			if err != nil {
+				return nil, invalid("inputs[%d].contents: %v", i, err)
+			}
+			t.Data = data
+		}
+		if err := t.Check(); err != nil {
+			return nil, invalid("inputs[%d] %q: %v", i, in.GetName(), err)
+		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+// typedContents packs typed contents into little-endian bytes.
+func typedContents(dt tensor.DType, c *kpb.InferTensorContents) ([]byte, error) {
+	var b []byte
+	put := func(n int) []byte { b = make([]byte, n*dt.Size()); return b }
+	switch dt {
+	case tensor.Float32:
+		put(len(c.GetFp32Contents()))
+		for i, v := range c.GetFp32Contents() {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+		}
+	case tensor.Float64:
+		put(len(c.GetFp64Contents()))
+		for i, v := range c.GetFp64Contents() {
+			binary.LittleEndian.PutUint64(b[8*i:], math.Float64bits(v))
+		}
+	case tensor.Int64:
+		put(len(c.GetInt64Contents()))
+		for i, v := range c.GetInt64Contents() {
+			binary.LittleEndian.PutUint64(b[8*i:], uint64(v))
+		}
+	case tensor.Int32, tensor.Int16, tensor.Int8:
+		// The protocol carries the narrow signed types in int_contents.
+		put(len(c.GetIntContents()))
+		for i, v := range c.GetIntContents() {
+			switch dt {
+			case tensor.Int32:
+				binary.LittleEndian.PutUint32(b[4*i:], uint32(v))
+			case tensor.Int16:
+				binary.LittleEndian.PutUint16(b[2*i:], uint16(v))
+			default:
+				b[i] = byte(v)
+			}
+		}
+	case tensor.Uint16, tensor.Uint8:
+		put(len(c.GetUintContents()))
+		for i, v := range c.GetUintContents() {
+			if dt == tensor.Uint16 {
+				binary.LittleEndian.PutUint16(b[2*i:], uint16(v))
+			} else {
+				b[i] = byte(v)
+			}
+		}
+	case tensor.Bool:
+		put(len(c.GetBoolContents()))
+		for i, v := range c.GetBoolContents() {
+			if v {
+				b[i] = 1
+			}
+		}
+	default:
+		return nil, fmt.Errorf("%s contents are not supported; send raw_input_contents", kserveTypes[dt])
+	}
+	return b, nil
+}
+
+func (k *kserve) RepositoryIndex(_ context.Context, req *kpb.RepositoryIndexRequest) (*kpb.RepositoryIndexResponse, error) {
+	resp := &kpb.RepositoryIndexResponse{}
+	loaded := map[string]bool{}
+	for _, m := range k.reg.Models() {
+		loaded[m.Spec.Name] = true
+		resp.Models = append(resp.Models, &kpb.RepositoryIndexResponse_ModelIndex{Name: m.Spec.Name, Version: m.VersionString(), State: "READY"})
+	}
+	if !req.GetReady() {
+		entries, err := os.ReadDir(k.reg.Repository())
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "reading the model repository: %v", err)
+		}
+		for _, e := range entries {
+			if _, err := os.Stat(filepath.Join(k.reg.Repository(), e.Name(), bundle.FileName)); err != nil || loaded[e.Name()] {
+				continue
+			}
+			resp.Models = append(resp.Models, &kpb.RepositoryIndexResponse_ModelIndex{Name: e.Name(), State: "UNAVAILABLE", Reason: "not loaded"})
+		}
+	}
+	sort.SliceStable(resp.Models, func(i, j int) bool { return resp.Models[i].Name < resp.Models[j].Name })
+	return resp, nil
+}
+
+func (k *kserve) RepositoryModelLoad(_ context.Context, req *kpb.RepositoryModelLoadRequest) (*kpb.RepositoryModelLoadResponse, error) {
+	if req.GetModelName() == "" {
+		return nil, invalid("model_name: required")
+	}
+	if _, err := k.reg.Load(req.GetModelName(), nil); err != nil {
+		return nil, err
+	}
+	return &kpb.RepositoryModelLoadResponse{}, nil
+}
+
+func (k *kserve) RepositoryModelUnload(_ context.Context, req *kpb.RepositoryModelUnloadRequest) (*kpb.RepositoryModelUnloadResponse, error) {
+	if req.GetModelName() == "" {
+		return nil, invalid("model_name: required")
+	}
+	if _, err := k.reg.Unload(req.GetModelName(), 0); err != nil {
+		return nil, err
+	}
+	return &kpb.RepositoryModelUnloadResponse{}, nil
+}

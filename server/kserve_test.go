@@ -1,0 +1,154 @@
+package server
+
+import (
+	"encoding/binary"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/voxserve/voxserve/internal/testrepo"
+	kpb "github.com/voxserve/voxserve/proto/inference"
+)
+
+func f32bytes(v ...float32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return b
+}
+
+func TestKServeHealthAndMetadata(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{})
+	k := kpb.NewGRPCInferenceServiceClient(h.conn)
+	live, err := k.ServerLive(ctxT(t), &kpb.ServerLiveRequest{})
+	require.NoError(t, err)
+	assert.True(t, live.GetLive())
+	ready, err := k.ServerReady(ctxT(t), &kpb.ServerReadyRequest{})
+	require.NoError(t, err)
+	assert.True(t, ready.GetReady())
+	mr, err := k.ModelReady(ctxT(t), &kpb.ModelReadyRequest{Name: "affine"})
+	require.NoError(t, err)
+	assert.True(t, mr.GetReady())
+	mr, err = k.ModelReady(ctxT(t), &kpb.ModelReadyRequest{Name: "nope"})
+	require.NoError(t, err)
+	assert.False(t, mr.GetReady())
+
+	sm, err := k.ServerMetadata(ctxT(t), &kpb.ServerMetadataRequest{})
+	require.NoError(t, err)
+	assert.Equal(t, "voxserve", sm.GetName())
+	md, err := k.ModelMetadata(ctxT(t), &kpb.ModelMetadataRequest{Name: "affine"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"1"}, md.GetVersions())
+	assert.Equal(t, "FP32", md.GetInputs()[0].GetDatatype())
+	assert.Equal(t, []int64{-1, 2, 3}, md.GetInputs()[0].GetShape())
+	_, err = k.ModelMetadata(ctxT(t), &kpb.ModelMetadataRequest{Name: "nope"})
+	assert.Equal(t, codes.NotFound, status.Code(err))
+}
+
+func TestKServeModelInfer(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{})
+	k := kpb.NewGRPCInferenceServiceClient(h.conn)
+	x := []float32{0, 1, 2, 3, 4, 5}
+	in := &kpb.ModelInferRequest_InferInputTensor{Name: "x", Datatype: "FP32", Shape: []int64{1, 2, 3}}
+
+	// Raw contents.
+	resp, err := k.ModelInfer(ctxT(t), &kpb.ModelInferRequest{ModelName: "affine", Id: "r7", Inputs: []*kpb.ModelInferRequest_InferInputTensor{in},
+		RawInputContents: [][]byte{f32bytes(x...)}})
+	require.NoError(t, err)
+	assert.Equal(t, "r7", resp.GetId())
+	assert.Equal(t, "1", resp.GetModelVersion())
+	require.Len(t, resp.GetOutputs(), 1)
+	assert.Equal(t, "y", resp.Outputs[0].GetName())
+	assert.Equal(t, []int64{1, 2, 3}, resp.Outputs[0].GetShape())
+	assert.Equal(t, f32bytes(1, 3, 5, 7, 9, 11), resp.GetRawOutputContents()[0]) // 2x + 1
+
+	// Typed contents, with the parameters voxserve reads.
+	typed := &kpb.ModelInferRequest_InferInputTensor{Name: "x", Datatype: "FP32", Shape: []int64{1, 2, 3}, Contents: &kpb.InferTensorContents{Fp32Contents: x}}
+	resp, err = k.ModelInfer(ctxT(t), &kpb.ModelInferRequest{ModelName: "affine", Inputs: []*kpb.ModelInferRequest_InferInputTensor{typed},
+		Parameters: map[string]*kpb.InferParameter{
+			"priority": {ParameterChoice: &kpb.InferParameter_Uint64Param{Uint64Param: 1}},
+			"timeout":  {ParameterChoice: &kpb.InferParameter_Int64Param{Int64Param: 10_000_000}},
+		}})
+	require.NoError(t, err)
+	assert.Equal(t, f32bytes(1, 3, 5, 7, 9, 11), resp.GetRawOutputContents()[0])
+
+	for _, tc := range []struct {
+		name string
+		req  *kpb.ModelInferRequest
+		code codes.Code
+		msg  string
+	}{
+		{"no model", &kpb.ModelInferRequest{}, codes.InvalidArgument, "model_name: required"},
+		{"unknown model", &kpb.ModelInferRequest{ModelName: "nope", Inputs: []*kpb.ModelInferRequest_InferInputTensor{typed}}, codes.NotFound, `model "nope" is not loaded`},
+		{"no inputs", &kpb.ModelInferRequest{ModelName: "affine"}, codes.InvalidArgument, "inputs: at least one input is required"},
+		{"bad datatype", &kpb.ModelInferRequest{ModelName: "affine", Inputs: []*kpb.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "BYTES", Shape: []int64{1}}}},
+			codes.InvalidArgument, `inputs[0].datatype: "BYTES" is not supported`},
+		{"raw count", &kpb.ModelInferRequest{ModelName: "affine", Inputs: []*kpb.ModelInferRequest_InferInputTensor{in}, RawInputContents: [][]byte{{1}, {2}}},
+			codes.InvalidArgument, "raw_input_contents: 2 entries for 1 inputs"},
+		{"raw length", &kpb.ModelInferRequest{ModelName: "affine", Inputs: []*kpb.ModelInferRequest_InferInputTensor{in}, RawInputContents: [][]byte{f32bytes(1, 2)}},
+			codes.InvalidArgument, `inputs[0] "x"`},
+		{"wrong shape", &kpb.ModelInferRequest{ModelName: "affine", Inputs: []*kpb.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1, 3, 2}}},
+			RawInputContents: [][]byte{f32bytes(x...)}}, codes.InvalidArgument, "model expects [?,2,3]"},
+		{"unknown output", &kpb.ModelInferRequest{ModelName: "affine", Inputs: []*kpb.ModelInferRequest_InferInputTensor{in}, RawInputContents: [][]byte{f32bytes(x...)},
+			Outputs: []*kpb.ModelInferRequest_InferRequestedOutputTensor{{Name: "z"}}}, codes.InvalidArgument, `model "affine" has no output "z"`},
+		{"bad priority", &kpb.ModelInferRequest{ModelName: "affine", Inputs: []*kpb.ModelInferRequest_InferInputTensor{in}, RawInputContents: [][]byte{f32bytes(x...)},
+			Parameters: map[string]*kpb.InferParameter{"priority": {ParameterChoice: &kpb.InferParameter_StringParam{StringParam: "stat"}}}},
+			codes.InvalidArgument, `parameters["priority"]: want a non-negative integer`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := k.ModelInfer(ctxT(t), tc.req)
+			assert.Equal(t, tc.code, status.Code(err), "%v", err)
+			assert.Contains(t, status.Convert(err).Message(), tc.msg)
+		})
+	}
+}
+
+func TestKServeRepository(t *testing.T) {
+	repo := testrepo.Write(t, testrepo.Affine(), testrepo.Hyperdensity())
+	h := start(t, repo, Options{})
+	k := kpb.NewGRPCInferenceServiceClient(h.conn)
+	_, err := k.RepositoryModelUnload(ctxT(t), &kpb.RepositoryModelUnloadRequest{ModelName: "affine"})
+	require.NoError(t, err)
+	idx, err := k.RepositoryIndex(ctxT(t), &kpb.RepositoryIndexRequest{})
+	require.NoError(t, err)
+	require.Len(t, idx.GetModels(), 2)
+	assert.Equal(t, "affine", idx.Models[0].GetName())
+	assert.Equal(t, "UNAVAILABLE", idx.Models[0].GetState())
+	assert.Equal(t, "READY", idx.Models[1].GetState())
+	idx, err = k.RepositoryIndex(ctxT(t), &kpb.RepositoryIndexRequest{Ready: true})
+	require.NoError(t, err)
+	assert.Len(t, idx.GetModels(), 1)
+	_, err = k.RepositoryModelLoad(ctxT(t), &kpb.RepositoryModelLoadRequest{ModelName: "affine"})
+	require.NoError(t, err)
+	mr, err := k.ModelReady(ctxT(t), &kpb.ModelReadyRequest{Name: "affine"})
+	require.NoError(t, err)
+	assert.True(t, mr.GetReady())
+	_, err = k.RepositoryModelLoad(ctxT(t), &kpb.RepositoryModelLoadRequest{ModelName: "missing"})
+	assert.Error(t, err)
+}
+
+// Triton's own Python client, from PyPI, against voxserve: the point of
+// the protocol is that it works unchanged. scripts/tritonclient_check.py
+// also compares our proto's field numbers with the client's descriptors.
+func TestKServeWithTritonClient(t *testing.T) {
+	py := "../.venv/bin/python"
+	if _, err := os.Stat(py); err != nil || exec.Command(py, "-c", "import tritonclient.grpc").Run() != nil {
+		if os.Getenv("VOXSERVE_REQUIRE_PYTHON") != "" {
+			t.Fatal("tritonclient is missing from .venv; run make venv")
+		}
+		t.Skip("no .venv with tritonclient")
+	}
+	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{})
+	script, _ := filepath.Abs("../scripts/tritonclient_check.py")
+	out, err := exec.Command(py, script, h.addr).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "tritonclient: all checks passed")
+}
