@@ -54,11 +54,15 @@ type Spec struct {
 	// axis that dims do not list, and requests may batch up to this size.
 	MaxBatchSize int64 `yaml:"max_batch_size"`
 	// InstanceCount is how many requests one version runs concurrently.
-	InstanceCount int            `yaml:"instance_count"`
-	Queue         QueuePolicy    `yaml:"queue"`
-	VersionPolicy *VersionPolicy `yaml:"version_policy"`
-	Execution     Execution      `yaml:"execution"`
-	Provenance    Provenance     `yaml:"provenance"`
+	InstanceCount int `yaml:"instance_count"`
+	// DynamicBatching, when present, lets the scheduler merge requests of
+	// the same shape into one batch (Triton's dynamic_batching). Absent,
+	// every request runs as its own batch.
+	DynamicBatching *DynamicBatching `yaml:"dynamic_batching"`
+	Queue           QueuePolicy      `yaml:"queue"`
+	VersionPolicy   *VersionPolicy   `yaml:"version_policy"`
+	Execution       Execution        `yaml:"execution"`
+	Provenance      Provenance       `yaml:"provenance"`
 }
 
 // Input declares one model input tensor.
@@ -127,6 +131,27 @@ type QueuePolicy struct {
 	// DefaultTimeoutMicroseconds bounds a request's time in the queue when
 	// the client sets no deadline; 0 means no limit.
 	DefaultTimeoutMicroseconds int64 `yaml:"default_timeout_microseconds"`
+	// TimeoutAction is what happens when that default timeout passes:
+	// REJECT (the default: DEADLINE_EXCEEDED) or DELAY (keep waiting).
+	TimeoutAction string `yaml:"timeout_action"`
+}
+
+// DynamicBatching configures the scheduler in Triton's vocabulary.
+type DynamicBatching struct {
+	// MaxQueueDelayMicroseconds is how long the oldest request of a batch
+	// may wait for more to join it.
+	MaxQueueDelayMicroseconds int64 `yaml:"max_queue_delay_microseconds"`
+	// PreferredBatchSize: a batch of one of these sizes goes at once.
+	PreferredBatchSize []int64 `yaml:"preferred_batch_size"`
+	// PriorityLevels are the priority lanes, 1 the highest; requests of a
+	// higher lane always go first. Default 2: 1 is STAT, 2 routine.
+	PriorityLevels int `yaml:"priority_levels"`
+	// DefaultPriorityLevel is the lane of a request that names none;
+	// default the lowest.
+	DefaultPriorityLevel int `yaml:"default_priority_level"`
+	// MaxBatchBytes caps a batch's input bytes as well as its size (3D
+	// patches are large); 0 means no cap.
+	MaxBatchBytes int64 `yaml:"max_batch_bytes"`
 }
 
 // VersionPolicy says which versions load at start, as in Triton: the latest
@@ -219,6 +244,17 @@ func (s *Spec) applyDefaults() {
 	if s.Queue.MaxQueueSize == 0 {
 		s.Queue.MaxQueueSize = DefaultMaxQueueSize
 	}
+	if s.Queue.TimeoutAction == "" {
+		s.Queue.TimeoutAction = "REJECT"
+	}
+	if d := s.DynamicBatching; d != nil {
+		if d.PriorityLevels == 0 {
+			d.PriorityLevels = 2
+		}
+		if d.DefaultPriorityLevel == 0 {
+			d.DefaultPriorityLevel = d.PriorityLevels
+		}
+	}
 	if s.VersionPolicy == nil {
 		s.VersionPolicy = &VersionPolicy{Latest: 1}
 	}
@@ -271,6 +307,31 @@ func (s *Spec) validate(file string) error {
 	}
 	if s.Queue.DefaultTimeoutMicroseconds < 0 {
 		bad("queue.default_timeout_microseconds", "%d must be >= 0", s.Queue.DefaultTimeoutMicroseconds)
+	}
+	if a := s.Queue.TimeoutAction; a != "REJECT" && a != "DELAY" {
+		bad("queue.timeout_action", "%q must be REJECT or DELAY", a)
+	}
+	if d := s.DynamicBatching; d != nil {
+		if s.MaxBatchSize == 0 {
+			bad("dynamic_batching", "needs max_batch_size > 0 (a model without a batch axis cannot batch)")
+		}
+		if d.MaxQueueDelayMicroseconds < 0 || d.MaxQueueDelayMicroseconds > 10_000_000 {
+			bad("dynamic_batching.max_queue_delay_microseconds", "%d must be between 0 and 10000000", d.MaxQueueDelayMicroseconds)
+		}
+		for i, p := range d.PreferredBatchSize {
+			if p < 1 || (s.MaxBatchSize > 0 && p > s.MaxBatchSize) {
+				bad(fmt.Sprintf("dynamic_batching.preferred_batch_size[%d]", i), "%d must be between 1 and max_batch_size %d", p, s.MaxBatchSize)
+			}
+		}
+		if d.PriorityLevels < 1 || d.PriorityLevels > 16 {
+			bad("dynamic_batching.priority_levels", "%d must be between 1 and 16", d.PriorityLevels)
+		}
+		if d.DefaultPriorityLevel < 1 || d.DefaultPriorityLevel > d.PriorityLevels {
+			bad("dynamic_batching.default_priority_level", "%d must be between 1 and priority_levels %d", d.DefaultPriorityLevel, d.PriorityLevels)
+		}
+		if d.MaxBatchBytes < 0 {
+			bad("dynamic_batching.max_batch_bytes", "%d must be >= 0", d.MaxBatchBytes)
+		}
 	}
 	names := map[string]string{}
 	checkTensor := func(field, name, dtype string, dims []int64) {

@@ -38,6 +38,11 @@ func TestParseValid(t *testing.T) {
 	assert.Equal(t, int64(8), s.MaxBatchSize)
 	// Defaults.
 	assert.Equal(t, 1, s.InstanceCount)
+	assert.Nil(t, s.DynamicBatching, "no dynamic_batching: requests run alone")
+	assert.Equal(t, "REJECT", s.Queue.TimeoutAction)
+	b, err := Parse("demo/bundle.yaml", []byte(valid+"dynamic_batching: {max_queue_delay_microseconds: 500}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, &DynamicBatching{MaxQueueDelayMicroseconds: 500, PriorityLevels: 2, DefaultPriorityLevel: 2}, b.DynamicBatching)
 	assert.Equal(t, DefaultMaxQueueSize, s.Queue.MaxQueueSize)
 	assert.Equal(t, []string{"cpu"}, s.Execution.Providers)
 	assert.Equal(t, "all", s.Execution.GraphOptimization)
@@ -88,6 +93,18 @@ func TestParseErrorsNameFileAndField(t *testing.T) {
 		}, []string{"outputs[0].labels: a scores output needs at least one label"}},
 		{"negative batch", func(s string) string { return strings.Replace(s, "max_batch_size: 8", "max_batch_size: -1", 1) },
 			[]string{"max_batch_size: -1 must be >= 0"}},
+		{"preferred batch too big", func(s string) string { return s + "dynamic_batching:\n  preferred_batch_size: [4, 16]\n" },
+			[]string{"dynamic_batching.preferred_batch_size[1]: 16 must be between 1 and max_batch_size 8"}},
+		{"default priority out of range", func(s string) string {
+			return s + "dynamic_batching:\n  priority_levels: 2\n  default_priority_level: 3\n"
+		}, []string{"dynamic_batching.default_priority_level: 3 must be between 1 and priority_levels 2"}},
+		{"batching without a batch axis", func(s string) string {
+			return strings.Replace(s, "max_batch_size: 8", "max_batch_size: 0", 1) + "dynamic_batching: {}\n"
+		}, []string{"dynamic_batching: needs max_batch_size > 0"}},
+		{"negative delay", func(s string) string { return s + "dynamic_batching:\n  max_queue_delay_microseconds: -1\n" },
+			[]string{"dynamic_batching.max_queue_delay_microseconds: -1 must be between 0 and 10000000"}},
+		{"timeout action", func(s string) string { return s + "queue:\n  timeout_action: DROP\n" },
+			[]string{"queue.timeout_action: \"DROP\" must be REJECT or DELAY"}},
 		{"bad provider", func(s string) string { return s + "execution:\n  providers: [tpu]\n" },
 			[]string{"execution.providers[0]: \"tpu\""}},
 		{"two version policies", func(s string) string { return s + "version_policy:\n  latest: 2\n  all: true\n" },

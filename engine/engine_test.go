@@ -271,7 +271,7 @@ func TestQueueFullAndDeadlines(t *testing.T) {
 	defer done()
 
 	// Hold the only instance, then fill the queue (max_queue_size 2).
-	<-m.slots
+	finish := occupy(t, m)
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(context.Background())
 	errs := make(chan error, 2)
@@ -309,9 +309,22 @@ func TestQueueFullAndDeadlines(t *testing.T) {
 	assert.Equal(t, codes.DeadlineExceeded, codeOf(err))
 	m.Spec.Queue.DefaultTimeoutMicroseconds = 0
 
-	m.slots <- struct{}{}
+	finish()
 	_, _, err = m.Infer(context.Background(), []*tensor.Tensor{busy(8)})
 	assert.NoError(t, err)
+}
+
+// occupy starts a long request on m's only instance and returns once it
+// runs; finish waits for it to end.
+func occupy(t *testing.T, m *Model) (finish func()) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := m.Infer(context.Background(), []*tensor.Tensor{busy(640)})
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return m.sched.running.Load() == 1 && m.Queued() == 0 }, 5*time.Second, time.Millisecond)
+	return func() { require.NoError(t, <-done) }
 }
 
 func TestUnloadWaitsForInflight(t *testing.T) {

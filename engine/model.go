@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -25,9 +24,9 @@ type Model struct {
 	Path string
 
 	sess  *session
-	slots chan struct{} // one token per instance
-	// waiting counts requests queued for a slot, bounded by max_queue_size.
-	waiting atomic.Int64
+	slots chan struct{} // one token per free instance
+	sched *scheduler
+	stats stats
 	// inflight lets Unload wait for requests that hold the model.
 	inflight sync.WaitGroup
 }
@@ -47,60 +46,62 @@ type Timings struct {
 // ErrQueueFull is wrapped by the RESOURCE_EXHAUSTED error of a full queue.
 var ErrQueueFull = errors.New("queue full")
 
-// Infer validates the inputs against the bundle, waits for an instance (up to
-// the queue bound and the context's deadline) and runs the model.
-func (m *Model) Infer(ctx context.Context, inputs []*tensor.Tensor) ([]*tensor.Tensor, Timings, error) {
-	var tm Timings
+// Infer validates the inputs against the bundle and runs them through the
+// scheduler: queued in the lane of the context's priority (WithPriority),
+// batched with other requests of the same shape when the bundle enables
+// dynamic batching, bounded by the queue size and the context's deadline.
+func (m *Model) Infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*tensor.Tensor, tm Timings, err error) {
+	defer func() { m.stats.request(err) }()
 	ordered, err := orderInputs(m.Spec, inputs)
 	if err != nil {
 		return nil, tm, err
 	}
-	start := time.Now()
-	if err := m.acquire(ctx); err != nil {
+	lane, err := m.sched.lane(priorityOf(ctx))
+	if err != nil {
 		return nil, tm, err
 	}
-	defer func() { m.slots <- struct{}{} }()
-	tm.Queue = time.Since(start)
-	// The deadline may have passed while we waited: skip pointless work.
-	if err := ctx.Err(); err != nil {
-		return nil, tm, ctxStatus(err, "before inference started")
+	r := &request{ctx: ctx, inputs: ordered, n: 1, lane: lane, enq: time.Now(), done: make(chan result, 1)}
+	if m.Spec.MaxBatchSize > 0 {
+		r.n, r.key = ordered[0].Shape[0], itemKey(ordered)
 	}
-	start = time.Now()
-	outs, err := m.sess.run(ordered)
-	tm.Compute = time.Since(start)
-	if err != nil {
-		return nil, tm, status.Errorf(codes.Internal, "model %s version %d: %v", m.Spec.Name, m.Version, err)
+	for _, in := range ordered {
+		r.bytes += int64(len(in.Data))
 	}
-	return outs, tm, nil
-}
-
-func (m *Model) acquire(ctx context.Context) error {
-	select {
-	case <-m.slots:
-		return nil
-	default:
+	if err := m.sched.submit(r); err != nil {
+		return nil, tm, err
 	}
-	if n := m.waiting.Add(1); n > int64(m.Spec.Queue.MaxQueueSize) {
-		m.waiting.Add(-1)
-		return status.Errorf(codes.ResourceExhausted, "model %s version %d: %v (%d requests waiting, max_queue_size %d)",
-			m.Spec.Name, m.Version, ErrQueueFull, n-1, m.Spec.Queue.MaxQueueSize)
+	var timeout <-chan time.Time
+	if _, has := ctx.Deadline(); !has && m.Spec.Queue.DefaultTimeoutMicroseconds > 0 && m.Spec.Queue.TimeoutAction == "REJECT" {
+		t := time.NewTimer(time.Duration(m.Spec.Queue.DefaultTimeoutMicroseconds) * time.Microsecond)
+		defer t.Stop()
+		timeout = t.C
 	}
-	defer m.waiting.Add(-1)
-	if _, has := ctx.Deadline(); !has && m.Spec.Queue.DefaultTimeoutMicroseconds > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(m.Spec.Queue.DefaultTimeoutMicroseconds)*time.Microsecond)
-		defer cancel()
-	}
-	select {
-	case <-m.slots:
-		return nil
-	case <-ctx.Done():
-		return ctxStatus(ctx.Err(), "while queued")
+	for {
+		select {
+		case res := <-r.done:
+			return res.outs, res.tm, res.err
+		case <-ctx.Done():
+			if m.sched.withdraw(r) {
+				return nil, tm, ctxStatus(ctx.Err(), "while queued")
+			}
+			return nil, tm, ctxStatus(ctx.Err(), "during inference")
+		case <-timeout:
+			if m.sched.withdraw(r) {
+				return nil, tm, status.Errorf(codes.DeadlineExceeded, "model %s: queued longer than default_timeout_microseconds (%d)", m, m.Spec.Queue.DefaultTimeoutMicroseconds)
+			}
+			timeout = nil // already running: wait for it
+		}
 	}
 }
 
 // Queued is the number of requests waiting for an instance.
-func (m *Model) Queued() int64 { return m.waiting.Load() }
+func (m *Model) Queued() int64 {
+	var n int64
+	for _, d := range m.sched.depth() {
+		n += int64(d)
+	}
+	return n
+}
 
 func ctxStatus(err error, when string) error {
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -114,12 +115,19 @@ func newModel(spec *bundle.Spec, version int64, path string, sess *session) *Mod
 	for i := 0; i < spec.InstanceCount; i++ {
 		m.slots <- struct{}{}
 	}
+	m.stats.sizes = map[int64]int64{}
+	m.sched = newScheduler(m)
 	return m
 }
 
-// close waits for in-flight requests, then frees the session.
+// close waits for in-flight requests, stops the scheduler once the
+// running batches are done, then frees the session.
 func (m *Model) close() {
 	m.inflight.Wait()
+	m.sched.close()
+	for i := 0; i < m.Spec.InstanceCount; i++ {
+		<-m.slots
+	}
 	m.sess.close()
 }
 

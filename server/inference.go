@@ -100,7 +100,9 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	}
 	prepTime := time.Since(prepStart)
 
-	outs, tm, err := m.InferAll(ctx, inputs)
+	// STAT (1) and ROUTINE (2) are the scheduler's priority levels;
+	// unspecified (0) takes the bundle's default.
+	outs, tm, err := m.InferAll(engine.WithPriority(ctx, int(req.GetPriority())), inputs)
 	if err != nil {
 		return nil, err
 	}

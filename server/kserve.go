@@ -168,15 +168,21 @@ func hasOutput(s *bundle.Spec, name string) bool {
 }
 
 // requestParameters applies the request parameters voxserve reads:
-// "timeout" (microseconds, as Triton) shortens the deadline, "priority" (1
-// the highest, 0 the default) is checked. Others are ignored, as Triton
-// ignores parameters it does not know.
+// "timeout" (microseconds, as Triton) shortens the deadline, "priority"
+// picks the scheduler's priority level (1 the highest, 0 the bundle's
+// default). Others are ignored, as Triton ignores parameters it does not
+// know.
 func requestParameters(ctx context.Context, params map[string]*kpb.InferParameter) (context.Context, context.CancelFunc, error) {
 	cancel := func() {}
 	if p, ok := params["priority"]; ok {
-		if _, err := intParam("priority", p); err != nil {
+		level, err := intParam("priority", p)
+		if err != nil {
 			return nil, nil, err
 		}
+		if level > math.MaxInt32 {
+			return nil, nil, invalid("parameters[%q]: %d is not a priority level", "priority", level)
+		}
+		ctx = engine.WithPriority(ctx, int(level))
 	}
 	if p, ok := params["timeout"]; ok {
 		us, err := intParam("timeout", p)

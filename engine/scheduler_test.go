@@ -1,0 +1,164 @@
+package engine
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+
+	"github.com/voxserve/voxserve/internal/testrepo"
+	"github.com/voxserve/voxserve/tensor"
+)
+
+// affineBatching is the affine bundle with dynamic batching on.
+func affineBatching(extra string) testrepo.Bundle {
+	b := testrepo.Affine()
+	b.YAML = strings.Replace(b.YAML, "max_batch_size: 4\n", "max_batch_size: 8\n", 1)
+	b.YAML = strings.Replace(b.YAML, "max_queue_size: 4\n", "max_queue_size: 64\n", 1)
+	b.YAML += extra
+	return b
+}
+
+func affineInput(base float32, n int64) *tensor.Tensor {
+	v := make([]float32, n*6)
+	for i := range v {
+		v[i] = base + float32(i)
+	}
+	return tensor.FromFloat32("x", []int64{n, 2, 3}, v)
+}
+
+// Concurrent requests of the same shape are merged into batches, and each
+// gets exactly its own rows back.
+func TestDynamicBatchingMergesRequests(t *testing.T) {
+	r := NewRegistry(testrepo.Write(t, affineBatching("dynamic_batching:\n  max_queue_delay_microseconds: 100000\n")), quietLog())
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("affine", "")
+	require.NoError(t, err)
+	defer done()
+
+	const clients = 16
+	var wg sync.WaitGroup
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			n := int64(1 + c%2)
+			in := affineInput(float32(100*c), n)
+			outs, _, err := m.Infer(context.Background(), []*tensor.Tensor{in})
+			if !assert.NoError(t, err) {
+				return
+			}
+			x, _ := in.Float32s()
+			y, _ := outs[0].Float32s()
+			require.Len(t, y, len(x))
+			for i := range x {
+				assert.Equal(t, 2*x[i]+1, y[i], "client %d item %d", c, i)
+			}
+		}(c)
+	}
+	wg.Wait()
+	st := m.Stats()
+	assert.Equal(t, int64(clients), st.Success)
+	assert.Equal(t, int64(24), st.Inferences) // 8 requests of 1 and 8 of 2
+	assert.Less(t, st.Executions, int64(clients), "batch sizes %v", st.BatchSizes)
+	for size := range st.BatchSizes {
+		assert.LessOrEqual(t, size, int64(8))
+	}
+}
+
+// Without dynamic_batching every request runs as its own batch.
+func TestNoDynamicBatching(t *testing.T) {
+	r := NewRegistry(testrepo.Write(t, affineBatching("")), quietLog())
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("affine", "")
+	require.NoError(t, err)
+	defer done()
+	var wg sync.WaitGroup
+	for c := 0; c < 8; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, err := m.Infer(context.Background(), []*tensor.Tensor{affineInput(0, 1)})
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	st := m.Stats()
+	assert.Equal(t, map[int64]int64{1: 8}, st.BatchSizes)
+}
+
+// Requests of different per-item shapes never share a batch.
+func TestOnlyEqualShapesBatch(t *testing.T) {
+	b := testrepo.Hyperdensity()
+	b.YAML += "dynamic_batching:\n  max_queue_delay_microseconds: 50000\n"
+	r := NewRegistry(testrepo.Write(t, b), quietLog())
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("hyperdensity", "")
+	require.NoError(t, err)
+	defer done()
+	var wg sync.WaitGroup
+	for c := 0; c < 12; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			side := int64(4 + c%3)
+			in := tensor.FromFloat32("image", []int64{1, 1, 2, side, side}, make([]float32, 2*side*side))
+			outs, _, err := m.Infer(context.Background(), []*tensor.Tensor{in})
+			if assert.NoError(t, err) {
+				assert.Equal(t, []int64{1, 1, 2, side, side}, outs[0].Shape)
+			}
+		}(c)
+	}
+	wg.Wait()
+	assert.Equal(t, int64(12), m.Stats().Success)
+}
+
+// STAT requests go ahead of every queued routine request; within a lane,
+// first come, first served.
+func TestStatGoesFirst(t *testing.T) {
+	b := testrepo.Slow(40)
+	b.YAML = strings.Replace(b.YAML, "max_queue_size: 2", "max_queue_size: 16", 1)
+	r := NewRegistry(testrepo.Write(t, b), quietLog())
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("slow", "")
+	require.NoError(t, err)
+	defer done()
+
+	finish := occupy(t, m)
+	var mu sync.Mutex
+	var order []string
+	var wg sync.WaitGroup
+	send := func(name string, prio int) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Long enough that completions are tens of ms apart.
+			_, _, err := m.Infer(WithPriority(context.Background(), prio), []*tensor.Tensor{busy(160)})
+			assert.NoError(t, err)
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+		}()
+	}
+	for i, name := range []string{"routine-1", "routine-2", "routine-3"} {
+		send(name, 2)
+		require.Eventually(t, func() bool { return m.Queued() == int64(i+1) }, 5*time.Second, time.Millisecond)
+	}
+	send("stat-1", 1)
+	require.Eventually(t, func() bool { return m.Queued() == 4 }, 5*time.Second, time.Millisecond)
+	send("stat-2", 1)
+	require.Eventually(t, func() bool { return m.Queued() == 5 }, 5*time.Second, time.Millisecond)
+	assert.Equal(t, []int{2, 3}, m.Stats().QueueDepth)
+	finish()
+	wg.Wait()
+	assert.Equal(t, []string{"stat-1", "stat-2", "routine-1", "routine-2", "routine-3"}, order)
+
+	_, _, err = m.Infer(WithPriority(context.Background(), 3), []*tensor.Tensor{busy(8)})
+	assert.Equal(t, codes.InvalidArgument, codeOf(err))
+	assert.Contains(t, err.Error(), "priority levels 1 to 2")
+}
