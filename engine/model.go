@@ -51,7 +51,13 @@ var ErrQueueFull = errors.New("queue full")
 // batched with other requests of the same shape when the bundle enables
 // dynamic batching, bounded by the queue size and the context's deadline.
 func (m *Model) Infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*tensor.Tensor, tm Timings, err error) {
-	defer func() { m.stats.request(err) }()
+	start := time.Now()
+	defer func() {
+		if status.Code(err) == codes.DeadlineExceeded && tm.Compute == 0 {
+			m.stats.expired.Add(1)
+		}
+		m.stats.request(err, time.Since(start), tm.Queue)
+	}()
 	ordered, err := orderInputs(m.Spec, inputs)
 	if err != nil {
 		return nil, tm, err
@@ -115,7 +121,7 @@ func newModel(spec *bundle.Spec, version int64, path string, sess *session) *Mod
 	for i := 0; i < spec.InstanceCount; i++ {
 		m.slots <- struct{}{}
 	}
-	m.stats.sizes = map[int64]int64{}
+	m.stats.sizes = map[int64]*BatchStats{}
 	m.sched = newScheduler(m)
 	return m
 }

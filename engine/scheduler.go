@@ -263,9 +263,11 @@ func (s *scheduler) run(batch []*request) {
 	if len(live) > 1 {
 		inputs = concat(live, total)
 	}
+	ran := time.Now()
 	outs, err := s.m.sess.run(inputs)
 	compute := time.Since(start)
-	s.m.stats.batch(total, compute)
+	input, infer := ran.Sub(start), time.Since(ran)
+	defer func() { s.m.stats.batch(total, input, infer, time.Since(start)-input-infer) }()
 	if err != nil {
 		err = status.Errorf(codes.Internal, "model %s: %v", s.m, err)
 	}

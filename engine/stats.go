@@ -10,40 +10,76 @@ import (
 // stats are a model version's counters, in Triton's terms: requests
 // (success, failure), inferences (batch items) and executions (batches).
 type stats struct {
-	success, failure, rejected atomic.Int64
-	inferences, executions     atomic.Int64
-	computeNs                  atomic.Int64
+	success, failure, rejected, expired atomic.Int64
+	inferences, executions              atomic.Int64
+	// Cumulative nanoseconds: per request (request, queue) and per
+	// execution (input assembly, inference, output split).
+	requestNs, queueNs         atomic.Int64
+	successNs, failureNs       atomic.Int64
+	inputNs, inferNs, outputNs atomic.Int64
+	last                       atomic.Int64 // unix ns of the last execution
 	mu                         sync.Mutex
-	sizes                      map[int64]int64 // executions by batch size
+	sizes                      map[int64]*BatchStats
 }
 
-func (s *stats) request(err error) {
+// BatchStats are the executions of one batch size and their time.
+type BatchStats struct {
+	Count                int64
+	Input, Infer, Output time.Duration
+}
+
+func (s *stats) request(err error, total, queue time.Duration) {
 	if err == nil {
 		s.success.Add(1)
 	} else {
 		s.failure.Add(1)
 	}
+	s.requestNs.Add(total.Nanoseconds())
+	s.queueNs.Add(queue.Nanoseconds())
+	if err == nil {
+		s.successNs.Add(total.Nanoseconds())
+	} else {
+		s.failureNs.Add(total.Nanoseconds())
+	}
 }
 
-func (s *stats) batch(n int64, compute time.Duration) {
+func (s *stats) batch(n int64, input, infer, output time.Duration) {
 	s.inferences.Add(n)
 	s.executions.Add(1)
-	s.computeNs.Add(compute.Nanoseconds())
+	s.inputNs.Add(input.Nanoseconds())
+	s.inferNs.Add(infer.Nanoseconds())
+	s.outputNs.Add(output.Nanoseconds())
+	s.last.Store(time.Now().UnixNano())
 	s.mu.Lock()
-	s.sizes[n]++
+	b := s.sizes[n]
+	if b == nil {
+		b = &BatchStats{}
+		s.sizes[n] = b
+	}
+	b.Count++
+	b.Input += input
+	b.Infer += infer
+	b.Output += output
 	s.mu.Unlock()
 }
 
 // Stats is a snapshot of a model version's counters.
 type Stats struct {
 	Success, Failure int64
-	// Rejected counts requests refused because the queue was full (also
-	// in Failure).
-	Rejected               int64
+	// Rejected counts requests refused because the queue was full, Expired
+	// those whose deadline passed in the queue (both also in Failure).
+	Rejected, Expired      int64
 	Inferences, Executions int64
-	ComputeTime            time.Duration
-	// BatchSizes counts executions by batch size.
-	BatchSizes map[int64]int64
+	// Cumulative: RequestTime and QueueTime over requests; InputTime
+	// (batch assembly), InferTime (the model) and OutputTime (splitting
+	// results) over executions.
+	RequestTime, QueueTime           time.Duration
+	SuccessTime, FailureTime         time.Duration
+	InputTime, InferTime, OutputTime time.Duration
+	// LastInference is when the last batch ran (zero if none).
+	LastInference time.Time
+	// BatchSizes are the executions by batch size.
+	BatchSizes map[int64]BatchStats
 	// QueueDepth is the number of requests waiting, per priority level.
 	QueueDepth []int
 }
@@ -51,12 +87,18 @@ type Stats struct {
 // Stats returns the model's counters.
 func (m *Model) Stats() Stats {
 	s := &m.stats
-	out := Stats{Success: s.success.Load(), Failure: s.failure.Load(), Rejected: s.rejected.Load(),
+	out := Stats{Success: s.success.Load(), Failure: s.failure.Load(), Rejected: s.rejected.Load(), Expired: s.expired.Load(),
 		Inferences: s.inferences.Load(), Executions: s.executions.Load(),
-		ComputeTime: time.Duration(s.computeNs.Load()), BatchSizes: map[int64]int64{}, QueueDepth: m.sched.depth()}
+		RequestTime: time.Duration(s.requestNs.Load()), QueueTime: time.Duration(s.queueNs.Load()),
+		InputTime: time.Duration(s.inputNs.Load()), InferTime: time.Duration(s.inferNs.Load()), OutputTime: time.Duration(s.outputNs.Load()),
+		SuccessTime: time.Duration(s.successNs.Load()), FailureTime: time.Duration(s.failureNs.Load()),
+		BatchSizes: map[int64]BatchStats{}, QueueDepth: m.sched.depth()}
+	if ns := s.last.Load(); ns != 0 {
+		out.LastInference = time.Unix(0, ns)
+	}
 	s.mu.Lock()
 	for k, v := range s.sizes {
-		out.BatchSizes[k] = v
+		out.BatchSizes[k] = *v
 	}
 	s.mu.Unlock()
 	return out

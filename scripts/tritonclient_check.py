@@ -78,6 +78,10 @@ def main():
     check(y is not None and np.array_equal(y, 2 * x + 1), f"infer: got {y}")
     check(res.get_response().id == "t1", "request id")
 
+    stats = c.get_inference_statistics("affine").model_stats[0]
+    check(stats.inference_count == 2 and stats.execution_count == 1, f"statistics: {stats}")
+    check(stats.inference_stats.success.count == 1 and stats.inference_stats.compute_infer.ns > 0, f"statistics: {stats}")
+
     try:
         c.infer("nope", [inp])
         check(False, "infer on an unknown model succeeded")

@@ -345,3 +345,41 @@ func (k *kserve) RepositoryModelUnload(_ context.Context, req *kpb.RepositoryMod
 	}
 	return &kpb.RepositoryModelUnloadResponse{}, nil
 }
+
+func duration(count int64, d time.Duration) *kpb.StatisticDuration {
+	return &kpb.StatisticDuration{Count: uint64(max(count, 0)), Ns: uint64(max(d.Nanoseconds(), 0))}
+}
+
+// ModelStatistics reports the engine's counters, the numbers /metrics serves.
+func (k *kserve) ModelStatistics(_ context.Context, req *kpb.ModelStatisticsRequest) (*kpb.ModelStatisticsResponse, error) {
+	resp := &kpb.ModelStatisticsResponse{}
+	found := false
+	for _, m := range k.reg.Models() {
+		if (req.GetName() != "" && m.Spec.Name != req.GetName()) || (req.GetVersion() != "" && m.VersionString() != req.GetVersion()) {
+			continue
+		}
+		found = true
+		st := m.Stats()
+		ms := &kpb.ModelStatistics{Name: m.Spec.Name, Version: m.VersionString(),
+			InferenceCount: uint64(st.Inferences), ExecutionCount: uint64(st.Executions),
+			InferenceStats: &kpb.InferStatistics{
+				Success: duration(st.Success, st.SuccessTime), Fail: duration(st.Failure, st.FailureTime),
+				Queue:        duration(st.Success, st.QueueTime),
+				ComputeInput: duration(st.Executions, st.InputTime), ComputeInfer: duration(st.Executions, st.InferTime),
+				ComputeOutput: duration(st.Executions, st.OutputTime),
+			}}
+		if !st.LastInference.IsZero() {
+			ms.LastInference = uint64(st.LastInference.UnixMilli())
+		}
+		for _, size := range st.SortedSizes() {
+			b := st.BatchSizes[size]
+			ms.BatchStats = append(ms.BatchStats, &kpb.InferBatchStatistics{BatchSize: uint64(size),
+				ComputeInput: duration(b.Count, b.Input), ComputeInfer: duration(b.Count, b.Infer), ComputeOutput: duration(b.Count, b.Output)})
+		}
+		resp.ModelStats = append(resp.ModelStats, ms)
+	}
+	if req.GetName() != "" && !found {
+		return nil, status.Errorf(codes.NotFound, "model %q version %q is not loaded", req.GetName(), req.GetVersion())
+	}
+	return resp, nil
+}

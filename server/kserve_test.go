@@ -80,6 +80,20 @@ func TestKServeModelInfer(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, f32bytes(1, 3, 5, 7, 9, 11), resp.GetRawOutputContents()[0])
 
+	stats, err := k.ModelStatistics(ctxT(t), &kpb.ModelStatisticsRequest{Name: "affine"})
+	require.NoError(t, err)
+	require.Len(t, stats.GetModelStats(), 1)
+	ms := stats.ModelStats[0]
+	assert.Equal(t, uint64(2), ms.GetInferenceCount())
+	assert.Equal(t, uint64(2), ms.GetExecutionCount())
+	assert.Equal(t, uint64(2), ms.GetInferenceStats().GetSuccess().GetCount())
+	assert.Positive(t, ms.GetInferenceStats().GetComputeInfer().GetNs())
+	assert.Positive(t, ms.GetLastInference())
+	require.Len(t, ms.GetBatchStats(), 1)
+	assert.Equal(t, uint64(1), ms.BatchStats[0].GetBatchSize())
+	_, err = k.ModelStatistics(ctxT(t), &kpb.ModelStatisticsRequest{Name: "nope"})
+	assert.Equal(t, codes.NotFound, status.Code(err))
+
 	for _, tc := range []struct {
 		name string
 		req  *kpb.ModelInferRequest

@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"errors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"log/slog"
 	"net"
 	"net/http"
@@ -206,9 +207,11 @@ func (s *Server) updateHealth() {
 func (s *Server) Ready() bool { return !s.draining.Load() && len(s.reg.Names()) > 0 }
 
 // HTTPHandler serves /healthz (the process is alive) and /readyz (it takes
-// inference), for Kubernetes probes and load balancers.
+// inference), for Kubernetes probes and load balancers, and /metrics
+// (Prometheus).
 func (s *Server) HTTPHandler() *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metricsRegistry(s.reg), promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

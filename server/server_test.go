@@ -431,3 +431,35 @@ func TestInferEmptyStudyIsNegative(t *testing.T) {
 		assert.Contains(t, strings.Join(resp.GetWarnings(), "\n"), "nothing to find")
 	}
 }
+
+// /metrics serves Triton's per-model counters and voxserve's own, and they
+// follow the requests.
+func TestMetrics(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{})
+	for i := 0; i < 3; i++ {
+		_, err := h.client.Infer(ctxT(t), tensorsReq("affine", f32Tensor("x", []int64{2, 2, 3}, make([]float32, 12))))
+		require.NoError(t, err)
+	}
+	_, err := h.client.Infer(ctxT(t), tensorsReq("affine", f32Tensor("x", []int64{1, 3, 2}, make([]float32, 6))))
+	require.Error(t, err)
+	resp, err := http.Get(h.httpURL + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	text := string(body)
+	for _, want := range []string{
+		`nv_inference_request_success{model="affine",version="1"} 3`,
+		`nv_inference_request_failure{model="affine",version="1"} 1`,
+		`nv_inference_count{model="affine",version="1"} 6`,
+		`nv_inference_exec_count{model="affine",version="1"} 3`,
+		`nv_inference_queue_duration_us{model="affine",version="1"}`,
+		`nv_inference_compute_infer_duration_us{model="affine",version="1"}`,
+		`voxserve_queue_depth{model="affine",priority="1",version="1"} 0`,
+		`voxserve_batch_size_bucket{model="affine",version="1",le="2"} 3`,
+		`voxserve_rejected_requests_total{model="affine",reason="queue_full",version="1"} 0`,
+		`go_goroutines`,
+	} {
+		assert.Contains(t, text, want)
+	}
+}
