@@ -303,15 +303,40 @@ func TestQueueFullAndDeadlines(t *testing.T) {
 	_, _, err = m.Infer(dctx, []*tensor.Tensor{busy(8)})
 	assert.Equal(t, codes.DeadlineExceeded, codeOf(err))
 
-	// The bundle's default timeout applies when the client sets none.
-	m.Spec.Queue.DefaultTimeoutMicroseconds = 10_000
-	_, _, err = m.Infer(context.Background(), []*tensor.Tensor{busy(8)})
-	assert.Equal(t, codes.DeadlineExceeded, codeOf(err))
-	m.Spec.Queue.DefaultTimeoutMicroseconds = 0
-
 	finish()
 	_, _, err = m.Infer(context.Background(), []*tensor.Tensor{busy(8)})
 	assert.NoError(t, err)
+}
+
+// The bundle's default timeout applies when the client sets none: REJECT
+// fails the request, DELAY keeps it waiting.
+func TestDefaultQueueTimeout(t *testing.T) {
+	for _, action := range []string{"REJECT", "DELAY"} {
+		t.Run(action, func(t *testing.T) {
+			b := testrepo.Slow(40)
+			b.YAML = strings.Replace(b.YAML, "max_queue_size: 2\n", "max_queue_size: 2\n  default_timeout_microseconds: 10000\n  timeout_action: "+action+"\n", 1)
+			r := NewRegistry(testrepo.Write(t, b), quietLog())
+			require.NoError(t, r.LoadAll())
+			m, done, err := r.Acquire("slow", "")
+			require.NoError(t, err)
+			defer done()
+			finish := occupy(t, m)
+			errc := make(chan error, 1)
+			go func() {
+				_, _, err := m.Infer(context.Background(), []*tensor.Tensor{busy(8)})
+				errc <- err
+			}()
+			if action == "REJECT" {
+				err := <-errc
+				assert.Equal(t, codes.DeadlineExceeded, codeOf(err))
+				assert.Contains(t, err.Error(), "default_timeout_microseconds")
+				finish()
+				return
+			}
+			finish()
+			assert.NoError(t, <-errc)
+		})
+	}
 }
 
 // occupy starts a long request on m's only instance and returns once it
