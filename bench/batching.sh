@@ -23,6 +23,6 @@ open(p, "w").write(s)
 PY
   fi
   echo "== dynamic batching $mode"
-  bin/voxbench --model pneumothorax --model-repository "$tmp/$mode" --concurrency "$conc" \
+  ${VOXBENCH:-bin/voxbench} --model pneumothorax --model-repository "$tmp/$mode" --concurrency "$conc" \
     --duration "$dur" --warmup 2s --out "$tmp/out-$mode" | tee "$tmp/$mode.txt"
 done
