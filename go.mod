@@ -3,6 +3,7 @@ module github.com/voxserve/voxserve
 go 1.26.8
 
 require (
+	github.com/klauspost/compress v1.20.1
 	github.com/prometheus/client_golang v1.25.0
 	github.com/stretchr/testify v1.12.1
 	github.com/suyashkumar/dicom v1.1.0
