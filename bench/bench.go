@@ -35,6 +35,9 @@ type Step struct {
 	MeanQueueMs   float64 `json:"mean_queue_ms"`
 	MeanComputeMs float64 `json:"mean_compute_ms"`
 	FirstError    string  `json:"first_error,omitempty"`
+	// Probe is the latency of the probe requests sent alongside the load
+	// (e.g. STAT requests under routine load), when the sweep has probes.
+	Probe *Step `json:"probe,omitempty"`
 }
 
 // Config is one sweep.
@@ -46,6 +49,11 @@ type Config struct {
 	MaxRequests int
 	// Progress, if set, is told each step as it starts.
 	Progress func(step, of, concurrency int)
+	// Probe, if set, is sent ProbeRate times a second, open loop, during
+	// each measured window, and reported apart: how a request of another
+	// kind (a STAT study) fares under the load.
+	Probe     Call
+	ProbeRate float64
 }
 
 // Sweep runs each concurrency level in turn: a warm-up whose results are
@@ -53,8 +61,8 @@ type Config struct {
 func Sweep(ctx context.Context, cfg Config, call Call) ([]Step, error) {
 	var steps []Step
 	for i, c := range cfg.Concurrency {
-		if c < 1 {
-			return nil, fmt.Errorf("concurrency %d must be >= 1", c)
+		if c < 0 || (c == 0 && cfg.Probe == nil) {
+			return nil, fmt.Errorf("concurrency %d must be >= 1 (0 only with probes: the unloaded baseline)", c)
 		}
 		if cfg.Progress != nil {
 			cfg.Progress(i+1, len(cfg.Concurrency), c)
@@ -62,7 +70,16 @@ func Sweep(ctx context.Context, cfg Config, call Call) ([]Step, error) {
 		if cfg.Warmup > 0 {
 			closedLoop(ctx, c, cfg.Warmup, 0, call)
 		}
+		var probes chan Step
+		if cfg.Probe != nil && cfg.ProbeRate > 0 {
+			probes = make(chan Step, 1)
+			go func() { probes <- openLoop(ctx, cfg.ProbeRate, cfg.Duration, cfg.Probe) }()
+		}
 		s := closedLoop(ctx, c, cfg.Duration, cfg.MaxRequests, call)
+		if probes != nil {
+			p := <-probes
+			s.Probe = &p
+		}
 		steps = append(steps, s)
 		if err := ctx.Err(); err != nil {
 			return steps, err
@@ -106,6 +123,36 @@ func closedLoop(ctx context.Context, conc int, d time.Duration, maxReq int, call
 	}
 	wg.Wait()
 	return summarise(conc, time.Since(start), samples)
+}
+
+// openLoop sends call at a fixed rate for d, each request on its own, so
+// that slow answers do not slow the sending.
+func openLoop(ctx context.Context, rate float64, d time.Duration, call Call) Step {
+	var (
+		mu      sync.Mutex
+		samples []sample
+		wg      sync.WaitGroup
+	)
+	start := time.Now()
+	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
+	defer tick.Stop()
+	for time.Since(start) < d && ctx.Err() == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			q, c, err := call(ctx)
+			mu.Lock()
+			samples = append(samples, sample{time.Since(t0), q, c, err})
+			mu.Unlock()
+		}()
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+		}
+	}
+	wg.Wait()
+	return summarise(0, time.Since(start), samples)
 }
 
 func summarise(conc int, elapsed time.Duration, samples []sample) Step {
@@ -164,11 +211,16 @@ func (r *Report) WriteJSON(w io.Writer) error {
 // WriteCSV writes one row per step.
 func (r *Report) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"concurrency", "requests", "errors", "duration_s", "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_queue_ms", "mean_compute_ms"})
+	_ = cw.Write([]string{"concurrency", "requests", "errors", "duration_s", "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_queue_ms", "mean_compute_ms",
+		"probe_requests", "probe_p50_ms", "probe_p99_ms"})
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	for _, s := range r.Steps {
-		_ = cw.Write([]string{strconv.Itoa(s.Concurrency), strconv.Itoa(s.Requests), strconv.Itoa(s.Errors), f(s.DurationS),
-			f(s.ThroughputRPS), f(s.P50Ms), f(s.P90Ms), f(s.P95Ms), f(s.P99Ms), f(s.MeanQueueMs), f(s.MeanComputeMs)})
+		row := []string{strconv.Itoa(s.Concurrency), strconv.Itoa(s.Requests), strconv.Itoa(s.Errors), f(s.DurationS),
+			f(s.ThroughputRPS), f(s.P50Ms), f(s.P90Ms), f(s.P95Ms), f(s.P99Ms), f(s.MeanQueueMs), f(s.MeanComputeMs), "", "", ""}
+		if p := s.Probe; p != nil {
+			row[11], row[12], row[13] = strconv.Itoa(p.Requests), f(p.P50Ms), f(p.P99Ms)
+		}
+		_ = cw.Write(row)
 	}
 	cw.Flush()
 	return cw.Error()

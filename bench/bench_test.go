@@ -59,3 +59,28 @@ func TestSweep(t *testing.T) {
 	assert.Equal(t, 2, strings.Count(csv.String(), "\n"))
 	assert.Contains(t, js.String(), `"command": "voxbench x"`)
 }
+
+// Probes run open loop beside the load and are reported apart; concurrency
+// 0 runs probes alone, the unloaded baseline.
+func TestSweepWithProbes(t *testing.T) {
+	var probes atomic.Int64
+	load := func(ctx context.Context) (time.Duration, time.Duration, error) {
+		time.Sleep(time.Millisecond)
+		return 0, 0, nil
+	}
+	probe := func(ctx context.Context) (time.Duration, time.Duration, error) {
+		probes.Add(1)
+		return 0, 0, nil
+	}
+	steps, err := Sweep(context.Background(), Config{Concurrency: []int{0, 2}, Duration: 200 * time.Millisecond, Probe: probe, ProbeRate: 50}, load)
+	require.NoError(t, err)
+	require.Len(t, steps, 2)
+	assert.Zero(t, steps[0].Requests)
+	for _, s := range steps {
+		require.NotNil(t, s.Probe)
+		assert.InDelta(t, 10, s.Probe.Requests, 4)
+	}
+	assert.Positive(t, steps[1].Requests)
+	_, err = Sweep(context.Background(), Config{Concurrency: []int{0}, Duration: time.Millisecond}, load)
+	assert.Error(t, err, "concurrency 0 needs probes")
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"math/rand/v2"
 	"os"
 	"os/signal"
@@ -41,6 +42,7 @@ func run() int {
 	warmup := fs.Duration("warmup", 2*time.Second, "unmeasured time per level before measuring")
 	maxReq := fs.Int("max-requests", 0, "stop a level after this many requests (0: no limit)")
 	priority := fs.String("priority", "routine", "stat or routine")
+	statRate := fs.Float64("stat-rate", 0, "also send STAT probe requests at this rate (per second) during each level and report their latency apart (concurrency 0 then measures them unloaded)")
 	out := fs.String("out", "", "folder for results.json and results.csv (default: print only)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -55,8 +57,8 @@ func run() int {
 	var levels []int
 	for _, s := range strings.Split(*conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return fail(2, "--concurrency: %q is not a positive integer", s)
+		if err != nil || n < 0 {
+			return fail(2, "--concurrency: %q is not a non-negative integer", s)
 		}
 		levels = append(levels, n)
 	}
@@ -94,19 +96,19 @@ func run() int {
 	req := &pb.InferRequest{Model: *model, Priority: prio,
 		Input:   &pb.InferRequest_Tensors{Tensors: &pb.TensorInput{Tensors: []*pb.Tensor{t}}},
 		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS}}
-	call := func(ctx context.Context) (time.Duration, time.Duration, error) {
-		resp, err := conn.Inference.Infer(ctx, req)
-		if err != nil {
-			return 0, 0, err
-		}
-		tm := resp.GetTimings()
-		return time.Duration(tm.GetQueueUs()) * time.Microsecond, time.Duration(tm.GetInferenceUs()) * time.Microsecond, nil
-	}
+	call := inferCall(conn, req)
 	rep := &bench.Report{Command: strings.Join(os.Args, " "), Target: target, Model: *model, StartedAt: time.Now().UTC(),
 		Machine: map[string]string{"goos": runtime.GOOS, "goarch": runtime.GOARCH, "cpus": strconv.Itoa(runtime.NumCPU()),
 			"onnxruntime": engine.RuntimeVersion(), "go": runtime.Version()}}
-	rep.Steps, err = bench.Sweep(ctx, bench.Config{Concurrency: levels, Duration: *duration, Warmup: *warmup, MaxRequests: *maxReq,
-		Progress: func(i, n, c int) { fmt.Fprintf(os.Stderr, "[%d/%d] concurrency %d ...\n", i, n, c) }}, call)
+	cfg := bench.Config{Concurrency: levels, Duration: *duration, Warmup: *warmup, MaxRequests: *maxReq,
+		Progress: func(i, n, c int) { fmt.Fprintf(os.Stderr, "[%d/%d] concurrency %d ...\n", i, n, c) }}
+	if *statRate > 0 {
+		stat := proto.Clone(req).(*pb.InferRequest)
+		stat.Priority = pb.Priority_PRIORITY_STAT
+		cfg.ProbeRate = *statRate
+		cfg.Probe = inferCall(conn, stat)
+	}
+	rep.Steps, err = bench.Sweep(ctx, cfg, call)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fail(1, "%v", err)
 	}
@@ -117,6 +119,9 @@ func run() int {
 		if s.FirstError != "" {
 			fmt.Printf("  first error: %s\n", s.FirstError)
 		}
+		if p := s.Probe; p != nil {
+			fmt.Printf("  STAT probes: %d requests, %d errors, p50 %.2f ms, p99 %.2f ms\n", p.Requests, p.Errors, p.P50Ms, p.P99Ms)
+		}
 	}
 	if *out != "" {
 		if err := writeReport(*out, rep); err != nil {
@@ -125,6 +130,18 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "wrote %s and %s\n", filepath.Join(*out, "results.json"), filepath.Join(*out, "results.csv"))
 	}
 	return 0
+}
+
+// inferCall sends req and reports the server's queue and inference times.
+func inferCall(conn *client.Conn, req *pb.InferRequest) bench.Call {
+	return func(ctx context.Context) (time.Duration, time.Duration, error) {
+		resp, err := conn.Inference.Infer(ctx, req)
+		if err != nil {
+			return 0, 0, err
+		}
+		tm := resp.GetTimings()
+		return time.Duration(tm.GetQueueUs()) * time.Microsecond, time.Duration(tm.GetInferenceUs()) * time.Microsecond, nil
+	}
 }
 
 func makeInput(info *pb.ModelInfo, path string, dim int64) (*pb.Tensor, error) {
