@@ -163,9 +163,12 @@ static __device__ __forceinline__ double warp_sum(double x) {
 	return x;
 }
 
-// block_sum adds x over the block into *acc (blockDim.x a multiple of 32, at most 1024).
-static __device__ void block_sum(double x, double *acc) {
-	__shared__ double part[32];
+// block_sum adds x over the block into *acc (blockDim.x a multiple of 32, at
+// most 1024), through part, the caller's 32 doubles of shared memory. The
+// shared array lives in the kernel, not here: a static function's static
+// variable gets a name mangled with a hash of the source path, and the PTX
+// must not depend on where the repository is checked out.
+static __device__ void block_sum(double x, double *acc, double *part) {
 	x = warp_sum(x);
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	if (lane == 0) part[warp] = x;
@@ -181,6 +184,7 @@ static __device__ void block_sum(double x, double *acc) {
 // it adds the squared deviations instead (the second pass of a z-score).
 __global__ void vox_sum_f64(const float *__restrict__ v, long long n, int deviations, double mean,
                             double *acc) {
+	__shared__ double part[32];
 	double s = 0;
 	GRID_STRIDE(i, n) {
 		double x = (double)v[i];
@@ -190,7 +194,7 @@ __global__ void vox_sum_f64(const float *__restrict__ v, long long n, int deviat
 		}
 		s += x;
 	}
-	block_sum(s, acc);
+	block_sum(s, acc, part);
 }
 
 // vox_shift_scale sets v = (v - m) * inv in place.
