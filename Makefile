@@ -33,7 +33,7 @@ NORACE_PKGS := ./phantom/
 
 export CGO_ENABLED := 1
 
-.PHONY: models eval venv deps deps-go deps-cuda kernels kernels-check build-cuda check-cuda build run test test-short lint fmt vet staticcheck proto proto-check \
+.PHONY: models eval venv deps deps-go deps-cuda deps-gpu lint-docker kernels kernels-check build-cuda check-cuda build run test test-short lint fmt vet staticcheck proto proto-check \
         fuzz models-demo clean help
 
 help: ## list the targets
@@ -67,6 +67,12 @@ kernels-check: $(NVCC) ## check that the committed PTX is what the sources compi
 	    { echo "kernels/ptx/voxkernels_sm$$a.ptx is stale: run make kernels"; exit 1; }; \
 	done; echo "kernels: PTX matches kernels/src"
 
+deps-gpu: $(ORT_LIB) ## ONNX Runtime's CUDA provider from PyPI's onnxruntime-gpu wheel, beside the core library (about 250 MB)
+	@scripts/fetch-onnxruntime-gpu.sh $(DEPS)/onnxruntime
+
+lint-docker: $(VENV)/.ok ## hadolint (from PyPI) on Dockerfile.cuda
+	$(VENV)/bin/hadolint Dockerfile.cuda
+
 build-cuda: deps $(NVCC) ## build the GPU binaries into bin/cuda/ (they run on the CPU where there is no GPU)
 	$(CUDA_ENV) $(GO) build -tags cuda -o bin/cuda/ ./cmd/...
 
@@ -81,7 +87,7 @@ build: deps ## build bin/voxserve, bin/voxctl, bin/voxbench
 run: build ## build and serve the bundled models (CPU when there is no GPU)
 	bin/voxserve --model-repository $(MODELS) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-test: deps lint check-cuda $(VENV)/.ok ## the whole test suite
+test: deps lint check-cuda lint-docker $(VENV)/.ok ## the whole test suite
 	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(RACE) $(TEST_FLAGS) $$($(GO) list ./... | grep -v -e '/phantom$$')
 	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(TEST_FLAGS) $(NORACE_PKGS)
 

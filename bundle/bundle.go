@@ -171,6 +171,44 @@ type Execution struct {
 	InterOpThreads int `yaml:"inter_op_threads"`
 	// GraphOptimization: all (default), extended, basic or disabled.
 	GraphOptimization string `yaml:"graph_optimization"`
+	// CUDA configures ONNX Runtime's CUDA execution provider.
+	CUDA CUDAOptions `yaml:"cuda"`
+}
+
+// CUDAOptions are ONNX Runtime's CUDA provider options; zero values keep
+// ONNX Runtime's defaults.
+type CUDAOptions struct {
+	DeviceID int `yaml:"device_id"`
+	// CudnnConvAlgoSearch: EXHAUSTIVE, HEURISTIC or DEFAULT. Fixed input
+	// shapes make EXHAUSTIVE a one-time cost; it runs again per new shape.
+	CudnnConvAlgoSearch string `yaml:"cudnn_conv_algo_search"`
+	// GPUMemLimit caps the provider's memory arena, bytes (0: no cap).
+	GPUMemLimit int64 `yaml:"gpu_mem_limit"`
+	// ArenaExtendStrategy: kNextPowerOfTwo or kSameAsRequested.
+	ArenaExtendStrategy string `yaml:"arena_extend_strategy"`
+	// TF32 allows TensorFloat-32 matrix math (faster, ~1e-3 relative error).
+	TF32 *bool `yaml:"tf32"`
+}
+
+// ProviderOptions are the options as ONNX Runtime names them.
+func (c CUDAOptions) ProviderOptions() map[string]string {
+	m := map[string]string{"device_id": strconv.Itoa(c.DeviceID)}
+	if c.CudnnConvAlgoSearch != "" {
+		m["cudnn_conv_algo_search"] = c.CudnnConvAlgoSearch
+	}
+	if c.GPUMemLimit > 0 {
+		m["gpu_mem_limit"] = strconv.FormatInt(c.GPUMemLimit, 10)
+	}
+	if c.ArenaExtendStrategy != "" {
+		m["arena_extend_strategy"] = c.ArenaExtendStrategy
+	}
+	if c.TF32 != nil {
+		m["use_tf32"] = "0"
+		if *c.TF32 {
+			m["use_tf32"] = "1"
+		}
+	}
+	return m
 }
 
 // Provenance records how the model was made and what it is for.
@@ -436,6 +474,18 @@ func (s *Spec) validate(file string) error {
 	}
 	if s.Preprocessing != nil {
 		s.Preprocessing.validate(s, bad)
+	}
+	if c := s.Execution.CUDA; c.DeviceID < 0 {
+		bad("execution.cuda.device_id", "%d must be >= 0", c.DeviceID)
+	}
+	if a := s.Execution.CUDA.CudnnConvAlgoSearch; a != "" && a != "EXHAUSTIVE" && a != "HEURISTIC" && a != "DEFAULT" {
+		bad("execution.cuda.cudnn_conv_algo_search", "%q must be EXHAUSTIVE, HEURISTIC or DEFAULT", a)
+	}
+	if a := s.Execution.CUDA.ArenaExtendStrategy; a != "" && a != "kNextPowerOfTwo" && a != "kSameAsRequested" {
+		bad("execution.cuda.arena_extend_strategy", "%q must be kNextPowerOfTwo or kSameAsRequested", a)
+	}
+	if s.Execution.CUDA.GPUMemLimit < 0 {
+		bad("execution.cuda.gpu_mem_limit", "%d must be >= 0", s.Execution.CUDA.GPUMemLimit)
 	}
 	for i, p := range s.Execution.Providers {
 		if !oneOf(p, providers) {

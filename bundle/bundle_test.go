@@ -42,6 +42,12 @@ func TestParseValid(t *testing.T) {
 	assert.Equal(t, "REJECT", s.Queue.TimeoutAction)
 	b, err := Parse("demo/bundle.yaml", []byte(valid+"dynamic_batching: {max_queue_delay_microseconds: 500}\n"))
 	require.NoError(t, err)
+	tf32 := true
+	c, err := Parse("demo/bundle.yaml", []byte(valid+"execution:\n  cuda: {device_id: 1, cudnn_conv_algo_search: HEURISTIC, gpu_mem_limit: 1024, tf32: true}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, CUDAOptions{DeviceID: 1, CudnnConvAlgoSearch: "HEURISTIC", GPUMemLimit: 1024, TF32: &tf32}, c.Execution.CUDA)
+	assert.Equal(t, map[string]string{"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": "1024", "use_tf32": "1"},
+		c.Execution.CUDA.ProviderOptions())
 	assert.Equal(t, &DynamicBatching{MaxQueueDelayMicroseconds: 500, PriorityLevels: 2, DefaultPriorityLevel: 2}, b.DynamicBatching)
 	assert.Equal(t, DefaultMaxQueueSize, s.Queue.MaxQueueSize)
 	assert.Equal(t, []string{"cpu"}, s.Execution.Providers)
@@ -105,6 +111,10 @@ func TestParseErrorsNameFileAndField(t *testing.T) {
 			[]string{"dynamic_batching.max_queue_delay_microseconds: -1 must be between 0 and 10000000"}},
 		{"timeout action", func(s string) string { return s + "queue:\n  timeout_action: DROP\n" },
 			[]string{"queue.timeout_action: \"DROP\" must be REJECT or DELAY"}},
+		{"cuda options", func(s string) string {
+			return s + "execution:\n  cuda: {device_id: -1, cudnn_conv_algo_search: FAST, arena_extend_strategy: grow}\n"
+		}, []string{"execution.cuda.device_id: -1 must be >= 0", `execution.cuda.cudnn_conv_algo_search: "FAST" must be EXHAUSTIVE, HEURISTIC or DEFAULT`,
+			`execution.cuda.arena_extend_strategy: "grow" must be kNextPowerOfTwo or kSameAsRequested`}},
 		{"bad provider", func(s string) string { return s + "execution:\n  providers: [tpu]\n" },
 			[]string{"execution.providers[0]: \"tpu\""}},
 		{"two version policies", func(s string) string { return s + "version_policy:\n  latest: 2\n  all: true\n" },

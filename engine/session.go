@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"sync"
 	"unsafe"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -58,6 +59,23 @@ func defaultIntraOpThreads(instances int) int {
 	return max(n, 1)
 }
 
+var unavailableOnce sync.Map // provider -> *sync.Once
+
+// providerUnavailable says why a provider cannot be used: once per process
+// at warn level (the CUDA libraries are missing, say, which is the same
+// for every model), at debug level after that.
+func providerUnavailable(log *slog.Logger, provider string, err error) {
+	once, _ := unavailableOnce.LoadOrStore(provider, new(sync.Once))
+	said := true
+	once.(*sync.Once).Do(func() {
+		said = false
+		log.Warn("execution provider unavailable; models that list it fall back to the next (said once)", "provider", provider, "error", err)
+	})
+	if said {
+		log.Debug("execution provider unavailable", "provider", provider, "error", err)
+	}
+}
+
 // newSession creates a session for spec from the ONNX bytes, trying the
 // bundle's execution providers in order and recording the one it got.
 func newSession(spec *bundle.Spec, onnx []byte, log *slog.Logger) (*session, error) {
@@ -66,7 +84,7 @@ func newSession(spec *bundle.Spec, onnx []byte, log *slog.Logger) (*session, err
 		opts, err := sessionOptions(spec, p)
 		if err != nil {
 			lastErr = err
-			log.Warn("execution provider unavailable; trying the next", "provider", p, "error", err)
+			providerUnavailable(log, p, err)
 			continue
 		}
 		s := &session{provider: p}
@@ -80,7 +98,11 @@ func newSession(spec *bundle.Spec, onnx []byte, log *slog.Logger) (*session, err
 		_ = opts.Destroy()
 		if err != nil {
 			lastErr = err
-			log.Warn("creating session failed; trying the next provider", "provider", p, "error", err)
+			if p == "cuda" {
+				providerUnavailable(log, p, err)
+			} else {
+				log.Warn("creating session failed; trying the next provider", "provider", p, "error", err)
+			}
 			continue
 		}
 		return s, nil
@@ -119,6 +141,9 @@ func sessionOptions(spec *bundle.Spec, provider string) (*ort.SessionOptions, er
 			return fail(err)
 		}
 		defer func() { _ = cuda.Destroy() }()
+		if err := cuda.Update(spec.Execution.CUDA.ProviderOptions()); err != nil {
+			return fail(fmt.Errorf("cuda options: %w", err))
+		}
 		if err := opts.AppendExecutionProviderCUDA(cuda); err != nil {
 			return fail(err)
 		}

@@ -31,13 +31,14 @@ var (
 	mDepth     = prometheus.NewDesc("voxserve_queue_depth", "Requests waiting, per priority level (1 is STAT).", append(labels, "priority"), nil)
 	mBatch     = prometheus.NewDesc("voxserve_batch_size", "Model executions by batch size.", labels, nil)
 	mRejected  = prometheus.NewDesc("voxserve_rejected_requests_total", "Requests refused or dropped by the scheduler, by reason.", append(labels, "reason"), nil)
+	mInfo      = prometheus.NewDesc("voxserve_model_info", "A loaded model version and the execution provider it runs on (always 1).", append(labels, "provider"), nil)
 	batchEdges = []float64{1, 2, 4, 8, 16, 32, 64, 128}
 )
 
 type collector struct{ reg *engine.Registry }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mSuccess, mFailure, mCount, mExec, mRequest, mQueue, mInput, mInfer, mOutput, mDepth, mBatch, mRejected} {
+	for _, d := range []*prometheus.Desc{mSuccess, mFailure, mCount, mExec, mRequest, mQueue, mInput, mInfer, mOutput, mDepth, mBatch, mRejected, mInfo} {
 		ch <- d
 	}
 }
@@ -51,6 +52,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter := func(d *prometheus.Desc, v float64, extra ...string) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, append(lv, extra...)...)
 		}
+		ch <- prometheus.MustNewConstMetric(mInfo, prometheus.GaugeValue, 1, append(lv, m.Provider())...)
 		counter(mSuccess, float64(st.Success))
 		counter(mFailure, float64(st.Failure))
 		counter(mCount, float64(st.Inferences))

@@ -458,6 +458,7 @@ func TestMetrics(t *testing.T) {
 		`voxserve_queue_depth{model="affine",priority="1",version="1"} 0`,
 		`voxserve_batch_size_bucket{model="affine",version="1",le="2"} 3`,
 		`voxserve_rejected_requests_total{model="affine",reason="queue_full",version="1"} 0`,
+		`voxserve_model_info{model="affine",provider="cpu",version="1"} 1`,
 		`go_goroutines`,
 	} {
 		assert.Contains(t, text, want)
