@@ -17,6 +17,7 @@ import (
 
 	"github.com/voxserve/voxserve/postprocess"
 	"github.com/voxserve/voxserve/preprocess"
+	"github.com/voxserve/voxserve/volume"
 )
 
 // ErrUnavailable says no GPU implementation can run here: a binary built
@@ -54,6 +55,10 @@ type Ops interface {
 	LabelMap(v []float32, batch, channels, n int, activation string, thresholds []float64, out []uint8) error
 	// RemoveSmallComponents is postprocess.RemoveSmallComponents; dims are z, y, x.
 	RemoveSmallComponents(lab []uint8, dims [3]int, minVoxels int) (int, error)
+	// SourceLabels is preprocess.LabelAccelerator: mask channels mapped
+	// from the model grid onto the source grid, labelled and cleared of
+	// components smaller than minVoxels.
+	SourceLabels(ch *preprocess.Channels, model, source volume.Geometry, size [3]int, activation string, thresholds []float64, minVoxels int) ([]uint8, error)
 	// LabelStats counts the voxels of each label value and sums values
 	// (nil: counts only) over them.
 	LabelStats(lab []uint8, values []float32) (counts [256]int64, sums [256]float64, err error)
@@ -158,6 +163,16 @@ func (CPU) LabelMap(v []float32, batch, channels, n int, activation string, thre
 // RemoveSmallComponents implements Ops.
 func (CPU) RemoveSmallComponents(lab []uint8, dims [3]int, minVoxels int) (int, error) {
 	return postprocess.RemoveSmallComponents(lab, dims, minVoxels), nil
+}
+
+// SourceLabels implements Ops.
+func (CPU) SourceLabels(ch *preprocess.Channels, model, source volume.Geometry, size [3]int, activation string, thresholds []float64, minVoxels int) ([]uint8, error) {
+	dims := [3]int{size[2], size[1], size[0]}
+	return preprocess.SourceLabels(ch, model, source, size,
+		func(v []float32, channels, n int, out []uint8) {
+			postprocess.LabelVoxels(v, 1, channels, n, activation, thresholds, out)
+		},
+		func(lab []uint8) { postprocess.RemoveSmallComponents(lab, dims, minVoxels) }), nil
 }
 
 // LabelStats implements Ops.

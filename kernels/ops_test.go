@@ -211,6 +211,34 @@ func checkOps(t *testing.T, ops Ops, large bool) {
 			}
 		}
 	})
+	t.Run("SourceLabels", func(t *testing.T) {
+		for _, tc := range []struct {
+			act string
+			c   int
+			rot bool
+		}{{"sigmoid", 1, false}, {"sigmoid", 3, true}, {"softmax", 2, false}} {
+			ch := &preprocess.Channels{C: tc.c, NX: 24, NY: 20, NZ: 9}
+			ch.V = randF32(r, tc.c*24*20*9, -3, 3)
+			model := volume.Identity()
+			model.Spacing = [3]float64{1.8, 1.8, 5}
+			source := volume.Identity()
+			source.Spacing = [3]float64{0.45, 0.5, 1.25}
+			source.Origin = [3]float64{-1, 2, 0.5}
+			if tc.rot {
+				source.Direction = [9]float64{0.8, 0.6, 0, -0.6, 0.8, 0, 0, 0, 1}
+			}
+			size := [3]int{90, 70, 33}
+			th := make([]float64, tc.c)
+			for i := range th {
+				th[i] = 0.3 + 0.4*r.Float64()
+			}
+			want, err := ref.SourceLabels(ch, model, source, size, tc.act, th, 30)
+			require.NoError(t, err)
+			got, err := ops.SourceLabels(ch, model, source, size, tc.act, th, 30)
+			require.NoError(t, err)
+			assert.Equal(t, want, got, "%s x%d rotated %v", tc.act, tc.c, tc.rot)
+		}
+	})
 	t.Run("LabelStats", func(t *testing.T) {
 		for _, d := range shapes {
 			n := d[0] * d[1] * d[2]

@@ -66,6 +66,23 @@ type Result struct {
 // neither masks nor measurements are asked for. study (nil for tensor
 // inputs) gives the geometry measurements need.
 func Run(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool, study *Study) (*Result, error) {
+	return RunWith(spec, outputs, wantMasks, study, nil)
+}
+
+// MinVoxels is a mask output's speck size in voxels of the study's grid
+// (0: keep every component).
+func MinVoxels(decl bundle.Output, study *Study) int {
+	if study == nil || decl.MinComponentMM3 <= 0 {
+		return 0
+	}
+	g := study.Geometry
+	return int(math.Ceil(decl.MinComponentMM3 / (g.Spacing[0] * g.Spacing[1] * g.Spacing[2])))
+}
+
+// RunWith is Run with label maps already made elsewhere (on the GPU) for
+// some mask outputs, by output index: those are used as they are, specks
+// already removed.
+func RunWith(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool, study *Study, premade map[int]*Mask) (*Result, error) {
 	if len(outputs) != len(spec.Outputs) {
 		return nil, fmt.Errorf("model gave %d outputs, bundle declares %d", len(outputs), len(spec.Outputs))
 	}
@@ -83,14 +100,15 @@ func Run(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool, study *Stu
 			if !wantMasks {
 				continue
 			}
-			m, err := labelMap(spec, decl, out)
-			if err != nil {
-				return nil, err
-			}
-			if study != nil && decl.MinComponentMM3 > 0 {
-				g := study.Geometry
-				minVox := int(math.Ceil(decl.MinComponentMM3 / (g.Spacing[0] * g.Spacing[1] * g.Spacing[2])))
-				RemoveSmallComponents(m.Voxels, maskDims(m), minVox)
+			m := premade[i]
+			if m == nil {
+				var err error
+				if m, err = labelMap(spec, decl, out); err != nil {
+					return nil, err
+				}
+				if minVox := MinVoxels(decl, study); minVox > 0 {
+					RemoveSmallComponents(m.Voxels, maskDims(m), minVox)
+				}
 			}
 			if len(decl.Measurements) > 0 {
 				if study == nil {

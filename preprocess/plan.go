@@ -193,11 +193,9 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 	return p, nil
 }
 
-// ToSource maps a per-voxel model output (probabilities or logits, one
-// channel per label, in the layout's batch form) back onto the source grid
-// by trilinear interpolation in physical space. It returns [1, C, Z, Y, X]
-// on the source grid.
-func (p *Prepared) ToSource(out *tensor.Tensor) (*tensor.Tensor, error) {
+// ModelChannels reads a per-voxel model output (in the layout's batch form)
+// as channels on the model grid ([C, z, y, x]), stitching patches.
+func (p *Prepared) ModelChannels(out *tensor.Tensor) (*Channels, error) {
 	v, _, err := tensor.Float32View(out) // read only
 	if err != nil {
 		return nil, err
@@ -237,13 +235,20 @@ func (p *Prepared) ToSource(out *tensor.Tensor) (*tensor.Tensor, error) {
 		}
 		ch = agg.Result()
 	}
-	sx, sy, sz := p.SourceSize[0], p.SourceSize[1], p.SourceSize[2]
-	n := sx * sy * sz
-	res := make([]float32, ch.C*n)
-	for c := 0; c < ch.C; c++ {
-		g := &Grid{NX: mx, NY: my, NZ: mz, Geometry: p.Model, V: ch.V[c*ch.vox() : (c+1)*ch.vox()]}
-		ToGridInto(g, &Grid{NX: sx, NY: sy, NZ: sz, Geometry: p.Source, V: res[c*n : (c+1)*n]}, Linear)
+	return ch, nil
+}
+
+// ToSource maps a per-voxel model output (probabilities or logits, one
+// channel per label, in the layout's batch form) back onto the source grid
+// by trilinear interpolation in physical space. It returns [1, C, Z, Y, X]
+// on the source grid.
+func (p *Prepared) ToSource(out *tensor.Tensor) (*tensor.Tensor, error) {
+	ch, err := p.ModelChannels(out)
+	if err != nil {
+		return nil, err
 	}
+	res := mapChannels(ch, p.Model, p.Source, p.SourceSize)
+	sx, sy, sz := p.SourceSize[0], p.SourceSize[1], p.SourceSize[2]
 	return tensor.ViewFloat32(out.Name, []int64{1, int64(ch.C), int64(sz), int64(sy), int64(sx)}, res), nil
 }
 
@@ -288,4 +293,40 @@ func (p *Prepared) PrepareLabels(labels []uint8) (*tensor.Tensor, error) {
 		return &tensor.Tensor{Name: "labels", DType: tensor.Uint8, Shape: []int64{int64(len(p.Patches)), int64(ps[2]), int64(ps[1]), int64(ps[0])}, Data: res}, nil
 	}
 	return nil, fmt.Errorf("unknown layout %q", p.Spec.Layout)
+}
+
+// LabelAccelerator maps mask channels from the model grid back onto the
+// source grid and labels them there in one place (kernels.GPU), with the
+// results SourceLabels gives on the CPU.
+type LabelAccelerator interface {
+	Name() string
+	SourceLabels(ch *Channels, model, source volume.Geometry, size [3]int, activation string, thresholds []float64, minVoxels int) ([]uint8, error)
+}
+
+// SourceLabels is the CPU reference of LabelAccelerator: every channel
+// mapped trilinearly onto the source grid (size x, y, z), then labelled by
+// label (activation, most probable channel, thresholds) and cleared of
+// 26-connected components smaller than minVoxels by cleanup. It is
+// ToSource followed by postprocess's label map and speck removal, which
+// preprocess cannot import: label and cleanup are passed in.
+func SourceLabels(ch *Channels, model, source volume.Geometry, size [3]int,
+	label func(v []float32, channels, n int, out []uint8), cleanup func(lab []uint8)) []uint8 {
+	n := size[0] * size[1] * size[2]
+	res := mapChannels(ch, model, source, size)
+	lab := make([]uint8, n)
+	label(res, ch.C, n, lab)
+	cleanup(lab)
+	return lab
+}
+
+// mapChannels maps every channel trilinearly from the model grid onto the
+// source grid (size x, y, z), channel-major.
+func mapChannels(ch *Channels, model, source volume.Geometry, size [3]int) []float32 {
+	n := size[0] * size[1] * size[2]
+	res := make([]float32, ch.C*n)
+	for c := 0; c < ch.C; c++ {
+		g := &Grid{NX: ch.NX, NY: ch.NY, NZ: ch.NZ, Geometry: model, V: ch.V[c*ch.vox() : (c+1)*ch.vox()]}
+		ToGridInto(g, &Grid{NX: size[0], NY: size[1], NZ: size[2], Geometry: source, V: res[c*n : (c+1)*n]}, Linear)
+	}
+	return res
 }

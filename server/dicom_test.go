@@ -22,6 +22,7 @@ import (
 	"github.com/voxserve/voxserve/kernels"
 	"github.com/voxserve/voxserve/preprocess"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+	"github.com/voxserve/voxserve/volume"
 )
 
 // headCT is a small CT series in HU (stored = HU + 1024) with a 70 HU block.
@@ -285,8 +286,8 @@ func TestMeasurementsWithoutMasks(t *testing.T) {
 // countingAccel is the CPU implementation behind a name, counting its calls
 // (or failing), standing in for the GPU.
 type countingAccel struct {
-	calls atomic.Int32
-	fail  bool
+	calls, labels atomic.Int32
+	fail          bool
 }
 
 func (*countingAccel) Name() string { return "test accelerator" }
@@ -297,6 +298,14 @@ func (a *countingAccel) WindowResample(src []float32, dims [3]int, maps [3]prepr
 		return errors.New("device lost")
 	}
 	return kernels.CPU{}.WindowResample(src, dims, maps, ws, out)
+}
+
+func (a *countingAccel) SourceLabels(ch *preprocess.Channels, model, source volume.Geometry, size [3]int, act string, th []float64, minVoxels int) ([]uint8, error) {
+	a.labels.Add(1)
+	if a.fail {
+		return nil, errors.New("device lost")
+	}
+	return kernels.CPU{}.SourceLabels(ch, model, source, size, act, th, minVoxels)
 }
 
 // With an accelerator the windowed bundle's fused pass runs there and the
@@ -318,8 +327,18 @@ func TestInferWithAccelerator(t *testing.T) {
 	got, err := h.client.Infer(ctxT(t), req)
 	require.NoError(t, err)
 	assert.Equal(t, int32(1), acc.calls.Load())
+	assert.Equal(t, int32(1), acc.labels.Load())
 	assert.Equal(t, want.GetFindings()[0].GetProbability(), got.GetFindings()[0].GetProbability())
 	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	assert.Equal(t, want.GetMasks()[0].GetDims(), got.GetMasks()[0].GetDims())
+	// Patches: no windows to accelerate, but the mask is labelled there.
+	preq := &pb.InferRequest{Model: "patched", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}}
+	pwant, err := start(t, repo, Options{}).client.Infer(ctxT(t), preq)
+	require.NoError(t, err)
+	pgot, err := h.client.Infer(ctxT(t), preq)
+	require.NoError(t, err)
+	assert.Equal(t, int32(2), acc.labels.Load())
+	assert.Equal(t, pwant.GetMasks()[0].GetDataZlib(), pgot.GetMasks()[0].GetDataZlib())
 	info, err := h.client.GetModel(ctxT(t), &pb.GetModelRequest{Name: "windowed"})
 	require.NoError(t, err)
 	assert.Equal(t, "test accelerator", info.GetPreprocessingDevice())
@@ -332,4 +351,5 @@ func TestInferWithAccelerator(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
 	assert.Contains(t, strings.Join(got.GetWarnings(), "\n"), "preprocessing on test accelerator failed (device lost); ran on the CPU")
+	assert.Contains(t, strings.Join(got.GetWarnings(), "\n"), "labelling probability_map on test accelerator failed (device lost); ran on the CPU")
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"time"
@@ -108,19 +109,34 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	}
 	needMasks := want[pb.OutputKind_OUTPUT_KIND_MASK] || want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS]
 	post := time.Now() // postprocessing includes mapping outputs back to the study
+	var premade map[int]*postprocess.Mask
 	if plan != nil && needMasks {
 		// Per-voxel outputs go back onto the study's own grid (measurements
-		// are taken there too).
+		// are taken there too): labelled on the accelerator when there is
+		// one, else mapped here and labelled by postprocess.
+		la, _ := s.acc.(preprocess.LabelAccelerator)
 		for i, decl := range m.Spec.Outputs {
-			if decl.Kind == "mask" {
-				if outs[i], err = plan.ToSource(outs[i]); err != nil {
-					return nil, status.Errorf(codes.Internal, "mapping %s back to the study: %v", decl.Name, err)
+			if decl.Kind != "mask" {
+				continue
+			}
+			if la != nil {
+				if mk, err := sourceLabels(la, plan, outs[i], decl, study); err == nil {
+					if premade == nil {
+						premade = map[int]*postprocess.Mask{}
+					}
+					premade[i] = mk
+					continue
+				} else {
+					resp.Warnings = append(resp.Warnings, fmt.Sprintf("labelling %s on %s failed (%v); ran on the CPU", decl.Name, la.Name(), err))
 				}
+			}
+			if outs[i], err = plan.ToSource(outs[i]); err != nil {
+				return nil, status.Errorf(codes.Internal, "mapping %s back to the study: %v", decl.Name, err)
 			}
 		}
 	}
 
-	res, err := postprocess.Run(m.Spec, outs, needMasks, study)
+	res, err := postprocess.RunWith(m.Spec, outs, needMasks, study, premade)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "postprocessing %s: %v", m, err)
 	}
@@ -320,4 +336,27 @@ func (s *inference) UnloadModel(ctx context.Context, req *pb.UnloadModelRequest)
 		resp.UnloadedVersions = append(resp.UnloadedVersions, strconv.FormatInt(g, 10))
 	}
 	return resp, nil
+}
+
+// sourceLabels labels a mask output on the study's grid through la.
+func sourceLabels(la preprocess.LabelAccelerator, plan *preprocess.Prepared, out *tensor.Tensor, decl bundle.Output, study *postprocess.Study) (*postprocess.Mask, error) {
+	ch, err := plan.ModelChannels(out)
+	if err != nil {
+		return nil, err
+	}
+	if ch.C != len(decl.Labels) {
+		return nil, fmt.Errorf("%d channels for %d labels", ch.C, len(decl.Labels))
+	}
+	th := make([]float64, len(decl.Labels))
+	mk := &postprocess.Mask{Output: decl.Name}
+	for i, l := range decl.Labels {
+		th[i] = l.Threshold
+		mk.Labels = append(mk.Labels, l.Name)
+	}
+	size := plan.SourceSize
+	if mk.Voxels, err = la.SourceLabels(ch, plan.Model, plan.Source, size, decl.Activation, th, postprocess.MinVoxels(decl, study)); err != nil {
+		return nil, err
+	}
+	mk.Dims = []int64{int64(size[2]), int64(size[1]), int64(size[0])}
+	return mk, nil
 }
