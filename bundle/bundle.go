@@ -152,6 +152,10 @@ type DynamicBatching struct {
 	// MaxBatchBytes caps a batch's input bytes as well as its size (3D
 	// patches are large); 0 means no cap.
 	MaxBatchBytes int64 `yaml:"max_batch_bytes"`
+	// ReservedInstances are instances that only priority level 1 (STAT)
+	// may take: lower lanes never use the last N free instances, so that
+	// a STAT request need not wait for a running routine batch.
+	ReservedInstances int `yaml:"reserved_instances"`
 }
 
 // VersionPolicy says which versions load at start, as in Triton: the latest
@@ -369,6 +373,9 @@ func (s *Spec) validate(file string) error {
 		}
 		if d.MaxBatchBytes < 0 {
 			bad("dynamic_batching.max_batch_bytes", "%d must be >= 0", d.MaxBatchBytes)
+		}
+		if d.ReservedInstances < 0 || (d.ReservedInstances > 0 && d.ReservedInstances >= max(s.InstanceCount, 1)) {
+			bad("dynamic_batching.reserved_instances", "%d must be between 0 and instance_count - 1 (%d)", d.ReservedInstances, max(s.InstanceCount, 1)-1)
 		}
 	}
 	names := map[string]string{}

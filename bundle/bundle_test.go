@@ -232,3 +232,11 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestReservedInstancesNeedAnotherInstance(t *testing.T) {
+	_, err := Parse("demo/bundle.yaml", []byte(valid+"dynamic_batching: {reserved_instances: 1}\n"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "dynamic_batching.reserved_instances: 1 must be between 0 and instance_count - 1 (0)")
+	_, err = Parse("demo/bundle.yaml", []byte(valid+"instance_count: 2\ndynamic_batching: {reserved_instances: 1}\n"))
+	require.NoError(t, err)
+}

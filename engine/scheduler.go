@@ -62,6 +62,7 @@ type scheduler struct {
 	lanes    [][]*request
 	queued   int
 	notify   chan struct{} // a request arrived (capacity 1)
+	freed    chan struct{} // an instance came back (capacity 1)
 	closing  chan struct{}
 	finished chan struct{}
 
@@ -72,10 +73,11 @@ type scheduler struct {
 	preferred map[int64]bool
 	maxBytes  int64
 	defLane   int
+	reserved  int // instances only lane 0 (STAT) may take
 }
 
 func newScheduler(m *Model) *scheduler {
-	s := &scheduler{m: m, notify: make(chan struct{}, 1), closing: make(chan struct{}), finished: make(chan struct{}),
+	s := &scheduler{m: m, notify: make(chan struct{}, 1), freed: make(chan struct{}, 1), closing: make(chan struct{}), finished: make(chan struct{}),
 		preferred: map[int64]bool{}, defLane: 2}
 	levels := 2
 	if d := m.Spec.DynamicBatching; d != nil {
@@ -85,7 +87,7 @@ func newScheduler(m *Model) *scheduler {
 			s.preferred[p] = true
 		}
 		s.maxBytes = d.MaxBatchBytes
-		levels, s.defLane = d.PriorityLevels, d.DefaultPriorityLevel
+		levels, s.defLane, s.reserved = d.PriorityLevels, d.DefaultPriorityLevel, d.ReservedInstances
 	}
 	s.lanes = make([][]*request, levels)
 	go s.dispatch()
@@ -167,19 +169,29 @@ func (s *scheduler) dispatch() {
 			s.run(batch)
 			s.running.Add(-1)
 			s.m.slots <- struct{}{}
+			select {
+			case s.freed <- struct{}{}:
+			default:
+			}
 		}()
 	}
 }
 
-// take removes requests that fit the batch from the lanes, highest first;
-// with first nil it takes the oldest request of the highest lane.
+// take moves queued requests that fit into the batch: same per-item shape,
+// within the size and byte caps, from the batch's own lane and the lanes
+// above it, never below (routine work must not slow a STAT batch). With
+// instances reserved for STAT, a routine batch leaves STAT requests for
+// them.
 func (s *scheduler) take(batch []*request, total, bytes int64) ([]*request, int64, int64) {
 	maxB := max(s.m.Spec.MaxBatchSize, 1)
+	first := batch[0]
 	for li := range s.lanes {
+		if li > first.lane || (s.reserved > 0 && first.lane > 0 && li == 0) {
+			continue
+		}
 		kept := s.lanes[li][:0]
 		for _, r := range s.lanes[li] {
-			fits := len(batch) == 0 ||
-				(s.batching && r.key == batch[0].key && total+r.n <= maxB && (s.maxBytes == 0 || bytes+r.bytes <= s.maxBytes))
+			fits := s.batching && r.key == first.key && total+r.n <= maxB && (s.maxBytes == 0 || bytes+r.bytes <= s.maxBytes)
 			if fits {
 				batch = append(batch, r)
 				total += r.n
@@ -202,8 +214,13 @@ func (s *scheduler) form() []*request {
 	for {
 		s.mu.Lock()
 		if len(batch) == 0 {
-			// Only the head of the highest non-empty lane may start a batch.
+			// Only the head of the highest non-empty lane may start a batch;
+			// below lane 0 only if that leaves the reserved instances free
+			// (the dispatcher holds one; len(slots) are the others).
 			for li := range s.lanes {
+				if li > 0 && len(s.m.slots) < s.reserved {
+					break
+				}
 				if len(s.lanes[li]) > 0 {
 					r := s.lanes[li][0]
 					s.lanes[li] = s.lanes[li][1:]
@@ -234,6 +251,7 @@ func (s *scheduler) form() []*request {
 		}
 		select {
 		case <-s.notify:
+		case <-s.freed:
 		case <-s.closing:
 			return nil
 		}

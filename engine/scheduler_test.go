@@ -163,3 +163,40 @@ func TestStatGoesFirst(t *testing.T) {
 	assert.Equal(t, codes.InvalidArgument, codeOf(err))
 	assert.Contains(t, err.Error(), "priority levels 1 to 2")
 }
+
+// With an instance reserved for STAT, routine work never takes the last
+// free instance: a STAT request arriving while routine work runs starts at
+// once, ahead of routine requests queued before it.
+func TestReservedInstanceForStat(t *testing.T) {
+	b := testrepo.Slow(40)
+	b.YAML = strings.Replace(b.YAML, "instance_count: 1", "instance_count: 2", 1)
+	b.YAML = strings.Replace(b.YAML, "max_queue_size: 2", "max_queue_size: 16", 1)
+	b.YAML += "dynamic_batching:\n  reserved_instances: 1\n"
+	r := NewRegistry(testrepo.Write(t, b), quietLog())
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("slow", "")
+	require.NoError(t, err)
+	defer done()
+
+	finish := occupy(t, m) // routine, on the unreserved instance
+	routine := make(chan error, 1)
+	go func() {
+		_, _, err := m.Infer(context.Background(), []*tensor.Tensor{busy(8)})
+		routine <- err
+	}()
+	require.Eventually(t, func() bool { return m.Queued() == 1 }, 5*time.Second, time.Millisecond)
+	time.Sleep(20 * time.Millisecond)
+	assert.Equal(t, int64(1), m.Queued(), "routine work must not take the reserved instance")
+	assert.Equal(t, int32(1), m.sched.running.Load())
+
+	_, tm, err := m.Infer(WithPriority(context.Background(), 1), []*tensor.Tensor{busy(8)})
+	require.NoError(t, err)
+	assert.Less(t, tm.Queue, 50*time.Millisecond, "STAT ran on the reserved instance without waiting")
+	select {
+	case err := <-routine:
+		t.Fatalf("the queued routine request finished before the long one: %v", err)
+	default:
+	}
+	finish()
+	require.NoError(t, <-routine)
+}
