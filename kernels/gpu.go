@@ -204,7 +204,7 @@ func (g *GPU) WindowResampleI16(src []int16, dims [3]int, slope, intercept float
 	dm := &DeviceMaps{Size: [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}}
 	dm.args = c.maps(&cuda.Args{}, maps)
 	if c.err == nil {
-		c.err = g.WindowResampleI16Device(c.s, upload(c, src), dims, slope, intercept, dm, ws, d)
+		c.err = g.windowResample(c.s, "vox_window_resample_i16", upload(c, src), dims, slope, intercept, dm, ws, d)
 	}
 	download(c, out, d)
 	return c.end()
@@ -212,17 +212,13 @@ func (g *GPU) WindowResampleI16(src []int16, dims [3]int, slope, intercept float
 
 // WindowResample implements Ops (and preprocess.Accelerator).
 func (g *GPU) WindowResample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
-	w, err := windowParams(ws)
-	if err != nil {
-		return err
-	}
 	c := g.begin()
 	d := c.alloc(len(out) * 4)
-	a := (&cuda.Args{}).Ptr(upload(c, src)).Int(dims[0]).Int(dims[1]).Float(1).Float(0)
-	c.maps(a, maps)
-	ox, oy, oz := len(maps[0].W), len(maps[1].W), len(maps[2].W)
-	a.Int(ox).Int(oy).Int(oz).Struct(unsafe.Pointer(&w), int(unsafe.Sizeof(w)), 4).Ptr(d)
-	c.launch("vox_window_resample_f32", [3]int{ceil(ox, block), oy, oz}, a)
+	dm := &DeviceMaps{Size: [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}}
+	dm.args = c.maps(&cuda.Args{}, maps)
+	if c.err == nil {
+		c.err = g.windowResample(c.s, "vox_window_resample_f32", upload(c, src), dims, 1, 0, dm, ws, d)
+	}
 	download(c, out, d)
 	return c.end()
 }
@@ -270,6 +266,11 @@ func (g *GPU) FreeMaps(dm *DeviceMaps) error {
 // WindowResampleI16Device is WindowResampleI16 on device buffers, queued
 // on s without waiting: the form the GPU pipeline and the benchmarks use.
 func (g *GPU) WindowResampleI16Device(s *cuda.Stream, src cuda.Ptr, dims [3]int, slope, intercept float32, dm *DeviceMaps, ws []preprocess.Window, out cuda.Ptr) error {
+	return g.windowResample(s, "vox_window_resample_i16", src, dims, slope, intercept, dm, ws, out)
+}
+
+// windowResample launches one of the fused kernels (int16 or float32 source).
+func (g *GPU) windowResample(s *cuda.Stream, kernel string, src cuda.Ptr, dims [3]int, slope, intercept float32, dm *DeviceMaps, ws []preprocess.Window, out cuda.Ptr) error {
 	w, err := windowParams(ws)
 	if err != nil {
 		return err
@@ -280,7 +281,7 @@ func (g *GPU) WindowResampleI16Device(s *cuda.Stream, src cuda.Ptr, dims [3]int,
 	}
 	ox, oy, oz := dm.Size[0], dm.Size[1], dm.Size[2]
 	a.Int(ox).Int(oy).Int(oz).Struct(unsafe.Pointer(&w), int(unsafe.Sizeof(w)), 4).Ptr(out)
-	return g.Dev.Launch(g.fn["vox_window_resample_i16"], [3]int{ceil(ox, block), oy, oz}, block, s, a)
+	return g.Dev.Launch(g.fn[kernel], [3]int{ceil(ox, block), oy, oz}, block, s, a)
 }
 
 // Resample implements Ops.

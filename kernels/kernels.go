@@ -72,20 +72,14 @@ var _ Ops = CPU{}
 // Name implements Ops.
 func (CPU) Name() string { return "cpu" }
 
-// WindowResampleI16 implements Ops.
-func (CPU) WindowResampleI16(src []int16, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
-	g := &preprocess.Grid{NX: dims[0], NY: dims[1], NZ: dims[2], V: make([]float32, len(src))}
-	for i, v := range src {
-		g.V[i] = float32(v)*slope + intercept
+// WindowResampleI16 implements Ops: the values rescaled to float32, then
+// WindowResample.
+func (c CPU) WindowResampleI16(src []int16, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
+	v := make([]float32, len(src))
+	for i, x := range src {
+		v[i] = float32(x)*slope + intercept
 	}
-	r := &preprocess.Grid{NX: len(maps[0].W), NY: len(maps[1].W), NZ: len(maps[2].W)}
-	r.V = make([]float32, r.Len())
-	preprocess.ResampleMapsInto(g, r, maps)
-	if len(out) != len(ws)*r.Len() {
-		return fmt.Errorf("kernels: output has %d values, want %d", len(out), len(ws)*r.Len())
-	}
-	preprocess.Windows(r, ws, out)
-	return nil
+	return c.WindowResample(v, dims, maps, ws, out)
 }
 
 // WindowResample implements Ops.
@@ -205,17 +199,6 @@ func RelErr(a, b []float32) float64 {
 		return math.Sqrt(num)
 	}
 	return math.Sqrt(num / den)
-}
-
-// Select returns the GPU implementation on device ordinal when one can run
-// here, and otherwise the CPU one with the reason the GPU could not be used.
-// close releases the GPU (a no-op for the CPU).
-func Select(ordinal int) (ops Ops, close func() error, why error) {
-	g, err := Open(ordinal)
-	if err != nil {
-		return CPU{}, func() error { return nil }, err
-	}
-	return g, g.Close, nil
 }
 
 // ForPreprocessing picks where preprocessing's fused pass runs, for the

@@ -273,11 +273,19 @@ func TestRelErr(t *testing.T) {
 	assert.True(t, math.IsInf(RelErr([]float32{1}, []float32{1, 2}), 1))
 }
 
-func TestSelectFallsBack(t *testing.T) {
-	ops, closeFn, why := Select(0)
+func TestForPreprocessing(t *testing.T) {
+	acc, closeFn, why, err := ForPreprocessing("auto")
+	require.NoError(t, err)
 	defer closeFn()
-	if why != nil {
-		assert.Equal(t, "cpu", ops.Name())
-		assert.ErrorIs(t, why, ErrUnavailable)
+	if acc == nil {
+		assert.Contains(t, why, ErrUnavailable.Error())
+		_, _, _, err = ForPreprocessing("on")
+		assert.ErrorIs(t, err, ErrUnavailable, "--gpu on must refuse to start without a GPU")
 	}
+	acc, _, why, err = ForPreprocessing("off")
+	require.NoError(t, err)
+	assert.Nil(t, acc)
+	assert.Equal(t, "--gpu off", why)
+	_, _, _, err = ForPreprocessing("maybe")
+	assert.Error(t, err)
 }
