@@ -17,11 +17,38 @@
 
 static __device__ __forceinline__ float lerp(float a, float b, float w) { return a + (b - a) * w; }
 
+// sample_tables is the separable trilinear sample of output voxel (i, j,
+// k) through per-axis tables (x0, x1, wx: the two source indices and the
+// weight of the second for each output index, as preprocess.NewAxisMap
+// builds them); with Rescale each source value becomes v*slope + intercept
+// first, as the CPU reference does.
+template <typename T, bool Rescale>
+static __device__ __forceinline__ float sample_tables(
+    const T *__restrict__ src, int sx, int sy, float slope, float intercept, int i, int j, int k,
+    const int *__restrict__ x0, const int *__restrict__ x1, const float *__restrict__ wx,
+    const int *__restrict__ y0, const int *__restrict__ y1, const float *__restrict__ wy,
+    const int *__restrict__ z0, const int *__restrict__ z1, const float *__restrict__ wz) {
+	int a0 = x0[i], a1 = x1[i];
+	float fx = wx[i], fy = wy[j], fz = wz[k];
+	long long plane = (long long)sx * sy;
+	const T *r00 = src + z0[k] * plane + (long long)y0[j] * sx;
+	const T *r01 = src + z0[k] * plane + (long long)y1[j] * sx;
+	const T *r10 = src + z1[k] * plane + (long long)y0[j] * sx;
+	const T *r11 = src + z1[k] * plane + (long long)y1[j] * sx;
+	auto at = [&](const T *r, int a) {
+		float v = (float)__ldg(r + a);
+		return Rescale ? v * slope + intercept : v;
+	};
+	float c00 = lerp(at(r00, a0), at(r00, a1), fx);
+	float c01 = lerp(at(r01, a0), at(r01, a1), fx);
+	float c10 = lerp(at(r10, a0), at(r10, a1), fx);
+	float c11 = lerp(at(r11, a0), at(r11, a1), fx);
+	return lerp(lerp(c00, c01, fy), lerp(c10, c11, fy), fz);
+}
+
 // window_resample is the fused preprocessing pass: it reads stored values
-// once, rescales (v*slope + intercept), resamples trilinearly through
-// per-axis tables (x0, x1, wx: the two source indices and the weight of the
-// second for each output index, as preprocess.ResampleInto builds them)
-// and writes win.n windowed float32 channels once.
+// once, rescales them, resamples them (sample_tables) and writes win.n
+// windowed float32 channels once.
 // Launch: grid (ceil(ox/block), oy, oz).
 template <typename T>
 static __device__ __forceinline__ void window_resample(
@@ -33,20 +60,7 @@ static __device__ __forceinline__ void window_resample(
 	int i = blockIdx.x * blockDim.x + threadIdx.x;
 	int j = blockIdx.y, k = blockIdx.z;
 	if (i >= ox) return;
-	int a0 = x0[i], a1 = x1[i];
-	float fx = wx[i], fy = wy[j], fz = wz[k];
-	long long plane = (long long)sx * sy;
-	const T *r00 = src + z0[k] * plane + (long long)y0[j] * sx;
-	const T *r01 = src + z0[k] * plane + (long long)y1[j] * sx;
-	const T *r10 = src + z1[k] * plane + (long long)y0[j] * sx;
-	const T *r11 = src + z1[k] * plane + (long long)y1[j] * sx;
-#define HU(r, a) ((float)__ldg((r) + (a)) * slope + intercept)
-	float c00 = lerp(HU(r00, a0), HU(r00, a1), fx);
-	float c01 = lerp(HU(r01, a0), HU(r01, a1), fx);
-	float c10 = lerp(HU(r10, a0), HU(r10, a1), fx);
-	float c11 = lerp(HU(r11, a0), HU(r11, a1), fx);
-#undef HU
-	float v = lerp(lerp(c00, c01, fy), lerp(c10, c11, fy), fz);
+	float v = sample_tables<T, true>(src, sx, sy, slope, intercept, i, j, k, x0, x1, wx, y0, y1, wy, z0, z1, wz);
 	long long n = (long long)ox * oy * oz;
 	long long o = ((long long)k * oy + j) * ox + i;
 	// Constant trip count: win stays in the parameter bank instead of being
@@ -93,18 +107,8 @@ __global__ void vox_resample_f32(const float *__restrict__ src, int sx, int sy,
 	int i = blockIdx.x * blockDim.x + threadIdx.x;
 	int j = blockIdx.y, k = blockIdx.z;
 	if (i >= ox) return;
-	int a0 = x0[i], a1 = x1[i];
-	float fx = wx[i], fy = wy[j], fz = wz[k];
-	long long plane = (long long)sx * sy;
-	const float *r00 = src + z0[k] * plane + (long long)y0[j] * sx;
-	const float *r01 = src + z0[k] * plane + (long long)y1[j] * sx;
-	const float *r10 = src + z1[k] * plane + (long long)y0[j] * sx;
-	const float *r11 = src + z1[k] * plane + (long long)y1[j] * sx;
-	float c00 = lerp(__ldg(r00 + a0), __ldg(r00 + a1), fx);
-	float c01 = lerp(__ldg(r01 + a0), __ldg(r01 + a1), fx);
-	float c10 = lerp(__ldg(r10 + a0), __ldg(r10 + a1), fx);
-	float c11 = lerp(__ldg(r11 + a0), __ldg(r11 + a1), fx);
-	out[((long long)k * oy + j) * ox + i] = lerp(lerp(c00, c01, fy), lerp(c10, c11, fy), fz);
+	out[((long long)k * oy + j) * ox + i] =
+	    sample_tables<float, false>(src, sx, sy, 1.f, 0.f, i, j, k, x0, x1, wx, y0, y1, wy, z0, z1, wz);
 }
 
 // vox_to_grid_f32 maps a float32 volume onto another grid through an
