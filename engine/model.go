@@ -51,13 +51,21 @@ var ErrQueueFull = errors.New("queue full")
 // batched with other requests of the same shape when the bundle enables
 // dynamic batching, bounded by the queue size and the context's deadline.
 func (m *Model) Infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*tensor.Tensor, tm Timings, err error) {
-	start := time.Now()
-	defer func() {
-		if status.Code(err) == codes.DeadlineExceeded && tm.Compute == 0 {
-			m.stats.expired.Add(1)
-		}
-		m.stats.request(err, time.Since(start), tm.Queue)
-	}()
+	defer m.count(time.Now(), &tm, &err)
+	return m.infer(ctx, inputs)
+}
+
+// count records one request's outcome in the model's statistics.
+func (m *Model) count(start time.Time, tm *Timings, err *error) {
+	if status.Code(*err) == codes.DeadlineExceeded && tm.Compute == 0 {
+		m.stats.expired.Add(1)
+	}
+	m.stats.request(*err, time.Since(start), tm.Queue)
+}
+
+// infer is Infer without the statistics, so that InferAll counts a
+// request once however many chunks it takes.
+func (m *Model) infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*tensor.Tensor, tm Timings, err error) {
 	ordered, err := orderInputs(m.Spec, inputs)
 	if err != nil {
 		return nil, tm, err
@@ -145,13 +153,14 @@ func (m *Model) BundleDir() string { return filepath.Dir(filepath.Dir(m.Path)) }
 // InferAll runs inputs whose batch axis may exceed max_batch_size, in
 // chunks of at most max_batch_size, and concatenates the outputs along the
 // batch axis. A study's slices or patches are one request's batch.
-func (m *Model) InferAll(ctx context.Context, inputs []*tensor.Tensor) ([]*tensor.Tensor, Timings, error) {
+func (m *Model) InferAll(ctx context.Context, inputs []*tensor.Tensor) (outs []*tensor.Tensor, total Timings, err error) {
+	defer m.count(time.Now(), &total, &err)
 	maxB := m.Spec.MaxBatchSize
 	if maxB <= 0 || len(inputs) == 0 || len(inputs[0].Shape) == 0 || inputs[0].Shape[0] <= maxB {
-		return m.Infer(ctx, inputs)
+		return m.infer(ctx, inputs)
 	}
 	// Validate the whole request first, so errors describe it, not a chunk.
-	inputs, err := orderInputsBatch(m.Spec, inputs, false)
+	inputs, err = orderInputsBatch(m.Spec, inputs, false)
 	if err != nil {
 		return nil, Timings{}, err
 	}
@@ -161,15 +170,13 @@ func (m *Model) InferAll(ctx context.Context, inputs []*tensor.Tensor) ([]*tenso
 			return nil, Timings{}, status.Errorf(codes.InvalidArgument, "inputs disagree on the batch size (%d and %d)", n, in.Shape[0])
 		}
 	}
-	var total Timings
-	var outs []*tensor.Tensor
 	for lo := int64(0); lo < n; lo += maxB {
 		hi := min(lo+maxB, n)
 		chunk := make([]*tensor.Tensor, len(inputs))
 		for i, in := range inputs {
 			chunk[i] = batchSlice(in, lo, hi)
 		}
-		res, tm, err := m.Infer(ctx, chunk)
+		res, tm, err := m.infer(ctx, chunk)
 		if err != nil {
 			return nil, total, err
 		}

@@ -200,3 +200,20 @@ func TestReservedInstanceForStat(t *testing.T) {
 	finish()
 	require.NoError(t, <-routine)
 }
+
+// A request larger than max_batch_size runs in chunks but counts as one
+// request; its items and executions count in full.
+func TestChunkedRequestCountsOnce(t *testing.T) {
+	r := NewRegistry(testrepo.Write(t, affineBatching("")), quietLog())
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("affine", "")
+	require.NoError(t, err)
+	defer done()
+	outs, _, err := m.InferAll(context.Background(), []*tensor.Tensor{affineInput(0, 20)})
+	require.NoError(t, err)
+	assert.Equal(t, []int64{20, 2, 3}, outs[0].Shape)
+	st := m.Stats()
+	assert.Equal(t, int64(1), st.Success)
+	assert.Equal(t, int64(20), st.Inferences)
+	assert.Equal(t, int64(3), st.Executions) // 8 + 8 + 4
+}

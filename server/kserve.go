@@ -135,16 +135,16 @@ func (k *kserve) ModelInfer(ctx context.Context, req *kpb.ModelInferRequest) (*k
 		return nil, err
 	}
 	defer release()
-	outs, _, err := m.InferAll(ctx, inputs)
-	if err != nil {
-		return nil, err
-	}
 	want := map[string]bool{}
 	for i, o := range req.GetOutputs() {
 		if !hasOutput(m.Spec, o.GetName()) {
 			return nil, invalid("outputs[%d].name: model %q has no output %q", i, m.Spec.Name, o.GetName())
 		}
 		want[o.GetName()] = true
+	}
+	outs, _, err := m.InferAll(ctx, inputs)
+	if err != nil {
+		return nil, err
 	}
 	resp := &kpb.ModelInferResponse{ModelName: m.Spec.Name, ModelVersion: m.VersionString(), Id: req.GetId()}
 	for i, t := range outs {
