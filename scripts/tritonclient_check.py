@@ -95,6 +95,24 @@ def main():
     except InferenceServerException as e:
         check("INVALID_ARGUMENT" in str(e.status()), f"wrong shape: {e.status()} {e.message()}")
 
+    # Streaming: several requests on one stream, answers by callback.
+    import queue
+    got = queue.Queue()
+    c.start_stream(callback=lambda result, error: got.put((result, error)))
+    for i in range(4):
+        xi = np.full((1, 2, 3), i, dtype=np.float32)
+        si = grpcclient.InferInput("x", [1, 2, 3], "FP32")
+        si.set_data_from_numpy(xi)
+        c.async_stream_infer("affine", [si], request_id=str(i))
+    answers = {}
+    for _ in range(4):
+        result, error = got.get(timeout=10)
+        check(error is None, f"stream error: {error}")
+        answers[result.get_response().id] = result.as_numpy("y")
+    c.stop_stream()
+    for i in range(4):
+        check(np.array_equal(answers[str(i)], np.full((1, 2, 3), 2 * i + 1, dtype=np.float32)), f"stream answer {i}: {answers.get(str(i))}")
+
     c.unload_model("affine")
     check(not c.is_model_ready("affine"), "unloaded model not ready")
     index = {m.name: m.state for m in c.get_model_repository_index().models}

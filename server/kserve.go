@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -382,4 +384,43 @@ func (k *kserve) ModelStatistics(_ context.Context, req *kpb.ModelStatisticsRequ
 		return nil, status.Errorf(codes.NotFound, "model %q version %q is not loaded", req.GetName(), req.GetVersion())
 	}
 	return resp, nil
+}
+
+// ModelStreamInfer runs each request of the stream as it arrives,
+// concurrently, and answers in completion order; a failed request gets an
+// error_message naming its id and status, and the stream goes on.
+func (k *kserve) ModelStreamInfer(stream kpb.GRPCInferenceService_ModelStreamInferServer) error {
+	ctx := stream.Context()
+	var mu sync.Mutex // Send is not safe for concurrent use
+	var wg sync.WaitGroup
+	var sendErr error
+	send := func(r *kpb.ModelStreamInferResponse) {
+		mu.Lock()
+		defer mu.Unlock()
+		if sendErr == nil {
+			sendErr = stream.Send(r)
+		}
+	}
+	defer wg.Wait()
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := k.ModelInfer(ctx, req)
+			if err != nil {
+				st := status.Convert(err)
+				send(&kpb.ModelStreamInferResponse{ErrorMessage: fmt.Sprintf("request %q: %s: %s", req.GetId(), st.Code(), st.Message()),
+					InferResponse: &kpb.ModelInferResponse{ModelName: req.GetModelName(), ModelVersion: req.GetModelVersion(), Id: req.GetId()}})
+				return
+			}
+			send(&kpb.ModelStreamInferResponse{InferResponse: resp})
+		}()
+	}
 }

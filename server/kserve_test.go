@@ -2,10 +2,12 @@ package server
 
 import (
 	"encoding/binary"
+	"io"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -165,4 +167,31 @@ func TestKServeWithTritonClient(t *testing.T) {
 	out, err := exec.Command(py, script, h.addr).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Contains(t, string(out), "tritonclient: all checks passed")
+}
+
+func TestKServeModelStreamInfer(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{})
+	k := kpb.NewGRPCInferenceServiceClient(h.conn)
+	stream, err := k.ModelStreamInfer(ctxT(t))
+	require.NoError(t, err)
+	in := &kpb.ModelInferRequest_InferInputTensor{Name: "x", Datatype: "FP32", Shape: []int64{1, 2, 3}}
+	for i, model := range []string{"affine", "nope", "affine"} {
+		require.NoError(t, stream.Send(&kpb.ModelInferRequest{ModelName: model, Id: strconv.Itoa(i),
+			Inputs: []*kpb.ModelInferRequest_InferInputTensor{in}, RawInputContents: [][]byte{f32bytes(float32(i), 1, 2, 3, 4, 5)}}))
+	}
+	require.NoError(t, stream.CloseSend())
+	got := map[string]*kpb.ModelStreamInferResponse{}
+	for {
+		r, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err)
+		got[r.GetInferResponse().GetId()] = r
+	}
+	require.Len(t, got, 3)
+	assert.Empty(t, got["0"].GetErrorMessage())
+	assert.Equal(t, f32bytes(1, 3, 5, 7, 9, 11), got["0"].GetInferResponse().GetRawOutputContents()[0])
+	assert.Equal(t, f32bytes(5, 3, 5, 7, 9, 11), got["2"].GetInferResponse().GetRawOutputContents()[0])
+	assert.Contains(t, got["1"].GetErrorMessage(), `request "1": NotFound: model "nope" is not loaded`)
 }
