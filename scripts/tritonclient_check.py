@@ -15,6 +15,7 @@ import tempfile
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import model_config_pb2 as triton_config_pb2
 from tritonclient.grpc import service_pb2 as triton
 from tritonclient.utils import InferenceServerException
 
@@ -34,10 +35,12 @@ def same_wire_format():
 
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "set.pb")
-        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(ROOT, "proto"),
+        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(ROOT, "proto"), "--include_imports",
                         "--descriptor_set_out=" + out, "inference/grpc_service.proto"], check=True)
         fds = descriptor_pb2.FileDescriptorSet.FromString(open(out, "rb").read())
-    ours = fds.file[0]
+    from tritonclient.grpc import model_config_pb2 as triton_config
+    theirs = dict(triton_config.DESCRIPTOR.message_types_by_name)
+    theirs.update(triton.DESCRIPTOR.message_types_by_name)
     n = 0
 
     def compare(mine, theirs, path):
@@ -45,16 +48,26 @@ def same_wire_format():
         for f in mine.field:
             t = theirs.fields_by_name.get(f.name)
             check(t is not None, f"{path}.{f.name}: not in tritonclient's descriptor")
-            check((f.number, f.type, f.label) == (t.number, t.type, t.label),
+            rep = getattr(t, "is_repeated", None)  # a property in protobuf 6; label is deprecated there
+            if rep is None:
+                rep = t.label == t.LABEL_REPEATED
+            elif callable(rep):
+                rep = rep()
+            check((f.number, f.type, f.label == f.LABEL_REPEATED) == (t.number, t.type, rep),
                   f"{path}.{f.name}: ours is number {f.number} type {f.type}, tritonclient's {t.number} {t.type}")
             n += 1
         for nested in mine.nested_type:
             compare(nested, theirs.nested_types_by_name[nested.name], path + "." + nested.name)
 
-    for msg in ours.message_type:
-        compare(msg, triton.DESCRIPTOR.message_types_by_name[msg.name], msg.name)
+    for f in fds.file:
+        for msg in f.message_type:
+            compare(msg, theirs[msg.name], msg.name)
+        for enum in f.enum_type:
+            mine = {v.name: v.number for v in enum.value}
+            check(mine == {v.name: v.number for v in triton_config.DESCRIPTOR.enum_types_by_name[enum.name].values}, f"enum {enum.name}")
     svc = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    for m in ours.service[0].method:
+    service = next(f for f in fds.file if f.service).service[0]
+    for m in service.method:
         check(m.name in svc.methods_by_name, f"method {m.name} is not Triton's")
     print(f"wire format: {n} fields match tritonclient's")
 
@@ -67,6 +80,9 @@ def main():
     check(c.is_model_ready("affine"), "model ready")
     check(not c.is_model_ready("nope"), "unknown model not ready")
     check(c.get_server_metadata().name == "voxserve", "server metadata")
+    cfg = c.get_model_config("affine").config
+    check(cfg.max_batch_size == 4 and cfg.input[0].data_type == triton_config_pb2.TYPE_FP32 and list(cfg.input[0].dims) == [2, 3],
+          f"model config {cfg}")
     md = c.get_model_metadata("affine")
     check(md.inputs[0].datatype == "FP32" and list(md.inputs[0].shape) == [-1, 2, 3], f"model metadata {md}")
 

@@ -91,11 +91,16 @@ func (k *kserve) loadedVersions(name string) []string {
 	return out
 }
 
-func (k *kserve) ModelMetadata(_ context.Context, req *kpb.ModelMetadataRequest) (*kpb.ModelMetadataResponse, error) {
-	if req.GetName() == "" {
-		return nil, invalid("name: required")
+// model acquires a named model version for a metadata call.
+func (k *kserve) model(name, version string) (*engine.Model, func(), error) {
+	if name == "" {
+		return nil, nil, invalid("name: required")
 	}
-	m, release, err := k.reg.Acquire(req.GetName(), req.GetVersion())
+	return k.reg.Acquire(name, version)
+}
+
+func (k *kserve) ModelMetadata(_ context.Context, req *kpb.ModelMetadataRequest) (*kpb.ModelMetadataResponse, error) {
+	m, release, err := k.model(req.GetName(), req.GetVersion())
 	if err != nil {
 		return nil, err
 	}
@@ -423,4 +428,51 @@ func (k *kserve) ModelStreamInfer(stream kpb.GRPCInferenceService_ModelStreamInf
 			send(&kpb.ModelStreamInferResponse{InferResponse: resp})
 		}()
 	}
+}
+
+// Triton's data type enum for voxserve's tensor types.
+var configTypes = map[tensor.DType]kpb.DataType{
+	tensor.Bool: kpb.DataType_TYPE_BOOL, tensor.Uint8: kpb.DataType_TYPE_UINT8, tensor.Uint16: kpb.DataType_TYPE_UINT16,
+	tensor.Int8: kpb.DataType_TYPE_INT8, tensor.Int16: kpb.DataType_TYPE_INT16, tensor.Int32: kpb.DataType_TYPE_INT32,
+	tensor.Int64: kpb.DataType_TYPE_INT64, tensor.Float16: kpb.DataType_TYPE_FP16, tensor.Float32: kpb.DataType_TYPE_FP32,
+	tensor.Float64: kpb.DataType_TYPE_FP64,
+}
+
+// ModelConfig reports a bundle in Triton's model configuration terms.
+func (k *kserve) ModelConfig(_ context.Context, req *kpb.ModelConfigRequest) (*kpb.ModelConfigResponse, error) {
+	m, release, err := k.model(req.GetName(), req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	s := m.Spec
+	kind := kpb.ModelInstanceGroup_KIND_CPU
+	if m.Provider() == "cuda" {
+		kind = kpb.ModelInstanceGroup_KIND_GPU
+	}
+	cfg := &kpb.ModelConfig{Name: s.Name, Platform: "onnxruntime_onnx", Backend: "onnxruntime", MaxBatchSize: int32(s.MaxBatchSize),
+		InstanceGroup: []*kpb.ModelInstanceGroup{{Name: s.Name, Count: int32(s.InstanceCount), Kind: kind}}}
+	for _, in := range s.Inputs {
+		dt, _ := tensor.ParseDType(in.DataType)
+		cfg.Input = append(cfg.Input, &kpb.ModelInput{Name: in.Name, DataType: configTypes[dt], Dims: in.Dims})
+	}
+	for _, out := range s.Outputs {
+		dt, _ := tensor.ParseDType(out.DataType)
+		cfg.Output = append(cfg.Output, &kpb.ModelOutput{Name: out.Name, DataType: configTypes[dt], Dims: out.Dims})
+	}
+	if d := s.DynamicBatching; d != nil {
+		action := kpb.ModelQueuePolicy_REJECT
+		if s.Queue.TimeoutAction == "DELAY" {
+			action = kpb.ModelQueuePolicy_DELAY
+		}
+		db := &kpb.ModelDynamicBatching{MaxQueueDelayMicroseconds: uint64(d.MaxQueueDelayMicroseconds),
+			PriorityLevels: uint64(d.PriorityLevels), DefaultPriorityLevel: uint64(d.DefaultPriorityLevel),
+			DefaultQueuePolicy: &kpb.ModelQueuePolicy{TimeoutAction: action,
+				DefaultTimeoutMicroseconds: uint64(s.Queue.DefaultTimeoutMicroseconds), MaxQueueSize: uint32(s.Queue.MaxQueueSize)}}
+		for _, p := range d.PreferredBatchSize {
+			db.PreferredBatchSize = append(db.PreferredBatchSize, int32(p))
+		}
+		cfg.DynamicBatching = db
+	}
+	return &kpb.ModelConfigResponse{Config: cfg}, nil
 }

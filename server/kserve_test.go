@@ -53,6 +53,15 @@ func TestKServeHealthAndMetadata(t *testing.T) {
 	assert.Equal(t, []int64{-1, 2, 3}, md.GetInputs()[0].GetShape())
 	_, err = k.ModelMetadata(ctxT(t), &kpb.ModelMetadataRequest{Name: "nope"})
 	assert.Equal(t, codes.NotFound, status.Code(err))
+
+	cfg, err := k.ModelConfig(ctxT(t), &kpb.ModelConfigRequest{Name: "affine"})
+	require.NoError(t, err)
+	c := cfg.GetConfig()
+	assert.Equal(t, int32(4), c.GetMaxBatchSize())
+	assert.Equal(t, kpb.DataType_TYPE_FP32, c.GetInput()[0].GetDataType())
+	assert.Equal(t, []int64{2, 3}, c.GetInput()[0].GetDims())
+	assert.Equal(t, int32(1), c.GetInstanceGroup()[0].GetCount())
+	assert.Nil(t, c.GetDynamicBatching(), "the affine bundle does not batch")
 }
 
 func TestKServeModelInfer(t *testing.T) {
