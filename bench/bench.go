@@ -23,7 +23,9 @@ type Call func(ctx context.Context) (queue, compute time.Duration, err error)
 
 // Step is one concurrency level's result.
 type Step struct {
-	Concurrency   int     `json:"concurrency"`
+	Concurrency int `json:"concurrency"`
+	// RateRPS is the offered rate of a fixed-rate step (0: closed loop).
+	RateRPS       float64 `json:"rate_rps,omitempty"`
 	Requests      int     `json:"requests"`
 	Errors        int     `json:"errors"`
 	DurationS     float64 `json:"duration_s"`
@@ -54,6 +56,31 @@ type Config struct {
 	// kind (a STAT study) fares under the load.
 	Probe     Call
 	ProbeRate float64
+}
+
+// SweepRates runs each offered rate in turn, open loop: requests go out on
+// a fixed schedule whatever the answers' latency, so that queueing shows
+// (a closed loop slows its own sending down when the server does).
+func SweepRates(ctx context.Context, cfg Config, rates []float64, call Call) ([]Step, error) {
+	var steps []Step
+	for i, r := range rates {
+		if r <= 0 {
+			return nil, fmt.Errorf("rate %g must be > 0", r)
+		}
+		if cfg.Progress != nil {
+			cfg.Progress(i+1, len(rates), int(r))
+		}
+		if cfg.Warmup > 0 {
+			openLoop(ctx, r, cfg.Warmup, call)
+		}
+		s := openLoop(ctx, r, cfg.Duration, call)
+		s.RateRPS = r
+		steps = append(steps, s)
+		if err := ctx.Err(); err != nil {
+			return steps, err
+		}
+	}
+	return steps, nil
 }
 
 // Sweep runs each concurrency level in turn: a warm-up whose results are
@@ -211,14 +238,14 @@ func (r *Report) WriteJSON(w io.Writer) error {
 // WriteCSV writes one row per step.
 func (r *Report) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"concurrency", "requests", "errors", "duration_s", "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_queue_ms", "mean_compute_ms",
+	_ = cw.Write([]string{"concurrency", "rate_rps", "requests", "errors", "duration_s", "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_queue_ms", "mean_compute_ms",
 		"probe_requests", "probe_p50_ms", "probe_p99_ms"})
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	for _, s := range r.Steps {
-		row := []string{strconv.Itoa(s.Concurrency), strconv.Itoa(s.Requests), strconv.Itoa(s.Errors), f(s.DurationS),
+		row := []string{strconv.Itoa(s.Concurrency), f(s.RateRPS), strconv.Itoa(s.Requests), strconv.Itoa(s.Errors), f(s.DurationS),
 			f(s.ThroughputRPS), f(s.P50Ms), f(s.P90Ms), f(s.P95Ms), f(s.P99Ms), f(s.MeanQueueMs), f(s.MeanComputeMs), "", "", ""}
 		if p := s.Probe; p != nil {
-			row[11], row[12], row[13] = strconv.Itoa(p.Requests), f(p.P50Ms), f(p.P99Ms)
+			row[12], row[13], row[14] = strconv.Itoa(p.Requests), f(p.P50Ms), f(p.P99Ms)
 		}
 		_ = cw.Write(row)
 	}

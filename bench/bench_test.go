@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"image/png"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -83,4 +84,34 @@ func TestSweepWithProbes(t *testing.T) {
 	assert.Positive(t, steps[1].Requests)
 	_, err = Sweep(context.Background(), Config{Concurrency: []int{0}, Duration: time.Millisecond}, load)
 	assert.Error(t, err, "concurrency 0 needs probes")
+}
+
+// Fixed-rate steps send on schedule and record the offered rate.
+func TestSweepRates(t *testing.T) {
+	var n atomic.Int64
+	call := func(ctx context.Context) (time.Duration, time.Duration, error) {
+		n.Add(1)
+		return 0, 0, nil
+	}
+	steps, err := SweepRates(context.Background(), Config{Duration: 200 * time.Millisecond}, []float64{50, 100}, call)
+	require.NoError(t, err)
+	require.Len(t, steps, 2)
+	assert.Equal(t, 50.0, steps[0].RateRPS)
+	assert.InDelta(t, 10, steps[0].Requests, 4)
+	assert.InDelta(t, 20, steps[1].Requests, 6)
+	_, err = SweepRates(context.Background(), Config{Duration: time.Millisecond}, []float64{0}, call)
+	assert.Error(t, err)
+}
+
+func TestWritePNG(t *testing.T) {
+	rep := &Report{Model: "m", Target: "t", Steps: []Step{
+		{Concurrency: 1, ThroughputRPS: 10, P50Ms: 5, P99Ms: 9},
+		{Concurrency: 4, ThroughputRPS: 30, P50Ms: 12, P99Ms: 30},
+	}}
+	var buf bytes.Buffer
+	require.NoError(t, rep.WritePNG(&buf))
+	img, err := png.Decode(&buf)
+	require.NoError(t, err)
+	assert.Equal(t, 800, img.Bounds().Dx())
+	assert.Error(t, (&Report{}).WritePNG(&buf), "nothing to plot")
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	kpb "github.com/voxserve/voxserve/proto/inference"
 	"google.golang.org/protobuf/proto"
 	"math/rand/v2"
 	"os"
@@ -43,7 +44,9 @@ func run() int {
 	maxReq := fs.Int("max-requests", 0, "stop a level after this many requests (0: no limit)")
 	priority := fs.String("priority", "routine", "stat or routine")
 	statRate := fs.Float64("stat-rate", 0, "also send STAT probe requests at this rate (per second) during each level and report their latency apart (concurrency 0 then measures them unloaded)")
-	out := fs.String("out", "", "folder for results.json and results.csv (default: print only)")
+	out := fs.String("out", "", "folder for results.json, results.csv and latency.png (default: print only)")
+	rates := fs.String("rate", "", "comma-separated offered rates (requests/s): open-loop steps instead of the concurrency sweep")
+	protocol := fs.String("protocol", "voxserve", "voxserve (voxserve.v1.Inference) or kserve (KServe v2 ModelInfer, so the same sweep measures Triton or any KServe server)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
@@ -85,7 +88,15 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	info, err := conn.Inference.GetModel(ctx, &pb.GetModelRequest{Name: *model})
+	if *protocol != "voxserve" && *protocol != "kserve" {
+		return fail(2, "--protocol must be voxserve or kserve")
+	}
+	var info *pb.ModelInfo
+	if *protocol == "kserve" {
+		info, err = kserveModelInfo(ctx, kpb.NewGRPCInferenceServiceClient(conn.ClientConn), *model)
+	} else {
+		info, err = conn.Inference.GetModel(ctx, &pb.GetModelRequest{Name: *model})
+	}
 	if err != nil {
 		return fail(1, "%v", err)
 	}
@@ -97,6 +108,9 @@ func run() int {
 		Input:   &pb.InferRequest_Tensors{Tensors: &pb.TensorInput{Tensors: []*pb.Tensor{t}}},
 		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS}}
 	call := inferCall(conn, req)
+	if *protocol == "kserve" {
+		call = kserveCall(kpb.NewGRPCInferenceServiceClient(conn.ClientConn), *model, t, prio == pb.Priority_PRIORITY_STAT)
+	}
 	rep := &bench.Report{Command: strings.Join(os.Args, " "), Target: target, Model: *model, StartedAt: time.Now().UTC(),
 		Machine: map[string]string{"goos": runtime.GOOS, "goarch": runtime.GOARCH, "cpus": strconv.Itoa(runtime.NumCPU()),
 			"onnxruntime": engine.RuntimeVersion(), "go": runtime.Version()}}
@@ -107,14 +121,33 @@ func run() int {
 		stat.Priority = pb.Priority_PRIORITY_STAT
 		cfg.ProbeRate = *statRate
 		cfg.Probe = inferCall(conn, stat)
+		if *protocol == "kserve" {
+			cfg.Probe = kserveCall(kpb.NewGRPCInferenceServiceClient(conn.ClientConn), *model, t, true)
+		}
 	}
-	rep.Steps, err = bench.Sweep(ctx, cfg, call)
+	if *rates != "" {
+		var rs []float64
+		for _, f := range strings.Split(*rates, ",") {
+			r, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+			if err != nil || r <= 0 {
+				return fail(2, "--rate: %q is not a positive number", f)
+			}
+			rs = append(rs, r)
+		}
+		rep.Steps, err = bench.SweepRates(ctx, cfg, rs, call)
+	} else {
+		rep.Steps, err = bench.Sweep(ctx, cfg, call)
+	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fail(1, "%v", err)
 	}
-	fmt.Printf("%-12s %9s %7s %11s %9s %9s %9s %9s %10s %11s\n", "concurrency", "requests", "errors", "thrpt/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "queue ms", "compute ms")
+	fmt.Printf("%-12s %9s %7s %11s %9s %9s %9s %9s %10s %11s\n", "load", "requests", "errors", "thrpt/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "queue ms", "compute ms")
 	for _, s := range rep.Steps {
-		fmt.Printf("%-12d %9d %7d %11.1f %9.2f %9.2f %9.2f %9.2f %10.2f %11.2f\n", s.Concurrency, s.Requests, s.Errors,
+		load := fmt.Sprintf("%d clients", s.Concurrency)
+		if s.RateRPS > 0 {
+			load = fmt.Sprintf("%g req/s", s.RateRPS)
+		}
+		fmt.Printf("%-12s %9d %7d %11.1f %9.2f %9.2f %9.2f %9.2f %10.2f %11.2f\n", load, s.Requests, s.Errors,
 			s.ThroughputRPS, s.P50Ms, s.P90Ms, s.P95Ms, s.P99Ms, s.MeanQueueMs, s.MeanComputeMs)
 		if s.FirstError != "" {
 			fmt.Printf("  first error: %s\n", s.FirstError)
@@ -127,7 +160,7 @@ func run() int {
 		if err := writeReport(*out, rep); err != nil {
 			return fail(1, "%v", err)
 		}
-		fmt.Fprintf(os.Stderr, "wrote %s and %s\n", filepath.Join(*out, "results.json"), filepath.Join(*out, "results.csv"))
+		fmt.Fprintf(os.Stderr, "wrote results.json, results.csv and latency.png in %s\n", *out)
 	}
 	return 0
 }
@@ -142,6 +175,47 @@ func inferCall(conn *client.Conn, req *pb.InferRequest) bench.Call {
 		tm := resp.GetTimings()
 		return time.Duration(tm.GetQueueUs()) * time.Microsecond, time.Duration(tm.GetInferenceUs()) * time.Microsecond, nil
 	}
+}
+
+// kserveCall sends t through KServe's ModelInfer (raw contents), STAT as
+// priority level 1.
+func kserveCall(c kpb.GRPCInferenceServiceClient, model string, t *pb.Tensor, stat bool) bench.Call {
+	dt, _ := server.DTypeFromProto(t.GetDataType())
+	req := &kpb.ModelInferRequest{ModelName: model,
+		Inputs:           []*kpb.ModelInferRequest_InferInputTensor{{Name: t.GetName(), Datatype: kserveDatatypes[dt], Shape: t.GetShape()}},
+		RawInputContents: [][]byte{t.GetData()}}
+	if stat {
+		req.Parameters = map[string]*kpb.InferParameter{"priority": {ParameterChoice: &kpb.InferParameter_Int64Param{Int64Param: 1}}}
+	}
+	return func(ctx context.Context) (time.Duration, time.Duration, error) {
+		_, err := c.ModelInfer(ctx, req)
+		return 0, 0, err // KServe responses carry no server-side timings
+	}
+}
+
+var kserveDatatypes = map[tensor.DType]string{tensor.Float32: "FP32", tensor.Float16: "FP16", tensor.Float64: "FP64",
+	tensor.Int8: "INT8", tensor.Uint8: "UINT8", tensor.Int16: "INT16", tensor.Uint16: "UINT16", tensor.Int32: "INT32",
+	tensor.Int64: "INT64", tensor.Bool: "BOOL"}
+
+// kserveModelInfo reads a model's input from KServe's ModelMetadata, in the
+// form makeInput takes: a leading -1 is the batch axis.
+func kserveModelInfo(ctx context.Context, c kpb.GRPCInferenceServiceClient, model string) (*pb.ModelInfo, error) {
+	md, err := c.ModelMetadata(ctx, &kpb.ModelMetadataRequest{Name: model})
+	if err != nil {
+		return nil, err
+	}
+	info := &pb.ModelInfo{Name: md.GetName()}
+	for _, in := range md.GetInputs() {
+		if in.GetDatatype() != "FP32" {
+			return nil, fmt.Errorf("input %s is %s; give --input for non-FP32 models", in.GetName(), in.GetDatatype())
+		}
+		dims := in.GetShape()
+		if len(dims) > 0 && dims[0] == -1 {
+			info.MaxBatchSize = 1
+		}
+		info.Inputs = append(info.Inputs, &pb.TensorInfo{Name: in.GetName(), DataType: pb.DataType_DATA_TYPE_FLOAT32, Dims: dims})
+	}
+	return info, nil
 }
 
 func makeInput(info *pb.ModelInfo, path string, dim int64) (*pb.Tensor, error) {
@@ -196,6 +270,7 @@ func writeReport(dir string, rep *bench.Report) error {
 	for name, write := range map[string]func(*os.File) error{
 		"results.json": func(f *os.File) error { return rep.WriteJSON(f) },
 		"results.csv":  func(f *os.File) error { return rep.WriteCSV(f) },
+		"latency.png":  func(f *os.File) error { return rep.WritePNG(f) },
 	} {
 		f, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
