@@ -36,6 +36,13 @@ type Step struct {
 	P99Ms         float64 `json:"p99_ms"`
 	MeanQueueMs   float64 `json:"mean_queue_ms"`
 	MeanComputeMs float64 `json:"mean_compute_ms"`
+	// OverheadP50Ms is the median of latency minus the server's model
+	// time: the round trip, serialization and scheduling around the model
+	// (0 when the server reports no model time).
+	OverheadP50Ms float64 `json:"overhead_p50_ms"`
+	// MeanBatchSize is the average batch the server formed during the step
+	// (from its statistics; 0 when not known).
+	MeanBatchSize float64 `json:"mean_batch_size,omitempty"`
 	FirstError    string  `json:"first_error,omitempty"`
 	// Probe is the latency of the probe requests sent alongside the load
 	// (e.g. STAT requests under routine load), when the sweep has probes.
@@ -51,6 +58,9 @@ type Config struct {
 	MaxRequests int
 	// Progress, if set, is told each step as it starts.
 	Progress func(step, of, concurrency int)
+	// Batches, if set, returns the server's cumulative inference and
+	// execution counts, read before and after each step for its mean batch.
+	Batches func(ctx context.Context) (inferences, executions int64, err error)
 	// Probe, if set, is sent ProbeRate times a second, open loop, during
 	// each measured window, and reported apart: how a request of another
 	// kind (a STAT study) fares under the load.
@@ -73,8 +83,10 @@ func SweepRates(ctx context.Context, cfg Config, rates []float64, call Call) ([]
 		if cfg.Warmup > 0 {
 			openLoop(ctx, r, cfg.Warmup, call)
 		}
+		before := batchCounts(ctx, cfg)
 		s := openLoop(ctx, r, cfg.Duration, call)
 		s.RateRPS = r
+		s.MeanBatchSize = meanBatch(ctx, cfg, before)
 		steps = append(steps, s)
 		if err := ctx.Err(); err != nil {
 			return steps, err
@@ -102,7 +114,9 @@ func Sweep(ctx context.Context, cfg Config, call Call) ([]Step, error) {
 			probes = make(chan Step, 1)
 			go func() { probes <- openLoop(ctx, cfg.ProbeRate, cfg.Duration, cfg.Probe) }()
 		}
+		before := batchCounts(ctx, cfg)
 		s := closedLoop(ctx, c, cfg.Duration, cfg.MaxRequests, call)
+		s.MeanBatchSize = meanBatch(ctx, cfg, before)
 		if probes != nil {
 			p := <-probes
 			s.Probe = &p
@@ -152,6 +166,27 @@ func closedLoop(ctx context.Context, conc int, d time.Duration, maxReq int, call
 	return summarise(conc, time.Since(start), samples)
 }
 
+func batchCounts(ctx context.Context, cfg Config) [2]int64 {
+	if cfg.Batches == nil {
+		return [2]int64{-1, -1}
+	}
+	i, e, err := cfg.Batches(ctx)
+	if err != nil {
+		return [2]int64{-1, -1}
+	}
+	return [2]int64{i, e}
+}
+
+// meanBatch is the step's inferences over its executions, from the counts
+// before it and now; 0 when unknown.
+func meanBatch(ctx context.Context, cfg Config, before [2]int64) float64 {
+	after := batchCounts(ctx, cfg)
+	if before[0] < 0 || after[0] < 0 || after[1] <= before[1] {
+		return 0
+	}
+	return float64(after[0]-before[0]) / float64(after[1]-before[1])
+}
+
 // openLoop sends call at a fixed rate for d, each request on its own, so
 // that slow answers do not slow the sending.
 func openLoop(ctx context.Context, rate float64, d time.Duration, call Call) Step {
@@ -184,7 +219,7 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, call Call) Ste
 
 func summarise(conc int, elapsed time.Duration, samples []sample) Step {
 	s := Step{Concurrency: conc, DurationS: elapsed.Seconds()}
-	var lats []float64
+	var lats, over []float64
 	var q, c float64
 	for _, x := range samples {
 		s.Requests++
@@ -198,12 +233,19 @@ func summarise(conc int, elapsed time.Duration, samples []sample) Step {
 		lats = append(lats, float64(x.lat.Microseconds())/1000)
 		q += float64(x.queue.Microseconds()) / 1000
 		c += float64(x.compute.Microseconds()) / 1000
+		if x.compute > 0 {
+			over = append(over, float64((x.lat-x.compute).Microseconds())/1000)
+		}
 	}
 	if n := len(lats); n > 0 {
 		sort.Float64s(lats)
 		s.ThroughputRPS = float64(n) / elapsed.Seconds()
 		s.P50Ms, s.P90Ms, s.P95Ms, s.P99Ms = Percentile(lats, 50), Percentile(lats, 90), Percentile(lats, 95), Percentile(lats, 99)
 		s.MeanQueueMs, s.MeanComputeMs = q/float64(n), c/float64(n)
+	}
+	if len(over) > 0 {
+		sort.Float64s(over)
+		s.OverheadP50Ms = Percentile(over, 50)
 	}
 	return s
 }
@@ -239,13 +281,14 @@ func (r *Report) WriteJSON(w io.Writer) error {
 func (r *Report) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
 	_ = cw.Write([]string{"concurrency", "rate_rps", "requests", "errors", "duration_s", "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_queue_ms", "mean_compute_ms",
+		"overhead_p50_ms", "mean_batch_size",
 		"probe_requests", "probe_p50_ms", "probe_p99_ms"})
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	for _, s := range r.Steps {
 		row := []string{strconv.Itoa(s.Concurrency), f(s.RateRPS), strconv.Itoa(s.Requests), strconv.Itoa(s.Errors), f(s.DurationS),
-			f(s.ThroughputRPS), f(s.P50Ms), f(s.P90Ms), f(s.P95Ms), f(s.P99Ms), f(s.MeanQueueMs), f(s.MeanComputeMs), "", "", ""}
+			f(s.ThroughputRPS), f(s.P50Ms), f(s.P90Ms), f(s.P95Ms), f(s.P99Ms), f(s.MeanQueueMs), f(s.MeanComputeMs), f(s.OverheadP50Ms), f(s.MeanBatchSize), "", "", ""}
 		if p := s.Probe; p != nil {
-			row[12], row[13], row[14] = strconv.Itoa(p.Requests), f(p.P50Ms), f(p.P99Ms)
+			row[14], row[15], row[16] = strconv.Itoa(p.Requests), f(p.P50Ms), f(p.P99Ms)
 		}
 		_ = cw.Write(row)
 	}

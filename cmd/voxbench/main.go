@@ -116,6 +116,21 @@ func run() int {
 			"onnxruntime": engine.RuntimeVersion(), "go": runtime.Version()}}
 	cfg := bench.Config{Concurrency: levels, Duration: *duration, Warmup: *warmup, MaxRequests: *maxReq,
 		Progress: func(i, n, c int) { fmt.Fprintf(os.Stderr, "[%d/%d] concurrency %d ...\n", i, n, c) }}
+	// The server's statistics give each step's mean batch size (KServe
+	// ModelStatistics; Triton serves it too).
+	ks := kpb.NewGRPCInferenceServiceClient(conn.ClientConn)
+	cfg.Batches = func(ctx context.Context) (int64, int64, error) {
+		st, err := ks.ModelStatistics(ctx, &kpb.ModelStatisticsRequest{Name: *model})
+		if err != nil {
+			return 0, 0, err
+		}
+		var inf, exe int64
+		for _, m := range st.GetModelStats() {
+			inf += int64(m.GetInferenceCount())
+			exe += int64(m.GetExecutionCount())
+		}
+		return inf, exe, nil
+	}
 	if *statRate > 0 {
 		stat := proto.Clone(req).(*pb.InferRequest)
 		stat.Priority = pb.Priority_PRIORITY_STAT
@@ -141,14 +156,14 @@ func run() int {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fail(1, "%v", err)
 	}
-	fmt.Printf("%-12s %9s %7s %11s %9s %9s %9s %9s %10s %11s\n", "load", "requests", "errors", "thrpt/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "queue ms", "compute ms")
+	fmt.Printf("%-12s %9s %7s %11s %9s %9s %9s %9s %10s %11s %12s %6s\n", "load", "requests", "errors", "thrpt/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "queue ms", "compute ms", "overhead ms", "batch")
 	for _, s := range rep.Steps {
 		load := fmt.Sprintf("%d clients", s.Concurrency)
 		if s.RateRPS > 0 {
 			load = fmt.Sprintf("%g req/s", s.RateRPS)
 		}
-		fmt.Printf("%-12s %9d %7d %11.1f %9.2f %9.2f %9.2f %9.2f %10.2f %11.2f\n", load, s.Requests, s.Errors,
-			s.ThroughputRPS, s.P50Ms, s.P90Ms, s.P95Ms, s.P99Ms, s.MeanQueueMs, s.MeanComputeMs)
+		fmt.Printf("%-12s %9d %7d %11.1f %9.2f %9.2f %9.2f %9.2f %10.2f %11.2f %12.2f %6.1f\n", load, s.Requests, s.Errors,
+			s.ThroughputRPS, s.P50Ms, s.P90Ms, s.P95Ms, s.P99Ms, s.MeanQueueMs, s.MeanComputeMs, s.OverheadP50Ms, s.MeanBatchSize)
 		if s.FirstError != "" {
 			fmt.Printf("  first error: %s\n", s.FirstError)
 		}
