@@ -5,6 +5,7 @@ import (
 	"compress/zlib"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -339,6 +340,12 @@ func TestInferWithAccelerator(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int32(2), acc.labels.Load())
 	assert.Equal(t, pwant.GetMasks()[0].GetDataZlib(), pgot.GetMasks()[0].GetDataZlib())
+	// The study's preprocessing time is in the metrics.
+	mresp, err := http.Get(h.httpURL + "/metrics")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	assert.Contains(t, string(body), `voxserve_preprocess_duration_seconds_count{model="windowed",version="1"} 1`)
 	info, err := h.client.GetModel(ctxT(t), &pb.GetModelRequest{Name: "windowed"})
 	require.NoError(t, err)
 	assert.Equal(t, "test accelerator", info.GetPreprocessingDevice())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"strconv"
 	"time"
@@ -29,6 +30,7 @@ type inference struct {
 	maxStreamBytes int64
 	dicomOpts      dicom.Options
 	acc            preprocess.Accelerator // nil: preprocessing on the CPU
+	prep           *prometheus.HistogramVec
 }
 
 func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferResponse, error) {
@@ -100,6 +102,9 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		return nil, invalid("input: one of tensors, volume or dicom is required")
 	}
 	prepTime := time.Since(prepStart)
+	if s.prep != nil && plan != nil {
+		s.prep.WithLabelValues(m.Spec.Name, m.VersionString()).Observe(prepTime.Seconds())
+	}
 
 	// STAT (1) and ROUTINE (2) are the scheduler's priority levels;
 	// unspecified (0) takes the bundle's default.

@@ -84,9 +84,20 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// metricsRegistry holds voxserve's collector and Go's process metrics.
-func metricsRegistry(reg *engine.Registry) *prometheus.Registry {
+// newPreprocessHistogram times study preprocessing (DICOM reading, series
+// assembly and the bundle's preprocessing) per model and version.
+func newPreprocessHistogram() *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "voxserve_preprocess_duration_seconds",
+		Help:    "Time to turn a study (DICOM or volume) into model input: reading, series assembly, preprocessing.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14), // 1 ms to 8 s
+	}, labels)
+}
+
+// metricsRegistry holds voxserve's collector, the preprocessing histogram
+// and Go's process metrics.
+func metricsRegistry(reg *engine.Registry, prep *prometheus.HistogramVec) *prometheus.Registry {
 	r := prometheus.NewRegistry()
-	r.MustRegister(collector{reg: reg}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.MustRegister(collector{reg: reg}, prep, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
 }

@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"errors"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"log/slog"
 	"net"
@@ -59,6 +60,8 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 
+	prep *prometheus.HistogramVec // preprocessing time, shared with the inference service
+
 	draining atomic.Bool
 	inflight sync.WaitGroup
 	mu       sync.Mutex // guards inflight.Add against the drain's Wait, and known
@@ -77,14 +80,14 @@ func New(reg *engine.Registry, opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{reg: reg, opts: opts, log: opts.Logger, health: health.NewServer()}
+	s := &Server{reg: reg, opts: opts, log: opts.Logger, health: health.NewServer(), prep: newPreprocessHistogram()}
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
 		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
-	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator})
+	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator, prep: s.prep})
 	kpb.RegisterGRPCInferenceServiceServer(s.grpc, &kserve{reg: reg, ready: s.Ready, version: Version})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -211,7 +214,7 @@ func (s *Server) Ready() bool { return !s.draining.Load() && len(s.reg.Names()) 
 // (Prometheus).
 func (s *Server) HTTPHandler() *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(metricsRegistry(s.reg), promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metricsRegistry(s.reg, s.prep), promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
