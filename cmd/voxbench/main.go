@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/voxserve/voxserve/phantom"
 	kpb "github.com/voxserve/voxserve/proto/inference"
 	"google.golang.org/protobuf/proto"
 	"math/rand/v2"
@@ -46,6 +47,7 @@ func run() int {
 	statRate := fs.Float64("stat-rate", 0, "also send STAT probe requests at this rate (per second) during each level and report their latency apart (concurrency 0 then measures them unloaded)")
 	out := fs.String("out", "", "folder for results.json, results.csv and latency.png (default: print only)")
 	rates := fs.String("rate", "", "comma-separated offered rates (requests/s): open-loop steps instead of the concurrency sweep")
+	phantomKind := fs.String("phantom", "", "send a whole phantom study as DICOM instead of a tensor: head-ct, chest-xr or abdomen-ct (seed 300000; voxserve protocol): the full pipeline under load")
 	protocol := fs.String("protocol", "voxserve", "voxserve (voxserve.v1.Inference) or kserve (KServe v2 ModelInfer, so the same sweep measures Triton or any KServe server)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -100,13 +102,26 @@ func run() int {
 	if err != nil {
 		return fail(1, "%v", err)
 	}
-	t, err := makeInput(info, *input, *dim)
-	if err != nil {
-		return fail(1, "%v", err)
+	var t *pb.Tensor
+	var req *pb.InferRequest
+	if *phantomKind != "" {
+		if *protocol != "voxserve" {
+			return fail(2, "--phantom sends DICOM: it needs --protocol voxserve")
+		}
+		study, err := phantomStudy(phantom.Kind(*phantomKind))
+		if err != nil {
+			return fail(2, "--phantom: %v", err)
+		}
+		req = &pb.InferRequest{Model: *model, Priority: prio, Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: study}},
+			Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MEASUREMENTS}}
+	} else {
+		if t, err = makeInput(info, *input, *dim); err != nil {
+			return fail(1, "%v", err)
+		}
+		req = &pb.InferRequest{Model: *model, Priority: prio,
+			Input:   &pb.InferRequest_Tensors{Tensors: &pb.TensorInput{Tensors: []*pb.Tensor{t}}},
+			Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS}}
 	}
-	req := &pb.InferRequest{Model: *model, Priority: prio,
-		Input:   &pb.InferRequest_Tensors{Tensors: &pb.TensorInput{Tensors: []*pb.Tensor{t}}},
-		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS}}
 	call := inferCall(conn, req)
 	if *protocol == "kserve" {
 		call = kserveCall(kpb.NewGRPCInferenceServiceClient(conn.ClientConn), *model, t, prio == pb.Priority_PRIORITY_STAT)
@@ -190,6 +205,17 @@ func inferCall(conn *client.Conn, req *pb.InferRequest) bench.Call {
 		tm := resp.GetTimings()
 		return time.Duration(tm.GetQueueUs()) * time.Microsecond, time.Duration(tm.GetInferenceUs()) * time.Microsecond, nil
 	}
+}
+
+// phantomStudy is one phantom study's DICOM instances (seed 300000, a
+// held-out seed, positive), the same for every run.
+func phantomStudy(kind phantom.Kind) ([][]byte, error) {
+	positive := true
+	c, err := phantom.Generate(kind, phantom.Options{Seed: 300000, Positive: &positive})
+	if err != nil {
+		return nil, err
+	}
+	return c.Series.Encode()
 }
 
 // kserveCall sends t through KServe's ModelInfer (raw contents), STAT as
