@@ -132,3 +132,16 @@ func TestMeasurementErrors(t *testing.T) {
 	assert.InDelta(t, 15, res.Measurements[0].Value, 1e-9)
 	assert.False(t, math.IsNaN(res.Measurements[0].Value))
 }
+
+// Run itself answers an empty study negative: the mask the model made of
+// it is cleared and its measurements are 0, with a warning.
+func TestRunEmptyStudyIsNegative(t *testing.T) {
+	out := bundle.Output{Name: "m", Kind: "mask", Labels: []bundle.Label{{Name: "a", Threshold: 0.5}},
+		Measurements: []bundle.MeasurementSpec{{Name: "x", Type: "mean_intensity", Label: "a"}}}
+	mask := tensor.FromFloat32("m", []int64{1, 1, 2, 2}, []float32{1, 0, 0, 1})
+	res, err := Run(spec(out), []*tensor.Tensor{mask}, true, &Study{Geometry: volume.Identity(), Values: []float32{70, 70, 70, 70}, Modality: "CT"})
+	require.NoError(t, err)
+	assert.Zero(t, res.Measurements[0].Value)
+	assert.Equal(t, []uint8{0, 0, 0, 0}, res.Masks[0].Voxels)
+	assert.Contains(t, res.Warnings[len(res.Warnings)-1], "nothing to find")
+}

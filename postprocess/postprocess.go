@@ -81,8 +81,19 @@ func MinVoxels(decl bundle.Output, study *Study) int {
 
 // RunWith is Run with label maps already made elsewhere (on the GPU) for
 // some mask outputs, by output index: those are used as they are, specks
-// already removed.
+// already removed. A study with nothing in it (EmptyStudy) is answered
+// negative, whatever the model made of it.
 func RunWith(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool, study *Study, premade map[int]*Mask) (*Result, error) {
+	res, err := run(spec, outputs, wantMasks, study, premade)
+	if err == nil && study != nil && len(study.Values) > 0 {
+		if why := EmptyStudy(study.Values, study.Modality); why != "" {
+			res.Negative(why)
+		}
+	}
+	return res, err
+}
+
+func run(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool, study *Study, premade map[int]*Mask) (*Result, error) {
 	if len(outputs) != len(spec.Outputs) {
 		return nil, fmt.Errorf("model gave %d outputs, bundle declares %d", len(outputs), len(spec.Outputs))
 	}

@@ -145,11 +145,6 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "postprocessing %s: %v", m, err)
 	}
-	if study != nil {
-		if why := postprocess.EmptyStudy(study.Values, study.Modality); why != "" {
-			res.Negative(why)
-		}
-	}
 	resp.Warnings = append(resp.Warnings, res.Warnings...)
 	if want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS] {
 		for _, x := range res.Measurements {
