@@ -407,12 +407,7 @@ func toGridSeparable(src, out *Grid, t [3]axisTable) {
 					continue
 				}
 				y0, y1, wy := int(ty.I0[j]), int(ty.I1[j]), ty.W[j]
-				r00 := src.V[(z0*src.NY+y0)*src.NX:]
-				r01 := src.V[(z0*src.NY+y1)*src.NX:]
-				r10 := src.V[(z1*src.NY+y0)*src.NX:]
-				r11 := src.V[(z1*src.NY+y1)*src.NX:]
-				row := out.V[(k*out.NY+j)*out.NX : (k*out.NY+j+1)*out.NX]
-				trilinearRow(row, r00, r01, r10, r11, tx.AxisMap, tx.inside, wy, wz)
+				trilinearRow(out.row(j, k), src, z0, z1, y0, y1, tx.AxisMap, tx.inside, wy, wz)
 			}
 		}
 	})

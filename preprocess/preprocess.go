@@ -224,21 +224,20 @@ func ResampleMapsInto(g, out *Grid, m [3]AxisMap) {
 			z0, z1, wz := int(mz.I0[k]), int(mz.I1[k]), mz.W[k]
 			for j := 0; j < out.NY; j++ {
 				y0, y1, wy := int(my.I0[j]), int(my.I1[j]), my.W[j]
-				r00 := g.V[(z0*g.NY+y0)*g.NX:]
-				r01 := g.V[(z0*g.NY+y1)*g.NX:]
-				r10 := g.V[(z1*g.NY+y0)*g.NX:]
-				r11 := g.V[(z1*g.NY+y1)*g.NX:]
-				row := out.V[(k*out.NY+j)*out.NX : (k*out.NY+j+1)*out.NX]
-				trilinearRow(row, r00, r01, r10, r11, mx, nil, wy, wz)
+				trilinearRow(out.row(j, k), g, z0, z1, y0, y1, mx, nil, wy, wz)
 			}
 		}
 	})
 }
 
-// trilinearRow fills one output row from the four source rows around it
+// row is the x row (j, k) of g.
+func (g *Grid) row(j, k int) []float32 { return g.V[(k*g.NY+j)*g.NX : (k*g.NY+j+1)*g.NX] }
+
+// trilinearRow fills one output row from the four rows of src around it
 // (y0/y1 by z0/z1): along x through mx, skipping indices where inside is
 // false when inside is given, then by the y and z weights.
-func trilinearRow(row, r00, r01, r10, r11 []float32, mx AxisMap, inside []bool, wy, wz float32) {
+func trilinearRow(row []float32, src *Grid, z0, z1, y0, y1 int, mx AxisMap, inside []bool, wy, wz float32) {
+	r00, r01, r10, r11 := src.row(y0, z0), src.row(y1, z0), src.row(y0, z1), src.row(y1, z1)
 	for i := range row {
 		if inside != nil && !inside[i] {
 			continue

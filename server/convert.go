@@ -207,19 +207,13 @@ func modelInfo(m *engine.Model, available []int64, acc preprocess.Accelerator) *
 		MaxBatchSize: s.MaxBatchSize, ExecutionProvider: m.Provider(),
 		IntendedUse: s.Provenance.IntendedUse, Metrics: s.Provenance.Metrics,
 	}
-	batch := func(dims []int64) []int64 {
-		if s.MaxBatchSize > 0 {
-			return append([]int64{-1}, dims...)
-		}
-		return dims
-	}
 	for _, in := range s.Inputs {
 		dt, _ := tensor.ParseDType(in.DataType)
-		info.Inputs = append(info.Inputs, &pb.TensorInfo{Name: in.Name, DataType: DTypeToProto(dt), Dims: batch(in.Dims)})
+		info.Inputs = append(info.Inputs, &pb.TensorInfo{Name: in.Name, DataType: DTypeToProto(dt), Dims: batchDims(s, in.Dims)})
 	}
 	for _, out := range s.Outputs {
 		dt, _ := tensor.ParseDType(out.DataType)
-		ti := &pb.TensorInfo{Name: out.Name, DataType: DTypeToProto(dt), Dims: batch(out.Dims), Kind: out.Kind}
+		ti := &pb.TensorInfo{Name: out.Name, DataType: DTypeToProto(dt), Dims: batchDims(s, out.Dims), Kind: out.Kind}
 		for _, l := range out.Labels {
 			ti.Labels = append(ti.Labels, l.Name)
 		}
@@ -229,4 +223,13 @@ func modelInfo(m *engine.Model, available []int64, acc preprocess.Accelerator) *
 		info.AvailableVersions = append(info.AvailableVersions, fmt.Sprint(v))
 	}
 	return info
+}
+
+// batchDims are a declared tensor's dims as clients see them: with the
+// batch axis (-1) first when the model batches, as Triton shows them.
+func batchDims(s *bundle.Spec, dims []int64) []int64 {
+	if s.MaxBatchSize > 0 {
+		return append([]int64{-1}, dims...)
+	}
+	return dims
 }

@@ -39,6 +39,9 @@ var kserveTypes = map[tensor.DType]string{
 	tensor.Float32: "FP32", tensor.Float64: "FP64",
 }
 
+// KServeDatatype is a tensor type's KServe name ("FP32"), "" if none.
+func KServeDatatype(d tensor.DType) string { return kserveTypes[d] }
+
 func fromKServeType(s string) (tensor.DType, bool) {
 	for d, k := range kserveTypes {
 		if k == s {
@@ -107,19 +110,13 @@ func (k *kserve) ModelMetadata(_ context.Context, req *kpb.ModelMetadataRequest)
 	defer release()
 	s := m.Spec
 	resp := &kpb.ModelMetadataResponse{Name: s.Name, Versions: k.loadedVersions(s.Name), Platform: "onnxruntime_onnx"}
-	shape := func(dims []int64) []int64 {
-		if s.MaxBatchSize > 0 {
-			return append([]int64{-1}, dims...)
-		}
-		return dims
-	}
 	for _, in := range s.Inputs {
 		dt, _ := tensor.ParseDType(in.DataType)
-		resp.Inputs = append(resp.Inputs, &kpb.ModelMetadataResponse_TensorMetadata{Name: in.Name, Datatype: kserveTypes[dt], Shape: shape(in.Dims)})
+		resp.Inputs = append(resp.Inputs, &kpb.ModelMetadataResponse_TensorMetadata{Name: in.Name, Datatype: kserveTypes[dt], Shape: batchDims(s, in.Dims)})
 	}
 	for _, out := range s.Outputs {
 		dt, _ := tensor.ParseDType(out.DataType)
-		resp.Outputs = append(resp.Outputs, &kpb.ModelMetadataResponse_TensorMetadata{Name: out.Name, Datatype: kserveTypes[dt], Shape: shape(out.Dims)})
+		resp.Outputs = append(resp.Outputs, &kpb.ModelMetadataResponse_TensorMetadata{Name: out.Name, Datatype: kserveTypes[dt], Shape: batchDims(s, out.Dims)})
 	}
 	return resp, nil
 }

@@ -223,7 +223,7 @@ func phantomStudy(kind phantom.Kind) ([][]byte, error) {
 func kserveCall(c kpb.GRPCInferenceServiceClient, model string, t *pb.Tensor, stat bool) bench.Call {
 	dt, _ := server.DTypeFromProto(t.GetDataType())
 	req := &kpb.ModelInferRequest{ModelName: model,
-		Inputs:           []*kpb.ModelInferRequest_InferInputTensor{{Name: t.GetName(), Datatype: kserveDatatypes[dt], Shape: t.GetShape()}},
+		Inputs:           []*kpb.ModelInferRequest_InferInputTensor{{Name: t.GetName(), Datatype: server.KServeDatatype(dt), Shape: t.GetShape()}},
 		RawInputContents: [][]byte{t.GetData()}}
 	if stat {
 		req.Parameters = map[string]*kpb.InferParameter{"priority": {ParameterChoice: &kpb.InferParameter_Int64Param{Int64Param: 1}}}
@@ -233,10 +233,6 @@ func kserveCall(c kpb.GRPCInferenceServiceClient, model string, t *pb.Tensor, st
 		return 0, 0, err // KServe responses carry no server-side timings
 	}
 }
-
-var kserveDatatypes = map[tensor.DType]string{tensor.Float32: "FP32", tensor.Float16: "FP16", tensor.Float64: "FP64",
-	tensor.Int8: "INT8", tensor.Uint8: "UINT8", tensor.Int16: "INT16", tensor.Uint16: "UINT16", tensor.Int32: "INT32",
-	tensor.Int64: "INT64", tensor.Bool: "BOOL"}
 
 // kserveModelInfo reads a model's input from KServe's ModelMetadata, in the
 // form makeInput takes: a leading -1 is the batch axis.
