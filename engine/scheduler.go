@@ -285,18 +285,18 @@ func (s *scheduler) run(batch []*request) {
 	outs, err := s.m.sess.run(inputs)
 	compute := time.Since(start)
 	input, infer := ran.Sub(start), time.Since(ran)
-	defer func() { s.m.stats.batch(total, input, infer, time.Since(start)-input-infer) }()
 	if err != nil {
 		err = status.Errorf(codes.Internal, "model %s: %v", s.m, err)
 	}
-	if len(live) == 1 { // the batch is the request's own
-		live[0].done <- result{outs: outs, err: err, tm: Timings{Queue: start.Sub(live[0].enq), Compute: compute}}
-		return
-	}
+	// Split first, count, then answer: a caller that reads the statistics
+	// once it has its answer sees its own batch in them.
+	results := make([]result, len(live))
 	var off int64
-	for _, r := range live {
+	for k, r := range live {
 		res := result{err: err, tm: Timings{Queue: start.Sub(r.enq), Compute: compute}}
-		if err == nil {
+		if err == nil && len(live) == 1 {
+			res.outs = outs // the batch is the request's own
+		} else if err == nil {
 			res.outs = make([]*tensor.Tensor, len(outs))
 			for i, o := range outs {
 				if len(o.Shape) == 0 || o.Shape[0] != total {
@@ -307,7 +307,11 @@ func (s *scheduler) run(batch []*request) {
 			}
 		}
 		off += r.n
-		r.done <- res
+		results[k] = res
+	}
+	s.m.stats.batch(total, input, infer, time.Since(start)-input-infer)
+	for k, r := range live {
+		r.done <- results[k]
 	}
 }
 
