@@ -8,6 +8,7 @@ GO        ?= go
 DEPS      := .deps
 GOBIN_DIR := $(CURDIR)/$(DEPS)/bin
 ORT_LIB   := $(DEPS)/onnxruntime/libonnxruntime.so.1
+DCIODVFY  := $(DEPS)/dicom3tools/usr/bin/dciodvfy
 CUDA_DIR  := $(DEPS)/cuda
 NVCC      := $(CUDA_DIR)/bin/nvcc
 # --fmad=false: a*b+c rounds twice, as in the Go reference, so that the
@@ -33,7 +34,7 @@ NORACE_PKGS := ./phantom/
 
 export CGO_ENABLED := 1
 
-.PHONY: models eval venv deps deps-go deps-cuda deps-gpu lint-docker kernels kernels-check build-cuda check-cuda build run test test-short lint fmt vet staticcheck proto proto-check \
+.PHONY: models eval venv deps deps-go deps-dicom3tools deps-cuda deps-gpu lint-docker kernels kernels-check build-cuda check-cuda build run test test-short lint fmt vet staticcheck proto proto-check \
         fuzz models-demo clean help
 
 help: ## list the targets
@@ -47,6 +48,12 @@ $(ORT_LIB): scripts/fetch-onnxruntime.sh
 
 deps-go:
 	@$(GO) mod download
+
+deps-dicom3tools: $(DCIODVFY) ## dciodvfy (Debian's dicom3tools) for validating our SR and SEG
+
+$(DCIODVFY): scripts/fetch-dicom3tools.sh
+	@scripts/fetch-dicom3tools.sh $(DEPS)/dicom3tools
+	@touch $@
 
 deps-cuda: $(NVCC) ## CUDA 13.0 nvcc and headers from PyPI, for the kernels and the cuda build
 
@@ -87,7 +94,7 @@ build: deps ## build bin/voxserve, bin/voxctl, bin/voxbench
 run: build ## build and serve the bundled models (CPU when there is no GPU)
 	bin/voxserve --model-repository $(MODELS) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-test: deps lint check-cuda lint-docker $(VENV)/.ok ## the whole test suite
+test: deps lint check-cuda lint-docker $(VENV)/.ok $(DCIODVFY) ## the whole test suite
 	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(RACE) $(TEST_FLAGS) $$($(GO) list ./... | grep -v -e '/phantom$$')
 	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(TEST_FLAGS) $(NORACE_PKGS)
 

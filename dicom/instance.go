@@ -149,6 +149,9 @@ type Instance struct {
 	// Frames has one entry per frame with its geometry and rescale.
 	Frames []Frame
 
+	// Subject is the patient and study attributes derived objects copy.
+	Subject Subject
+
 	native    []byte   // native pixel data, file byte order
 	bigEndian bool     // native data is big endian
 	fragments [][]byte // encapsulated pixel data, one entry per fragment
@@ -219,6 +222,7 @@ func Read(source string, data []byte) (*Instance, error) {
 	in.BodyPart = strings.ToUpper(str(get(tag.BodyPartExamined)))
 	in.Manufacturer = str(get(tag.Manufacturer))
 	in.Photometric = strings.ToUpper(str(get(tag.PhotometricInterpretation)))
+	in.Subject = readSubject(&ds)
 	if name, ok := isNonImageClass(in.SOPClassUID); ok {
 		return nil, fmt.Errorf("%s: %s: %w", source, name, ErrNotImage)
 	}

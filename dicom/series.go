@@ -56,6 +56,11 @@ type Series struct {
 	Volume *volume.Volume
 	// Problems are geometry findings that did not stop assembly.
 	Problems []string
+	// Subject is the first instance's patient and study attributes.
+	Subject Subject
+	// Projection marks a single image without patient-space orientation
+	// (DX, CR): it has no slice geometry to place derived frames on.
+	Projection bool
 }
 
 // Skipped is an input that was not part of any series, and why.
@@ -153,7 +158,7 @@ func Assemble(instances []*Instance, opts Options) (*Series, error) {
 	first := instances[0]
 	s := &Series{StudyInstanceUID: first.StudyInstanceUID, SeriesInstanceUID: first.SeriesInstanceUID,
 		FrameOfReference: first.FrameOfReference, Modality: first.Modality, BodyPart: first.BodyPart,
-		Manufacturer: first.Manufacturer, SliceThickness: first.SliceThickness, KVP: first.KVP, TransferSyntax: first.TransferSyntax}
+		Manufacturer: first.Manufacturer, SliceThickness: first.SliceThickness, KVP: first.KVP, TransferSyntax: first.TransferSyntax, Subject: first.Subject}
 	seriesErr := func(format string, args ...any) error {
 		return fmt.Errorf("series %s: "+format, append([]any{s.SeriesInstanceUID}, args...)...)
 	}
@@ -181,6 +186,7 @@ func Assemble(instances []*Instance, opts Options) (*Series, error) {
 	}
 	if len(slices) == 1 && !f0.HasOrient {
 		// A projection image (DX, CR) has no patient-space geometry.
+		s.Projection = true
 		if f0.HasPosition {
 			geo.Origin = f0.Position
 		}

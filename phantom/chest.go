@@ -1,6 +1,7 @@
 package phantom
 
 import (
+	"fmt"
 	"math"
 
 	"github.com/suyashkumar/dicom/pkg/tag"
@@ -246,6 +247,7 @@ func chestXR(o Options) *Case {
 	series := dicomwrite.Series{Rows: matrix, Cols: matrix, Slices: 1, Spacing: [3]float64{ps, ps, 1}, Slope: 1,
 		Modality: "DX", BodyPart: "CHEST", Photometric: photometric, Unsigned: true, BitsStored: 12,
 		SOPClassUID: DigitalXRayPresentation, StudyUID: truth.StudyUID, SeriesUID: truth.SeriesUID,
+		PatientName: phantomName(truth.Kind), PatientID: fmt.Sprintf("PHANTOM-%d", truth.Seed), StudyDate: "20260101",
 		Omit:  []tag.Tag{tag.ImagePositionPatient, tag.ImageOrientationPatient, tag.SliceThickness},
 		Value: func(i, j, k int) int32 { return stored[j*matrix+i] }}
 	return &Case{Truth: truth, Series: series, Labels: lab}

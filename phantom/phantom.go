@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 
 	"github.com/voxserve/voxserve/dicom/dicomwrite"
@@ -283,8 +284,14 @@ func ctSeries(g grid, hu []float32, truth *Truth, modality, bodyPart string) dic
 		Rows: g.ny, Cols: g.nx, Slices: g.nz, Spacing: g.spacing, Origin: g.origin, Orientation: o,
 		Slope: 1, Intercept: -1024, Modality: modality, BodyPart: bodyPart, Thickness: g.thickness,
 		StudyUID: truth.StudyUID, SeriesUID: truth.SeriesUID,
+		PatientName: phantomName(truth.Kind), PatientID: fmt.Sprintf("PHANTOM-%d", truth.Seed), StudyDate: "20260101",
 		Value: func(i, j, k int) int32 { return stored[k*plane+j*g.nx+i] },
 	}
+}
+
+// phantomName is the synthetic Patient's Name of a kind's studies.
+func phantomName(k Kind) string {
+	return "PHANTOM^" + strings.ToUpper(strings.ReplaceAll(string(k), "-", ""))
 }
 
 // volumeML integrates a region's volume by counting a fine regular grid of

@@ -14,6 +14,8 @@ type Measurement struct {
 	Label string
 	Value float64
 	Unit  string // UCUM
+	// Type is the bundle's measurement type (volume, max_axial_area, ...).
+	Type string
 }
 
 // Study is what measurements need besides the label map: the geometry of
@@ -95,7 +97,7 @@ func measure(decl bundle.Output, m *Mask, st *Study) ([]Measurement, error) {
 		if err != nil {
 			return nil, err
 		}
-		res := Measurement{Name: ms.Name, Label: ms.Label}
+		res := Measurement{Name: ms.Name, Label: ms.Label, Type: ms.Type}
 		switch ms.Type {
 		case "volume":
 			n := count(m.Voxels, lab)

@@ -33,6 +33,9 @@ type Slice struct {
 	SliceThickness      float64
 	Slope, Intercept    float64
 	InstanceNumber      int
+	// Patient and study attributes, written when set (synthetic values
+	// only: phantoms carry made-up names so the copy into SR/SEG is tested).
+	PatientName, PatientID, StudyDate string
 	// Omit lists tags to leave out (to test missing attributes).
 	Omit []tag.Tag
 }
@@ -90,6 +93,14 @@ func Encode(s Slice) ([]byte, error) {
 	add(tag.Modality, []string{s.Modality})
 	add(tag.StudyInstanceUID, []string{s.StudyUID})
 	add(tag.SeriesInstanceUID, []string{s.SeriesUID})
+	for _, a := range []struct {
+		t tag.Tag
+		v string
+	}{{tag.PatientName, s.PatientName}, {tag.PatientID, s.PatientID}, {tag.StudyDate, s.StudyDate}} {
+		if a.v != "" {
+			add(a.t, []string{a.v})
+		}
+	}
 	add(tag.FrameOfReferenceUID, []string{s.FrameOfReferenceUID})
 	add(tag.BodyPartExamined, []string{s.BodyPart})
 	add(tag.InstanceNumber, []string{strconv.Itoa(s.InstanceNumber)})
@@ -141,6 +152,8 @@ type Series struct {
 	Thickness   float64 // Slice Thickness; default Spacing[2]
 	BitsStored  int     // default 16
 	Omit        []tag.Tag
+	// Patient and study attributes (synthetic), written when set.
+	PatientName, PatientID, StudyDate string
 	// Value gives the stored value of voxel (i column, j row, k slice).
 	Value func(i, j, k int) int32
 }
@@ -172,6 +185,7 @@ func (s Series) Slice(k int) Slice {
 	}
 	return Slice{
 		SOPClassUID: s.SOPClassUID, BitsStored: s.BitsStored, Omit: s.Omit,
+		PatientName: s.PatientName, PatientID: s.PatientID, StudyDate: s.StudyDate,
 		StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, SOPUID: fmt.Sprintf("%s.%d", s.SeriesUID, k+1),
 		FrameOfReferenceUID: s.StudyUID + ".9", Modality: s.Modality, BodyPart: s.BodyPart, TransferSyntax: s.Syntax,
 		Rows: s.Rows, Cols: s.Cols, Pixels: pix, PixelRepresentation: pr, Photometric: s.Photometric,

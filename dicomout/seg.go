@@ -1,0 +1,251 @@
+package dicomout
+
+import (
+	"fmt"
+
+	"github.com/suyashkumar/dicom/pkg/tag"
+
+	sd "github.com/suyashkumar/dicom"
+)
+
+// Segment is one label of a label map.
+type Segment struct {
+	Label       string
+	Category    Code // SegmentedPropertyCategoryCodeSequence
+	Type        Code // SegmentedPropertyTypeCodeSequence
+	Description string
+}
+
+// LabelMap is a mask on the source grid: voxel value i+1 marks
+// Segments[i], 0 is background. Voxels are z-major ([slices][rows][cols]).
+type LabelMap struct {
+	Voxels   []uint8
+	Segments []Segment
+}
+
+// SegInfo says what a SEG holds, for the SR that references it.
+type SegInfo struct {
+	Object
+	// Numbers maps a segment label to its Segment Number.
+	Numbers map[string]int
+	Frames  int
+}
+
+// SEG encodes label maps as one binary DICOM Segmentation of the source
+// series, one segment per label, frames on the source slices.
+//
+// A cross-sectional source must have a Frame of Reference: each frame
+// carries its Plane Position and the shared Plane Orientation of the
+// source, so viewers overlay it exactly. A projection image (DX, CR) has no
+// patient-space plane; its frames are tied to the source by the Derivation
+// Image references alone.
+func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, error) {
+	if err := checkSource(&src, "SEG"); err != nil {
+		return nil, err
+	}
+	nz, ny, nx := src.Dims[0], src.Dims[1], src.Dims[2]
+	plane := ny * nx
+	if len(src.Instances) != nz {
+		return nil, fmt.Errorf("SEG: %d source instances for %d slices", len(src.Instances), nz)
+	}
+	if !src.Projection && src.FrameOfReferenceUID == "" {
+		return nil, &MissingError{Object: "SEG", Tag: "(0020,0052) Frame of Reference UID",
+			Why: "the frames of a cross-sectional series are placed in its frame of reference"}
+	}
+	var segs []Segment
+	for i, m := range maps {
+		if len(m.Voxels) != nz*plane {
+			return nil, fmt.Errorf("SEG: label map %d has %d voxels for %dx%dx%d", i, len(m.Voxels), nx, ny, nz)
+		}
+		if len(m.Segments) == 0 || len(m.Segments) > 255 {
+			return nil, fmt.Errorf("SEG: label map %d has %d segments (1..255)", i, len(m.Segments))
+		}
+		segs = append(segs, m.Segments...)
+	}
+	if len(segs) == 0 {
+		return nil, fmt.Errorf("SEG: no label maps")
+	}
+
+	// Frames: segment-major, then source slice order.
+	type frame struct{ seg, m, value, k int }
+	var frames []frame
+	build := func(omit bool) {
+		frames = frames[:0]
+		n := 0
+		for mi, m := range maps {
+			for si := range m.Segments {
+				n++
+				for k := 0; k < nz; k++ {
+					if omit && !anyValue(m.Voxels[k*plane:(k+1)*plane], uint8(si+1)) {
+						continue
+					}
+					frames = append(frames, frame{seg: n, m: mi, value: si + 1, k: k})
+				}
+			}
+		}
+	}
+	build(opt.OmitEmptyFrames)
+	if len(frames) == 0 { // every segment empty: keep the frames rather than write none
+		build(false)
+	}
+
+	// Pixel data: 1 bit per pixel, LSB first, frames packed back to back.
+	bits := len(frames) * plane
+	pix := make([]byte, (bits+7)/8+((bits+7)/8)%2)
+	for f, fr := range frames {
+		vox := maps[fr.m].Voxels[fr.k*plane : (fr.k+1)*plane]
+		base := f * plane
+		for p, v := range vox {
+			if v == uint8(fr.value) {
+				b := base + p
+				pix[b>>3] |= 1 << (b & 7)
+			}
+		}
+	}
+
+	sopUID, seriesUID := opt.UIDs.New(), opt.UIDs.New()
+	it := &item{}
+	num := opt.SeriesNumber
+	if num == 0 {
+		num = 9002
+	}
+	common(it, &src, alg, &opt, SegmentationStorage, sopUID, seriesUID, "SEG", "segmentation", num)
+
+	// Segmentation Image module.
+	it.str(tag.ImageType, "DERIVED", "PRIMARY")
+	it.str(tag.ContentLabel, csValue(alg.Name+"_SEG"))
+	it.str(tag.ContentDescription, truncate("AI segmentation by "+alg.Name+" "+alg.Version+", unverified", 64))
+	it.str(tag.ContentCreatorName)
+	it.str(tag.SegmentationType, "BINARY")
+	it.str(tag.SegmentsOverlap, "NO") // segments come from label maps
+	it.add(tag.SamplesPerPixel, []int{1})
+	it.str(tag.PhotometricInterpretation, "MONOCHROME2")
+	it.add(tag.Rows, []int{ny})
+	it.add(tag.Columns, []int{nx})
+	it.add(tag.BitsAllocated, []int{1})
+	it.add(tag.BitsStored, []int{1})
+	it.add(tag.HighBit, []int{0})
+	it.add(tag.PixelRepresentation, []int{0})
+	it.str(tag.LossyImageCompression, "00")
+	it.str(tag.NumberOfFrames, fmt.Sprint(len(frames)))
+	it.str(tag.BodyPartExamined, src.BodyPart)
+
+	numbers := map[string]int{}
+	var segItems []*item
+	for i, s := range segs {
+		si := &item{}
+		si.add(tag.SegmentNumber, []int{i + 1})
+		si.str(tag.SegmentLabel, truncate(s.Label, 64))
+		if s.Description != "" {
+			si.str(tag.SegmentDescription, truncate(s.Description, 64))
+		}
+		si.str(tag.SegmentAlgorithmType, "AUTOMATIC")
+		si.str(tag.SegmentAlgorithmName, truncate(alg.Name+" "+alg.Version, 64))
+		si.seq(tag.SegmentedPropertyCategoryCodeSequence, codeItem(s.Category))
+		si.seq(tag.SegmentedPropertyTypeCodeSequence, codeItem(s.Type))
+		segItems = append(segItems, si)
+		numbers[s.Label] = i + 1
+	}
+	it.seq(tag.SegmentSequence, segItems...)
+
+	// Frame of Reference and the Multi-frame Dimension module.
+	dimUID := opt.UIDs.New()
+	dims := []*item{dimIndex(tag.ReferencedSegmentNumber, tag.SegmentIdentificationSequence, dimUID, "ReferencedSegmentNumber")}
+	if !src.Projection {
+		it.str(tag.FrameOfReferenceUID, src.FrameOfReferenceUID)
+		it.str(tag.PositionReferenceIndicator)
+		dims = append(dims, dimIndex(tag.ImagePositionPatient, tag.PlanePositionSequence, dimUID, "ImagePositionPatient"))
+	}
+	org := &item{}
+	org.str(tag.DimensionOrganizationUID, dimUID)
+	it.seq(tag.DimensionOrganizationSequence, org)
+	it.seq(tag.DimensionIndexSequence, dims...)
+
+	// Shared functional groups: pixel measures and, in patient space, the
+	// source orientation.
+	d := src.Direction
+	shared := &item{}
+	if src.Projection {
+		// No plane in patient space: Pixel Measures would need a slice
+		// thickness the source does not have. Patient Orientation is Type
+		// 2C when there is no Image Orientation (Patient).
+		it.str(tag.PatientOrientation)
+	} else {
+		pm := &item{}
+		pm.str(tag.PixelSpacing, decimals(src.Spacing[1], src.Spacing[0])...)
+		pm.str(tag.SliceThickness, decimal(src.Spacing[2]))
+		pm.str(tag.SpacingBetweenSlices, decimal(src.Spacing[2]))
+		shared.seq(tag.PixelMeasuresSequence, pm)
+		po := &item{}
+		po.str(tag.ImageOrientationPatient, decimals(d[0], d[1], d[2], d[3], d[4], d[5])...)
+		shared.seq(tag.PlaneOrientationSequence, po)
+	}
+	it.seq(tag.SharedFunctionalGroupsSequence, shared)
+
+	// Per-frame functional groups.
+	multi := map[string]int{}
+	for _, in := range src.Instances {
+		multi[in.SOPInstanceUID]++
+	}
+	perFrame := make([]*item, len(frames))
+	for f, fr := range frames {
+		pf := &item{}
+		ref := src.Instances[fr.k]
+		srcImg := &item{}
+		srcImg.str(tag.ReferencedSOPClassUID, ref.SOPClassUID)
+		srcImg.str(tag.ReferencedSOPInstanceUID, ref.SOPInstanceUID)
+		if multi[ref.SOPInstanceUID] > 1 {
+			srcImg.str(tag.ReferencedFrameNumber, fmt.Sprint(ref.Frame))
+		}
+		srcImg.str(tag.SpatialLocationsPreserved, "YES") // frames lie on the source grid
+		srcImg.seq(tag.PurposeOfReferenceCodeSequence, codeItem(Code{"121322", "DCM", "Source image for image processing operation"}))
+		der := &item{}
+		der.seq(tag.DerivationCodeSequence, codeItem(Code{"113076", "DCM", "Segmentation"}))
+		der.seq(tag.SourceImageSequence, srcImg)
+		pf.seq(tag.DerivationImageSequence, der)
+
+		fc := &item{}
+		if src.Projection {
+			fc.add(tag.DimensionIndexValues, []int{fr.seg})
+		} else {
+			fc.add(tag.DimensionIndexValues, []int{fr.seg, fr.k + 1})
+			z := float64(fr.k) * src.Spacing[2]
+			pos := &item{}
+			pos.str(tag.ImagePositionPatient, decimals(src.Origin[0]+z*d[6], src.Origin[1]+z*d[7], src.Origin[2]+z*d[8])...)
+			pf.seq(tag.PlanePositionSequence, pos)
+		}
+		pf.seq(tag.FrameContentSequence, fc)
+		sid := &item{}
+		sid.add(tag.ReferencedSegmentNumber, []int{fr.seg})
+		pf.seq(tag.SegmentIdentificationSequence, sid)
+		perFrame[f] = pf
+	}
+	it.seq(tag.PerFrameFunctionalGroupsSequence, perFrame...)
+	it.seq(tag.ReferencedSeriesSequence, referencedSeries(&src))
+	it.add(tag.PixelData, sd.PixelDataInfo{IntentionallyUnprocessed: true, UnprocessedValueData: pix})
+
+	b, err := it.encode(SegmentationStorage, sopUID)
+	if err != nil {
+		return nil, fmt.Errorf("SEG: encoding: %w", err)
+	}
+	return &SegInfo{Object: Object{Bytes: b, SOPClassUID: SegmentationStorage, SOPInstanceUID: sopUID, SeriesUID: seriesUID},
+		Numbers: numbers, Frames: len(frames)}, nil
+}
+
+func dimIndex(pointer, group tag.Tag, orgUID, label string) *item {
+	it := &item{}
+	it.add(tag.DimensionIndexPointer, []int{int(pointer.Group), int(pointer.Element)})
+	it.add(tag.FunctionalGroupPointer, []int{int(group.Group), int(group.Element)})
+	it.str(tag.DimensionOrganizationUID, orgUID)
+	it.str(tag.DimensionDescriptionLabel, label)
+	return it
+}
+
+func anyValue(vox []uint8, v uint8) bool {
+	for _, x := range vox {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
