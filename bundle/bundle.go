@@ -63,6 +63,8 @@ type Spec struct {
 	VersionPolicy   *VersionPolicy   `yaml:"version_policy"`
 	Execution       Execution        `yaml:"execution"`
 	Provenance      Provenance       `yaml:"provenance"`
+	// Triage rules; absent means the response carries no triage.
+	Triage *Triage `yaml:"triage"`
 }
 
 // Input declares one model input tensor.
@@ -115,6 +117,28 @@ type Label struct {
 	// Threshold turns a probability into a decision; the site may tune it.
 	// Absent (or 0) means DefaultThreshold.
 	Threshold float64 `yaml:"threshold"`
+	// Category is the DICOM SEG Segmented Property Category of a mask
+	// label (CID 7150), e.g. SCT 49755003 Morphologically Abnormal
+	// Structure for a lesion; absent means SCT 91723000 Anatomical
+	// Structure.
+	Category *Code `yaml:"category"`
+}
+
+// Triage derives a worklist priority from the findings: the study is
+// urgent when any rule holds, routine otherwise.
+type Triage struct {
+	// UrgentFindings are scores labels whose presence makes a study urgent.
+	UrgentFindings []string `yaml:"urgent_findings"`
+	// UrgentMeasurements make a study urgent when a measurement reaches a
+	// value.
+	UrgentMeasurements []TriageMeasurement `yaml:"urgent_measurements"`
+}
+
+// TriageMeasurement is one measurement rule of Triage.
+type TriageMeasurement struct {
+	Label   string  `yaml:"label"`
+	Name    string  `yaml:"name"`
+	AtLeast float64 `yaml:"at_least"`
 }
 
 // Code is a coded concept, as DICOM writes them.
@@ -453,6 +477,38 @@ func (s *Spec) validate(file string) error {
 			}
 			if l.Code != nil && (l.Code.Scheme == "" || l.Code.Value == "" || l.Code.Meaning == "") {
 				bad(lf+".code", "needs scheme, value and meaning")
+			}
+			if l.Category != nil && (l.Category.Scheme == "" || l.Category.Value == "" || l.Category.Meaning == "") {
+				bad(lf+".category", "needs scheme, value and meaning")
+			}
+			if l.Category != nil && out.Kind != "mask" {
+				bad(lf+".category", "is a segmentation category; only mask labels take one")
+			}
+		}
+	}
+	if tr := s.Triage; tr != nil {
+		scores, measures := map[string]bool{}, map[string]bool{}
+		for _, out := range s.Outputs {
+			for _, l := range out.Labels {
+				if out.Kind == "scores" {
+					scores[l.Name] = true
+				}
+			}
+			for _, m := range out.Measurements {
+				measures[m.Label+"\x00"+m.Name] = true
+			}
+		}
+		if len(tr.UrgentFindings) == 0 && len(tr.UrgentMeasurements) == 0 {
+			bad("triage", "needs urgent_findings or urgent_measurements")
+		}
+		for i, f := range tr.UrgentFindings {
+			if !scores[f] {
+				bad(fmt.Sprintf("triage.urgent_findings[%d]", i), "%q is not a label of a scores output", f)
+			}
+		}
+		for i, m := range tr.UrgentMeasurements {
+			if !measures[m.Label+"\x00"+m.Name] {
+				bad(fmt.Sprintf("triage.urgent_measurements[%d]", i), "no measurement %q of label %q is declared", m.Name, m.Label)
 			}
 		}
 	}

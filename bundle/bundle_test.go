@@ -40,6 +40,9 @@ func TestParseValid(t *testing.T) {
 	assert.Equal(t, 1, s.InstanceCount)
 	assert.Nil(t, s.DynamicBatching, "no dynamic_batching: requests run alone")
 	assert.Equal(t, "REJECT", s.Queue.TimeoutAction)
+	tr, err := Parse("demo/bundle.yaml", []byte(valid+"triage: {urgent_findings: [bleed]}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"bleed"}, tr.Triage.UrgentFindings)
 	b, err := Parse("demo/bundle.yaml", []byte(valid+"dynamic_batching: {max_queue_delay_microseconds: 500}\n"))
 	require.NoError(t, err)
 	tf32 := true
@@ -63,6 +66,16 @@ func TestParseErrorsNameFileAndField(t *testing.T) {
 		edit    func(string) string
 		wantErr []string
 	}{
+		{"triage names an unknown finding", func(s string) string { return s + "triage: {urgent_findings: [nothing]}\n" },
+			[]string{"triage.urgent_findings[0]: \"nothing\" is not a label of a scores output"}},
+		{"triage names an unknown measurement", func(s string) string {
+			return s + "triage: {urgent_measurements: [{label: bleed, name: volume, at_least: 30}]}\n"
+		}, []string{"triage.urgent_measurements[0]: no measurement \"volume\" of label \"bleed\""}},
+		{"empty triage", func(s string) string { return s + "triage: {}\n" },
+			[]string{"triage: needs urgent_findings or urgent_measurements"}},
+		{"category on a scores label", func(s string) string {
+			return strings.Replace(s, "      - name: other", "      - name: other\n        category: {scheme: SCT, value: \"91723000\", meaning: Anatomical Structure}", 1)
+		}, []string{"outputs[0].labels[1].category: is a segmentation category"}},
 		{"unknown field", func(s string) string { return s + "max_batch: 3\n" },
 			[]string{"demo/bundle.yaml", "field max_batch not found"}},
 		{"unknown nested field", func(s string) string {

@@ -95,7 +95,7 @@ func segmentsFor(labels map[int]string) ([]Segment, map[string]int) {
 	numbers := map[string]int{}
 	for i, v := range values {
 		segs = append(segs, Segment{Label: labels[v], Category: Code{"91723000", "SCT", "Anatomical Structure"},
-			Type: Code{csValue(labels[v]), LocalScheme, labels[v]}})
+			Type: LocalCode(labels[v])})
 		numbers[strconv.Itoa(i+1)] = v
 	}
 	return segs, numbers

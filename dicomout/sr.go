@@ -75,6 +75,10 @@ var (
 	codeNoUnits     = Code{"1", "UCUM", "no units"}
 )
 
+// LocalCode is a concept of voxserve's local scheme named after a label,
+// for labels a bundle gives no standard code.
+func LocalCode(label string) Code { return Code{csValue(label), LocalScheme, label} }
+
 // procedure names what was imaged, by modality (CID 100 style).
 func procedure(modality string) Code {
 	switch modality {
@@ -88,10 +92,10 @@ func procedure(modality string) Code {
 	return Code{"363679005", "SCT", "Imaging"}
 }
 
-// measurementConcept maps a bundle measurement type to its concept and an
-// optional derivation modifier.
-func measurementConcept(m Measurement, modality string) (Code, *Code) {
-	switch m.Kind {
+// MeasurementConcept is the SR concept (and optional derivation modifier)
+// of a bundle measurement type; name titles a measurement of unknown type.
+func MeasurementConcept(kind, name, modality string) (Code, *Code) {
+	switch kind {
 	case "volume":
 		return Code{"118565006", "SCT", "Volume"}, nil
 	case "craniocaudal_length":
@@ -106,7 +110,7 @@ func measurementConcept(m Measurement, modality string) (Code, *Code) {
 	case "side_fraction":
 		return Code{"AREA_FRACTION", LocalScheme, "Area fraction of hemithorax"}, nil
 	}
-	return Code{csValue(m.Name), LocalScheme, m.Name}, nil
+	return LocalCode(name), nil
 }
 
 // ucum names UCUM units for the Measurement Units Code Sequence.
@@ -209,7 +213,7 @@ func SR(src Source, rep Report, seg *SegInfo, alg Algorithm, opt Options) (*Obje
 
 	var groups []*item
 	for _, f := range rep.Findings {
-		name := Code{csValue(f.Label), LocalScheme, f.Label}
+		name := LocalCode(f.Label)
 		if f.Code != nil {
 			name = *f.Code
 		}
@@ -235,7 +239,7 @@ func SR(src Source, rep Report, seg *SegInfo, alg Algorithm, opt Options) (*Obje
 	}
 	for _, label := range order {
 		ms := byLabel[label]
-		name := Code{csValue(label), LocalScheme, label}
+		name := LocalCode(label)
 		if ms[0].LabelCode != nil {
 			name = *ms[0].LabelCode
 		}
@@ -248,7 +252,7 @@ func SR(src Source, rep Report, seg *SegInfo, alg Algorithm, opt Options) (*Obje
 			}
 		}
 		for _, m := range ms {
-			concept, derivation := measurementConcept(m, src.Modality)
+			concept, derivation := MeasurementConcept(m.Kind, m.Name, src.Modality)
 			var mods []*item
 			if derivation != nil {
 				mods = append(mods, codeValueItem("HAS CONCEPT MOD", codeDerivation, *derivation))

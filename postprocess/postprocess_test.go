@@ -147,3 +147,29 @@ func TestLabelVoxelsSigmoidFastPathIsExact(t *testing.T) {
 		}
 	}
 }
+
+func TestTriage(t *testing.T) {
+	spec := &bundle.Spec{Triage: &bundle.Triage{UrgentFindings: []string{"ich"},
+		UrgentMeasurements: []bundle.TriageMeasurement{{Label: "bleed", Name: "volume", AtLeast: 30}}}}
+	for _, tc := range []struct {
+		name   string
+		r      Result
+		want   string
+		reason string
+	}{
+		{"nothing", Result{Findings: []Finding{{Label: "ich", Probability: 0.2, Threshold: 0.5}}}, TriageRoutine, "no urgent finding"},
+		{"finding", Result{Findings: []Finding{{Label: "ich", Probability: 0.9, Threshold: 0.5, Present: true}}}, TriageUrgent, "ich present"},
+		{"measurement", Result{Measurements: []Measurement{{Label: "bleed", Name: "volume", Value: 31, Unit: "mL"}}}, TriageUrgent, "bleed volume 31 mL >= 30"},
+		{"small", Result{Measurements: []Measurement{{Label: "bleed", Name: "volume", Value: 29, Unit: "mL"}}}, TriageRoutine, "no urgent finding"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, reasons := Triage(spec, &tc.r)
+			assert.Equal(t, tc.want, got)
+			require.NotEmpty(t, reasons)
+			assert.Contains(t, reasons[0], tc.reason)
+		})
+	}
+	none, reasons := Triage(&bundle.Spec{}, &Result{})
+	assert.Empty(t, none)
+	assert.Empty(t, reasons)
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/voxserve/voxserve/bundle"
 	"github.com/voxserve/voxserve/dicom"
+	"github.com/voxserve/voxserve/dicomout"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/postprocess"
 	"github.com/voxserve/voxserve/preprocess"
@@ -31,6 +32,7 @@ type inference struct {
 	dicomOpts      dicom.Options
 	acc            preprocess.Accelerator // nil: preprocessing on the CPU
 	prep           *prometheus.HistogramVec
+	uids           dicomout.UIDs // for SR and SEG objects
 }
 
 func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferResponse, error) {
@@ -47,6 +49,9 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		return nil, err
 	}
 	defer release()
+	if err := checkDerived(m.Spec, req); err != nil {
+		return nil, err
+	}
 
 	prepStart := time.Now()
 	var inputs []*tensor.Tensor
@@ -54,6 +59,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	var geometry *pb.Geometry
 	var plan *preprocess.Prepared // set when the bundle declares preprocessing
 	var study *postprocess.Study  // set for volume and DICOM inputs
+	var series *dicom.Series      // set for DICOM input
 	switch in := req.GetInput().(type) {
 	case *pb.InferRequest_Tensors:
 		if inputs, err = tensorsFromProto(in.Tensors.GetTensors()); err != nil {
@@ -66,11 +72,13 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 				return nil, err
 			}
 		} else {
-			series, warnings, err := studyVolume(m.Spec, in.(*pb.InferRequest_Dicom).Dicom, s.dicomOpts)
+			var warnings []string
+			series, warnings, err = studyVolume(m.Spec, in.(*pb.InferRequest_Dicom).Dicom, s.dicomOpts)
 			if err != nil {
 				return nil, err
 			}
 			resp.Warnings = append(resp.Warnings, warnings...)
+			resp.StudyInstanceUid, resp.SeriesInstanceUid = series.StudyInstanceUID, series.SeriesInstanceUID
 			vol = series.Volume
 		}
 		if err := checkAccepts(m.Spec, vol.Modality, vol.BodyPart); err != nil {
@@ -112,7 +120,9 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	if err != nil {
 		return nil, err
 	}
-	needMasks := want[pb.OutputKind_OUTPUT_KIND_MASK] || want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS]
+	// The SR reports the measurements, which are taken on the masks.
+	needMasks := want[pb.OutputKind_OUTPUT_KIND_MASK] || want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS] ||
+		want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] || want[pb.OutputKind_OUTPUT_KIND_DICOM_SR]
 	post := time.Now() // postprocessing includes mapping outputs back to the study
 	var premade map[int]*postprocess.Mask
 	if plan != nil && needMasks {
@@ -146,6 +156,13 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		return nil, status.Errorf(codes.Internal, "postprocessing %s: %v", m, err)
 	}
 	resp.Warnings = append(resp.Warnings, res.Warnings...)
+	triage, reasons := postprocess.Triage(m.Spec, res)
+	resp.Triage, resp.TriageReasons = triageToProto(triage), reasons
+	if want[pb.OutputKind_OUTPUT_KIND_DICOM_SR] || want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] {
+		if resp.DicomSr, resp.DicomSeg, err = s.derived(m, series, res, triage, reasons, want, req.GetSegOmitEmptyFrames()); err != nil {
+			return nil, err
+		}
+	}
 	if want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS] {
 		for _, x := range res.Measurements {
 			resp.Measurements = append(resp.Measurements, &pb.Measurement{Name: x.Name, Value: x.Value, Unit: x.Unit, Label: x.Label})
@@ -191,10 +208,9 @@ func wantedOutputs(kinds []pb.OutputKind) (map[pb.OutputKind]bool, error) {
 	for i, k := range kinds {
 		switch k {
 		case pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MASK,
-			pb.OutputKind_OUTPUT_KIND_MEASUREMENTS, pb.OutputKind_OUTPUT_KIND_TENSORS:
+			pb.OutputKind_OUTPUT_KIND_MEASUREMENTS, pb.OutputKind_OUTPUT_KIND_TENSORS,
+			pb.OutputKind_OUTPUT_KIND_DICOM_SR, pb.OutputKind_OUTPUT_KIND_DICOM_SEG:
 			want[k] = true
-		case pb.OutputKind_OUTPUT_KIND_DICOM_SR, pb.OutputKind_OUTPUT_KIND_DICOM_SEG:
-			return nil, status.Errorf(codes.Unimplemented, "outputs[%d]: %v is not implemented in this server version", i, k)
 		default:
 			return nil, invalid("outputs[%d]: %v is not an output kind", i, k)
 		}

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/voxserve/voxserve/dicom"
+	"github.com/voxserve/voxserve/dicomout"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/preprocess"
 	kpb "github.com/voxserve/voxserve/proto/inference"
@@ -50,6 +51,9 @@ type Options struct {
 	DICOM dicom.Options
 	// Accelerator runs preprocessing's fused pass (kernels.GPU); nil: the CPU.
 	Accelerator preprocess.Accelerator
+	// UIDRoot is the root of the UIDs of DICOM SR and SEG objects; empty
+	// means 2.25 (UUID-derived UIDs, no registration needed).
+	UIDRoot string
 }
 
 // Server is a voxserve instance over a registry.
@@ -87,7 +91,8 @@ func New(reg *engine.Registry, opts Options) *Server {
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
-	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator, prep: s.prep})
+	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator, prep: s.prep,
+		uids: dicomout.UIDs{Root: opts.UIDRoot}})
 	kpb.RegisterGRPCInferenceServiceServer(s.grpc, &kserve{reg: reg, ready: s.Ready, version: Version})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

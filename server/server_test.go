@@ -238,7 +238,7 @@ func TestBadRequests(t *testing.T) {
 			codes.InvalidArgument, "dicom.instances: empty"},
 		{"dicom not images", &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: [][]byte{[]byte("hello")}}}},
 			codes.InvalidArgument, "no image series among 1 instances (skipped instances[0]: not a DICOM file)"},
-		{"sr pending", &pb.InferRequest{Model: "affine", Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_DICOM_SR}}, codes.Unimplemented, "outputs[0]: OUTPUT_KIND_DICOM_SR"},
+		{"seg of a model without masks", &pb.InferRequest{Model: "affine", Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_DICOM_SEG}}, codes.InvalidArgument, "outputs[0]: OUTPUT_KIND_DICOM_SEG: model \"affine\" has no mask output"},
 		{"bad output kind", &pb.InferRequest{Model: "affine", Outputs: []pb.OutputKind{42}}, codes.InvalidArgument, "outputs[0]: 42 is not an output kind"},
 	}
 	for _, tt := range tests {

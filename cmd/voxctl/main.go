@@ -28,6 +28,7 @@ import (
 
 	"github.com/voxserve/voxserve/client"
 	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/findings"
 	"github.com/voxserve/voxserve/kernels"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 	"github.com/voxserve/voxserve/server"
@@ -42,6 +43,7 @@ Usage:
   voxctl infer     --model NAME (--input FILE.npy | --volume FILE.npy [--spacing X,Y,Z] [--modality CT])
                    [--addr ADDR | --model-repository DIR] [--version V] [--priority stat|routine]
                    [--tensors] [--output-dir DIR] [--json]
+                   [--sr FILE] [--seg FILE] [--seg-omit-empty] [--json FILE]
   voxctl load      NAME [--version V]... --addr ADDR
   voxctl unload    NAME [--version V] --addr ADDR
   voxctl inspect   [--json] [--strict-spacing] PATH...
@@ -322,7 +324,11 @@ func cmdInfer(args []string, out io.Writer) error {
 	priority := fs.String("priority", "routine", "stat or routine")
 	tensors := fs.Bool("tensors", false, "also return the model's raw output tensors")
 	outDir := fs.String("output-dir", "", "write output tensors and masks there as .npy")
-	if pos, err := parse(fs, args); err != nil {
+	srPath := fs.String("sr", "", "write the DICOM SR (TID 1500 measurement report) to this file (--dicom input)")
+	segPath := fs.String("seg", "", "write the DICOM SEG to this file (--dicom input)")
+	omitEmpty := fs.Bool("seg-omit-empty", false, "leave SEG frames with no segmented pixel out")
+	findingsPath := fs.String("findings", "", "write the JSON findings document (schema voxserve.findings/v1) to this file")
+	if pos, err := parse(fs, jsonFileArgs(args)); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return usageErr("infer: unexpected argument %q", pos[0])
@@ -381,10 +387,20 @@ func cmdInfer(args []string, out io.Writer) error {
 		}
 		req.Input = &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: instanceBytes(instances)}}
 	}
-	if *tensors {
+	if *tensors || *srPath != "" || *segPath != "" {
 		req.Outputs = []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MASK,
-			pb.OutputKind_OUTPUT_KIND_MEASUREMENTS, pb.OutputKind_OUTPUT_KIND_TENSORS}
+			pb.OutputKind_OUTPUT_KIND_MEASUREMENTS}
+		if *tensors {
+			req.Outputs = append(req.Outputs, pb.OutputKind_OUTPUT_KIND_TENSORS)
+		}
+		if *srPath != "" {
+			req.Outputs = append(req.Outputs, pb.OutputKind_OUTPUT_KIND_DICOM_SR)
+		}
+		if *segPath != "" {
+			req.Outputs = append(req.Outputs, pb.OutputKind_OUTPUT_KIND_DICOM_SEG)
+		}
 	}
+	req.SegOmitEmptyFrames = *omitEmpty
 	conn, err := c.connect([]string{*model})
 	if err != nil {
 		return err
@@ -401,14 +417,62 @@ func cmdInfer(args []string, out io.Writer) error {
 			return err
 		}
 	}
+	for _, f := range []struct {
+		path string
+		data func() ([]byte, error)
+	}{
+		{*srPath, func() ([]byte, error) { return resp.GetDicomSr(), nil }},
+		{*segPath, func() ([]byte, error) { return resp.GetDicomSeg(), nil }},
+		{*findingsPath, findings.FromResponse(resp).Marshal},
+	} {
+		if f.path == "" {
+			continue
+		}
+		b, err := f.data()
+		if err == nil {
+			if err = os.MkdirAll(filepath.Dir(f.path), 0o755); err == nil {
+				err = os.WriteFile(f.path, b, 0o644)
+			}
+		}
+		if err != nil {
+			return &exitError{1, fmt.Errorf("writing %s: %w", f.path, err)}
+		}
+	}
 	if c.json {
 		return printJSON(out, resp)
 	}
 	return printInfer(out, resp)
 }
 
+// jsonFileArgs lets infer take --json FILE, as the findings document's
+// path, beside the plain --json that prints the response: a --json followed
+// by a value that is not a flag becomes --findings FILE.
+func jsonFileArgs(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if (a == "--json" || a == "-json") && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+			out = append(out, "--findings", args[i+1])
+			i++
+			continue
+		}
+		if v, ok := strings.CutPrefix(a, "--json="); ok && v != "true" && v != "false" {
+			out = append(out, "--findings", v)
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
 func printInfer(out io.Writer, r *pb.InferResponse) error {
 	fmt.Fprintf(out, "model %s version %s\n", r.GetModel(), r.GetVersion())
+	switch r.GetTriage() {
+	case pb.Triage_TRIAGE_URGENT:
+		fmt.Fprintf(out, "triage: URGENT (%s)\n", strings.Join(r.GetTriageReasons(), "; "))
+	case pb.Triage_TRIAGE_ROUTINE:
+		fmt.Fprintln(out, "triage: routine")
+	}
 	if len(r.GetFindings()) > 0 {
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "\nFINDING\tPROBABILITY\tTHRESHOLD\tDECISION\tCODE")

@@ -300,6 +300,23 @@ func TestPhantomCommand(t *testing.T) {
 	out, _, err = runCLI("infer", "--model", "hyperdensity", "--dicom", filepath.Join(dir, "head-ct-000007"), "--model-repository", "../../models")
 	require.NoError(t, err)
 	assert.Contains(t, out, "hyperdense region")
+	// ... and writes the DICOM SR, the SEG and the findings document.
+	res := t.TempDir()
+	out, code, err = runCLI("infer", "--model", "hyperdensity", "--dicom", filepath.Join(dir, "head-ct-000007"), "--model-repository", "../../models",
+		"--sr", filepath.Join(res, "sr.dcm"), "--seg", filepath.Join(res, "seg.dcm"), "--json", filepath.Join(res, "findings.json"))
+	require.NoError(t, err, out)
+	assert.Equal(t, 0, code)
+	for _, f := range []string{"sr.dcm", "seg.dcm"} {
+		b, err := os.ReadFile(filepath.Join(res, f))
+		require.NoError(t, err)
+		assert.Equal(t, "DICM", string(b[128:132]), f)
+	}
+	doc, err := os.ReadFile(filepath.Join(res, "findings.json"))
+	require.NoError(t, err)
+	var fd map[string]any
+	require.NoError(t, json.Unmarshal(doc, &fd))
+	assert.Equal(t, "voxserve.findings/v1", fd["schema"])
+	assert.Equal(t, "hyperdensity", fd["model"].(map[string]any)["name"])
 
 	_, code, _ = runCLI("phantom", "--kind", "knee-mr", "--out", dir)
 	assert.Equal(t, 2, code)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/voxserve/voxserve/dicom"
+	"github.com/voxserve/voxserve/dicomout"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/kernels"
 	"github.com/voxserve/voxserve/server"
@@ -30,6 +31,7 @@ func run() int {
 	ortLib := fs.String("onnxruntime-lib", "", "path to libonnxruntime.so.1 (default: $"+engine.LibraryEnv+", then beside the binary, then .deps/)")
 	maxMsg := fs.Int("max-message-bytes", server.DefaultMaxMessageBytes, "largest gRPC message accepted or sent")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "time in-flight requests get to finish on SIGTERM")
+	uidRoot := fs.String("uid-root", dicomout.DefaultUIDRoot, "UID root for the DICOM SR and SEG objects voxserve writes (default 2.25: UUID-derived, no registration needed)")
 	strictSpacing := fs.Bool("dicom-strict-spacing", false, "refuse DICOM series with missing slices or uneven spacing (default: serve them with a warning)")
 	gpu := fs.String("gpu", "auto", "preprocessing on the GPU: auto (when one can run here), on (fail without one) or off")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -58,6 +60,10 @@ func run() int {
 		log.Warn("some bundles were not loaded; serving the rest", "loaded", reg.Names())
 	}
 
+	if err := dicomout.CheckRoot(*uidRoot); err != nil {
+		log.Error("cannot start", "flag", "--uid-root", "error", err)
+		return 2
+	}
 	acc, closeAcc, why, err := kernels.ForPreprocessing(*gpu)
 	if err != nil {
 		log.Error("cannot start", "error", err)
@@ -70,7 +76,7 @@ func run() int {
 		log.Info("preprocessing on the CPU", "reason", why)
 	}
 	srv := server.New(reg, server.Options{MaxMessageBytes: *maxMsg, ShutdownGrace: *grace, Logger: log,
-		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc})
+		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc, UIDRoot: *uidRoot})
 	gl, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
 		log.Error("cannot listen", "addr", *grpcAddr, "error", err)

@@ -207,6 +207,57 @@ func (OutputKind) EnumDescriptor() ([]byte, []int) {
 	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{2}
 }
 
+// Worklist triage derived from the findings by the bundle's rules, so an
+// orchestrator can move an urgent study up its worklist.
+type Triage int32
+
+const (
+	Triage_TRIAGE_UNSPECIFIED Triage = 0 // the bundle sets no triage rule
+	Triage_TRIAGE_ROUTINE     Triage = 1
+	Triage_TRIAGE_URGENT      Triage = 2
+)
+
+// Enum value maps for Triage.
+var (
+	Triage_name = map[int32]string{
+		0: "TRIAGE_UNSPECIFIED",
+		1: "TRIAGE_ROUTINE",
+		2: "TRIAGE_URGENT",
+	}
+	Triage_value = map[string]int32{
+		"TRIAGE_UNSPECIFIED": 0,
+		"TRIAGE_ROUTINE":     1,
+		"TRIAGE_URGENT":      2,
+	}
+)
+
+func (x Triage) Enum() *Triage {
+	p := new(Triage)
+	*p = x
+	return p
+}
+
+func (x Triage) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Triage) Descriptor() protoreflect.EnumDescriptor {
+	return file_voxserve_v1_voxserve_proto_enumTypes[3].Descriptor()
+}
+
+func (Triage) Type() protoreflect.EnumType {
+	return &file_voxserve_v1_voxserve_proto_enumTypes[3]
+}
+
+func (x Triage) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Triage.Descriptor instead.
+func (Triage) EnumDescriptor() ([]byte, []int) {
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{3}
+}
+
 type ModelInfo_State int32
 
 const (
@@ -240,11 +291,11 @@ func (x ModelInfo_State) String() string {
 }
 
 func (ModelInfo_State) Descriptor() protoreflect.EnumDescriptor {
-	return file_voxserve_v1_voxserve_proto_enumTypes[3].Descriptor()
+	return file_voxserve_v1_voxserve_proto_enumTypes[4].Descriptor()
 }
 
 func (ModelInfo_State) Type() protoreflect.EnumType {
-	return &file_voxserve_v1_voxserve_proto_enumTypes[3]
+	return &file_voxserve_v1_voxserve_proto_enumTypes[4]
 }
 
 func (x ModelInfo_State) Number() protoreflect.EnumNumber {
@@ -580,9 +631,12 @@ type InferRequest struct {
 	// Empty: findings, masks and measurements the bundle declares.
 	Outputs []OutputKind `protobuf:"varint,7,rep,packed,name=outputs,proto3,enum=voxserve.v1.OutputKind" json:"outputs,omitempty"`
 	// Echoed back; used in logs and the audit trail. Never put patient data here.
-	RequestId     string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// DICOM SEG: leave out frames with no segmented pixel (kept by default,
+	// for viewers that need one frame per source slice).
+	SegOmitEmptyFrames bool `protobuf:"varint,9,opt,name=seg_omit_empty_frames,json=segOmitEmptyFrames,proto3" json:"seg_omit_empty_frames,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *InferRequest) Reset() {
@@ -682,6 +736,13 @@ func (x *InferRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *InferRequest) GetSegOmitEmptyFrames() bool {
+	if x != nil {
+		return x.SegOmitEmptyFrames
+	}
+	return false
 }
 
 type isInferRequest_Input interface {
@@ -1157,20 +1218,29 @@ func (x *Timings) GetTotalUs() int64 {
 }
 
 type InferResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
-	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
-	RequestId     string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Findings      []*Finding             `protobuf:"bytes,4,rep,name=findings,proto3" json:"findings,omitempty"`
-	Measurements  []*Measurement         `protobuf:"bytes,5,rep,name=measurements,proto3" json:"measurements,omitempty"`
-	Masks         []*Mask                `protobuf:"bytes,6,rep,name=masks,proto3" json:"masks,omitempty"`
-	Tensors       []*Tensor              `protobuf:"bytes,7,rep,name=tensors,proto3" json:"tensors,omitempty"`
-	Timings       *Timings               `protobuf:"bytes,8,opt,name=timings,proto3" json:"timings,omitempty"`
-	DicomSr       []byte                 `protobuf:"bytes,9,opt,name=dicom_sr,json=dicomSr,proto3" json:"dicom_sr,omitempty"`
-	DicomSeg      []byte                 `protobuf:"bytes,10,opt,name=dicom_seg,json=dicomSeg,proto3" json:"dicom_seg,omitempty"`
-	Warnings      []string               `protobuf:"bytes,11,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Model        string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Version      string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	RequestId    string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Findings     []*Finding             `protobuf:"bytes,4,rep,name=findings,proto3" json:"findings,omitempty"`
+	Measurements []*Measurement         `protobuf:"bytes,5,rep,name=measurements,proto3" json:"measurements,omitempty"`
+	Masks        []*Mask                `protobuf:"bytes,6,rep,name=masks,proto3" json:"masks,omitempty"`
+	Tensors      []*Tensor              `protobuf:"bytes,7,rep,name=tensors,proto3" json:"tensors,omitempty"`
+	Timings      *Timings               `protobuf:"bytes,8,opt,name=timings,proto3" json:"timings,omitempty"`
+	// DICOM Part 10 files, when OUTPUT_KIND_DICOM_SR / _SEG are asked for
+	// (DICOM input only): a Comprehensive 3D SR (TID 1500) and a binary
+	// Segmentation in the source study, new series, UNVERIFIED.
+	DicomSr  []byte   `protobuf:"bytes,9,opt,name=dicom_sr,json=dicomSr,proto3" json:"dicom_sr,omitempty"`
+	DicomSeg []byte   `protobuf:"bytes,10,opt,name=dicom_seg,json=dicomSeg,proto3" json:"dicom_seg,omitempty"`
+	Warnings []string `protobuf:"bytes,11,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Triage   Triage   `protobuf:"varint,12,opt,name=triage,proto3,enum=voxserve.v1.Triage" json:"triage,omitempty"`
+	// Why the triage is urgent (or routine), in words.
+	TriageReasons []string `protobuf:"bytes,13,rep,name=triage_reasons,json=triageReasons,proto3" json:"triage_reasons,omitempty"`
+	// The study and series the result is about (DICOM input).
+	StudyInstanceUid  string `protobuf:"bytes,14,opt,name=study_instance_uid,json=studyInstanceUid,proto3" json:"study_instance_uid,omitempty"`
+	SeriesInstanceUid string `protobuf:"bytes,15,opt,name=series_instance_uid,json=seriesInstanceUid,proto3" json:"series_instance_uid,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *InferResponse) Reset() {
@@ -1278,6 +1348,34 @@ func (x *InferResponse) GetWarnings() []string {
 		return x.Warnings
 	}
 	return nil
+}
+
+func (x *InferResponse) GetTriage() Triage {
+	if x != nil {
+		return x.Triage
+	}
+	return Triage_TRIAGE_UNSPECIFIED
+}
+
+func (x *InferResponse) GetTriageReasons() []string {
+	if x != nil {
+		return x.TriageReasons
+	}
+	return nil
+}
+
+func (x *InferResponse) GetStudyInstanceUid() string {
+	if x != nil {
+		return x.StudyInstanceUid
+	}
+	return ""
+}
+
+func (x *InferResponse) GetSeriesInstanceUid() string {
+	if x != nil {
+		return x.SeriesInstanceUid
+	}
+	return ""
 }
 
 type ListModelsRequest struct {
@@ -1866,7 +1964,7 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\tbody_part\x18\x06 \x01(\tR\bbodyPart\"*\n" +
 	"\n" +
 	"DicomInput\x12\x1c\n" +
-	"\tinstances\x18\x01 \x03(\fR\tinstances\"\xe2\x02\n" +
+	"\tinstances\x18\x01 \x03(\fR\tinstances\"\x95\x03\n" +
 	"\fInferRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x121\n" +
@@ -1876,7 +1974,8 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\x05dicom\x18\x06 \x01(\v2\x17.voxserve.v1.DicomInputH\x00R\x05dicom\x121\n" +
 	"\aoutputs\x18\a \x03(\x0e2\x17.voxserve.v1.OutputKindR\aoutputs\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tR\trequestIdB\a\n" +
+	"request_id\x18\b \x01(\tR\trequestId\x121\n" +
+	"\x15seg_omit_empty_frames\x18\t \x01(\bR\x12segOmitEmptyFramesB\a\n" +
 	"\x05input\"\x8a\x01\n" +
 	"\x12InferStreamRequest\x123\n" +
 	"\x06header\x18\x01 \x01(\v2\x19.voxserve.v1.InferRequestH\x00R\x06header\x127\n" +
@@ -1909,7 +2008,7 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\rpreprocess_us\x18\x02 \x01(\x03R\fpreprocessUs\x12!\n" +
 	"\finference_us\x18\x03 \x01(\x03R\vinferenceUs\x12%\n" +
 	"\x0epostprocess_us\x18\x04 \x01(\x03R\rpostprocessUs\x12\x19\n" +
-	"\btotal_us\x18\x05 \x01(\x03R\atotalUs\"\xaa\x03\n" +
+	"\btotal_us\x18\x05 \x01(\x03R\atotalUs\"\xdc\x04\n" +
 	"\rInferResponse\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1d\n" +
@@ -1923,7 +2022,11 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\bdicom_sr\x18\t \x01(\fR\adicomSr\x12\x1b\n" +
 	"\tdicom_seg\x18\n" +
 	" \x01(\fR\bdicomSeg\x12\x1a\n" +
-	"\bwarnings\x18\v \x03(\tR\bwarnings\"\x13\n" +
+	"\bwarnings\x18\v \x03(\tR\bwarnings\x12+\n" +
+	"\x06triage\x18\f \x01(\x0e2\x13.voxserve.v1.TriageR\x06triage\x12%\n" +
+	"\x0etriage_reasons\x18\r \x03(\tR\rtriageReasons\x12,\n" +
+	"\x12study_instance_uid\x18\x0e \x01(\tR\x10studyInstanceUid\x12.\n" +
+	"\x13series_instance_uid\x18\x0f \x01(\tR\x11seriesInstanceUid\"\x13\n" +
 	"\x11ListModelsRequest\"D\n" +
 	"\x12ListModelsResponse\x12.\n" +
 	"\x06models\x18\x01 \x03(\v2\x16.voxserve.v1.ModelInfoR\x06models\"?\n" +
@@ -1999,7 +2102,11 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\x18OUTPUT_KIND_MEASUREMENTS\x10\x03\x12\x18\n" +
 	"\x14OUTPUT_KIND_DICOM_SR\x10\x04\x12\x19\n" +
 	"\x15OUTPUT_KIND_DICOM_SEG\x10\x05\x12\x17\n" +
-	"\x13OUTPUT_KIND_TENSORS\x10\x062\xc8\x03\n" +
+	"\x13OUTPUT_KIND_TENSORS\x10\x06*G\n" +
+	"\x06Triage\x12\x16\n" +
+	"\x12TRIAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eTRIAGE_ROUTINE\x10\x01\x12\x11\n" +
+	"\rTRIAGE_URGENT\x10\x022\xc8\x03\n" +
 	"\tInference\x12>\n" +
 	"\x05Infer\x12\x19.voxserve.v1.InferRequest\x1a\x1a.voxserve.v1.InferResponse\x12L\n" +
 	"\vInferStream\x12\x1f.voxserve.v1.InferStreamRequest\x1a\x1a.voxserve.v1.InferResponse(\x01\x12M\n" +
@@ -2021,80 +2128,82 @@ func file_voxserve_v1_voxserve_proto_rawDescGZIP() []byte {
 	return file_voxserve_v1_voxserve_proto_rawDescData
 }
 
-var file_voxserve_v1_voxserve_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_voxserve_v1_voxserve_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_voxserve_v1_voxserve_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_voxserve_v1_voxserve_proto_goTypes = []any{
 	(DataType)(0),               // 0: voxserve.v1.DataType
 	(Priority)(0),               // 1: voxserve.v1.Priority
 	(OutputKind)(0),             // 2: voxserve.v1.OutputKind
-	(ModelInfo_State)(0),        // 3: voxserve.v1.ModelInfo.State
-	(*Tensor)(nil),              // 4: voxserve.v1.Tensor
-	(*TensorInput)(nil),         // 5: voxserve.v1.TensorInput
-	(*Geometry)(nil),            // 6: voxserve.v1.Geometry
-	(*Volume)(nil),              // 7: voxserve.v1.Volume
-	(*DicomInput)(nil),          // 8: voxserve.v1.DicomInput
-	(*InferRequest)(nil),        // 9: voxserve.v1.InferRequest
-	(*InferStreamRequest)(nil),  // 10: voxserve.v1.InferStreamRequest
-	(*Code)(nil),                // 11: voxserve.v1.Code
-	(*Finding)(nil),             // 12: voxserve.v1.Finding
-	(*Measurement)(nil),         // 13: voxserve.v1.Measurement
-	(*Mask)(nil),                // 14: voxserve.v1.Mask
-	(*Timings)(nil),             // 15: voxserve.v1.Timings
-	(*InferResponse)(nil),       // 16: voxserve.v1.InferResponse
-	(*ListModelsRequest)(nil),   // 17: voxserve.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),  // 18: voxserve.v1.ListModelsResponse
-	(*GetModelRequest)(nil),     // 19: voxserve.v1.GetModelRequest
-	(*TensorInfo)(nil),          // 20: voxserve.v1.TensorInfo
-	(*ModelInfo)(nil),           // 21: voxserve.v1.ModelInfo
-	(*LoadModelRequest)(nil),    // 22: voxserve.v1.LoadModelRequest
-	(*LoadModelResponse)(nil),   // 23: voxserve.v1.LoadModelResponse
-	(*UnloadModelRequest)(nil),  // 24: voxserve.v1.UnloadModelRequest
-	(*UnloadModelResponse)(nil), // 25: voxserve.v1.UnloadModelResponse
-	nil,                         // 26: voxserve.v1.ModelInfo.MetricsEntry
+	(Triage)(0),                 // 3: voxserve.v1.Triage
+	(ModelInfo_State)(0),        // 4: voxserve.v1.ModelInfo.State
+	(*Tensor)(nil),              // 5: voxserve.v1.Tensor
+	(*TensorInput)(nil),         // 6: voxserve.v1.TensorInput
+	(*Geometry)(nil),            // 7: voxserve.v1.Geometry
+	(*Volume)(nil),              // 8: voxserve.v1.Volume
+	(*DicomInput)(nil),          // 9: voxserve.v1.DicomInput
+	(*InferRequest)(nil),        // 10: voxserve.v1.InferRequest
+	(*InferStreamRequest)(nil),  // 11: voxserve.v1.InferStreamRequest
+	(*Code)(nil),                // 12: voxserve.v1.Code
+	(*Finding)(nil),             // 13: voxserve.v1.Finding
+	(*Measurement)(nil),         // 14: voxserve.v1.Measurement
+	(*Mask)(nil),                // 15: voxserve.v1.Mask
+	(*Timings)(nil),             // 16: voxserve.v1.Timings
+	(*InferResponse)(nil),       // 17: voxserve.v1.InferResponse
+	(*ListModelsRequest)(nil),   // 18: voxserve.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),  // 19: voxserve.v1.ListModelsResponse
+	(*GetModelRequest)(nil),     // 20: voxserve.v1.GetModelRequest
+	(*TensorInfo)(nil),          // 21: voxserve.v1.TensorInfo
+	(*ModelInfo)(nil),           // 22: voxserve.v1.ModelInfo
+	(*LoadModelRequest)(nil),    // 23: voxserve.v1.LoadModelRequest
+	(*LoadModelResponse)(nil),   // 24: voxserve.v1.LoadModelResponse
+	(*UnloadModelRequest)(nil),  // 25: voxserve.v1.UnloadModelRequest
+	(*UnloadModelResponse)(nil), // 26: voxserve.v1.UnloadModelResponse
+	nil,                         // 27: voxserve.v1.ModelInfo.MetricsEntry
 }
 var file_voxserve_v1_voxserve_proto_depIdxs = []int32{
 	0,  // 0: voxserve.v1.Tensor.data_type:type_name -> voxserve.v1.DataType
-	4,  // 1: voxserve.v1.TensorInput.tensors:type_name -> voxserve.v1.Tensor
+	5,  // 1: voxserve.v1.TensorInput.tensors:type_name -> voxserve.v1.Tensor
 	0,  // 2: voxserve.v1.Volume.data_type:type_name -> voxserve.v1.DataType
-	6,  // 3: voxserve.v1.Volume.geometry:type_name -> voxserve.v1.Geometry
+	7,  // 3: voxserve.v1.Volume.geometry:type_name -> voxserve.v1.Geometry
 	1,  // 4: voxserve.v1.InferRequest.priority:type_name -> voxserve.v1.Priority
-	5,  // 5: voxserve.v1.InferRequest.tensors:type_name -> voxserve.v1.TensorInput
-	7,  // 6: voxserve.v1.InferRequest.volume:type_name -> voxserve.v1.Volume
-	8,  // 7: voxserve.v1.InferRequest.dicom:type_name -> voxserve.v1.DicomInput
+	6,  // 5: voxserve.v1.InferRequest.tensors:type_name -> voxserve.v1.TensorInput
+	8,  // 6: voxserve.v1.InferRequest.volume:type_name -> voxserve.v1.Volume
+	9,  // 7: voxserve.v1.InferRequest.dicom:type_name -> voxserve.v1.DicomInput
 	2,  // 8: voxserve.v1.InferRequest.outputs:type_name -> voxserve.v1.OutputKind
-	9,  // 9: voxserve.v1.InferStreamRequest.header:type_name -> voxserve.v1.InferRequest
-	8,  // 10: voxserve.v1.InferStreamRequest.instances:type_name -> voxserve.v1.DicomInput
-	11, // 11: voxserve.v1.Finding.code:type_name -> voxserve.v1.Code
-	6,  // 12: voxserve.v1.Mask.geometry:type_name -> voxserve.v1.Geometry
-	12, // 13: voxserve.v1.InferResponse.findings:type_name -> voxserve.v1.Finding
-	13, // 14: voxserve.v1.InferResponse.measurements:type_name -> voxserve.v1.Measurement
-	14, // 15: voxserve.v1.InferResponse.masks:type_name -> voxserve.v1.Mask
-	4,  // 16: voxserve.v1.InferResponse.tensors:type_name -> voxserve.v1.Tensor
-	15, // 17: voxserve.v1.InferResponse.timings:type_name -> voxserve.v1.Timings
-	21, // 18: voxserve.v1.ListModelsResponse.models:type_name -> voxserve.v1.ModelInfo
-	0,  // 19: voxserve.v1.TensorInfo.data_type:type_name -> voxserve.v1.DataType
-	3,  // 20: voxserve.v1.ModelInfo.state:type_name -> voxserve.v1.ModelInfo.State
-	20, // 21: voxserve.v1.ModelInfo.inputs:type_name -> voxserve.v1.TensorInfo
-	20, // 22: voxserve.v1.ModelInfo.outputs:type_name -> voxserve.v1.TensorInfo
-	26, // 23: voxserve.v1.ModelInfo.metrics:type_name -> voxserve.v1.ModelInfo.MetricsEntry
-	21, // 24: voxserve.v1.LoadModelResponse.loaded:type_name -> voxserve.v1.ModelInfo
-	9,  // 25: voxserve.v1.Inference.Infer:input_type -> voxserve.v1.InferRequest
-	10, // 26: voxserve.v1.Inference.InferStream:input_type -> voxserve.v1.InferStreamRequest
-	17, // 27: voxserve.v1.Inference.ListModels:input_type -> voxserve.v1.ListModelsRequest
-	19, // 28: voxserve.v1.Inference.GetModel:input_type -> voxserve.v1.GetModelRequest
-	22, // 29: voxserve.v1.Inference.LoadModel:input_type -> voxserve.v1.LoadModelRequest
-	24, // 30: voxserve.v1.Inference.UnloadModel:input_type -> voxserve.v1.UnloadModelRequest
-	16, // 31: voxserve.v1.Inference.Infer:output_type -> voxserve.v1.InferResponse
-	16, // 32: voxserve.v1.Inference.InferStream:output_type -> voxserve.v1.InferResponse
-	18, // 33: voxserve.v1.Inference.ListModels:output_type -> voxserve.v1.ListModelsResponse
-	21, // 34: voxserve.v1.Inference.GetModel:output_type -> voxserve.v1.ModelInfo
-	23, // 35: voxserve.v1.Inference.LoadModel:output_type -> voxserve.v1.LoadModelResponse
-	25, // 36: voxserve.v1.Inference.UnloadModel:output_type -> voxserve.v1.UnloadModelResponse
-	31, // [31:37] is the sub-list for method output_type
-	25, // [25:31] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	10, // 9: voxserve.v1.InferStreamRequest.header:type_name -> voxserve.v1.InferRequest
+	9,  // 10: voxserve.v1.InferStreamRequest.instances:type_name -> voxserve.v1.DicomInput
+	12, // 11: voxserve.v1.Finding.code:type_name -> voxserve.v1.Code
+	7,  // 12: voxserve.v1.Mask.geometry:type_name -> voxserve.v1.Geometry
+	13, // 13: voxserve.v1.InferResponse.findings:type_name -> voxserve.v1.Finding
+	14, // 14: voxserve.v1.InferResponse.measurements:type_name -> voxserve.v1.Measurement
+	15, // 15: voxserve.v1.InferResponse.masks:type_name -> voxserve.v1.Mask
+	5,  // 16: voxserve.v1.InferResponse.tensors:type_name -> voxserve.v1.Tensor
+	16, // 17: voxserve.v1.InferResponse.timings:type_name -> voxserve.v1.Timings
+	3,  // 18: voxserve.v1.InferResponse.triage:type_name -> voxserve.v1.Triage
+	22, // 19: voxserve.v1.ListModelsResponse.models:type_name -> voxserve.v1.ModelInfo
+	0,  // 20: voxserve.v1.TensorInfo.data_type:type_name -> voxserve.v1.DataType
+	4,  // 21: voxserve.v1.ModelInfo.state:type_name -> voxserve.v1.ModelInfo.State
+	21, // 22: voxserve.v1.ModelInfo.inputs:type_name -> voxserve.v1.TensorInfo
+	21, // 23: voxserve.v1.ModelInfo.outputs:type_name -> voxserve.v1.TensorInfo
+	27, // 24: voxserve.v1.ModelInfo.metrics:type_name -> voxserve.v1.ModelInfo.MetricsEntry
+	22, // 25: voxserve.v1.LoadModelResponse.loaded:type_name -> voxserve.v1.ModelInfo
+	10, // 26: voxserve.v1.Inference.Infer:input_type -> voxserve.v1.InferRequest
+	11, // 27: voxserve.v1.Inference.InferStream:input_type -> voxserve.v1.InferStreamRequest
+	18, // 28: voxserve.v1.Inference.ListModels:input_type -> voxserve.v1.ListModelsRequest
+	20, // 29: voxserve.v1.Inference.GetModel:input_type -> voxserve.v1.GetModelRequest
+	23, // 30: voxserve.v1.Inference.LoadModel:input_type -> voxserve.v1.LoadModelRequest
+	25, // 31: voxserve.v1.Inference.UnloadModel:input_type -> voxserve.v1.UnloadModelRequest
+	17, // 32: voxserve.v1.Inference.Infer:output_type -> voxserve.v1.InferResponse
+	17, // 33: voxserve.v1.Inference.InferStream:output_type -> voxserve.v1.InferResponse
+	19, // 34: voxserve.v1.Inference.ListModels:output_type -> voxserve.v1.ListModelsResponse
+	22, // 35: voxserve.v1.Inference.GetModel:output_type -> voxserve.v1.ModelInfo
+	24, // 36: voxserve.v1.Inference.LoadModel:output_type -> voxserve.v1.LoadModelResponse
+	26, // 37: voxserve.v1.Inference.UnloadModel:output_type -> voxserve.v1.UnloadModelResponse
+	32, // [32:38] is the sub-list for method output_type
+	26, // [26:32] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_voxserve_v1_voxserve_proto_init() }
@@ -2116,7 +2225,7 @@ func file_voxserve_v1_voxserve_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_voxserve_v1_voxserve_proto_rawDesc), len(file_voxserve_v1_voxserve_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
