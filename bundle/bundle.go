@@ -94,6 +94,10 @@ type Output struct {
 	MinComponentMM3 float64 `yaml:"min_component_mm3"`
 	// Measurements computed on a mask output's label map.
 	Measurements []MeasurementSpec `yaml:"measurements"`
+	// SEGType is how a DICOM SEG stores a mask output: binary (default,
+	// the thresholded label map) or fractional (each label's probability,
+	// 0-255, on the source grid).
+	SEGType string `yaml:"seg_type"`
 }
 
 // MeasurementSpec declares one measurement of a mask output.
@@ -442,6 +446,11 @@ func (s *Spec) validate(file string) error {
 			if out.DataType != string(tensor.Float32) {
 				bad(field+".data_type", "a %s output must be float32, not %q", out.Kind, out.DataType)
 			}
+		}
+		if out.SEGType != "" && out.SEGType != "binary" && out.SEGType != "fractional" {
+			bad(field+".seg_type", "%q must be binary or fractional", out.SEGType)
+		} else if out.SEGType != "" && out.Kind != "mask" {
+			bad(field+".seg_type", "only mask outputs go into a SEG, not %s", out.Kind)
 		}
 		if out.MinComponentMM3 < 0 {
 			bad(field+".min_component_mm3", "%g must be >= 0", out.MinComponentMM3)

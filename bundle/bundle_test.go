@@ -71,6 +71,14 @@ func TestParseErrorsNameFileAndField(t *testing.T) {
 		{"triage names an unknown measurement", func(s string) string {
 			return s + "triage: {urgent_measurements: [{label: bleed, name: volume, at_least: 30}]}\n"
 		}, []string{"triage.urgent_measurements[0]: no measurement \"volume\" of label \"bleed\""}},
+		{"bad seg_type", func(s string) string {
+			return strings.Replace(s, "    kind: scores", "    kind: scores\n    seg_type: fuzzy", 1)
+		},
+			[]string{"outputs[0].seg_type: \"fuzzy\" must be binary or fractional"}},
+		{"seg_type on scores", func(s string) string {
+			return strings.Replace(s, "    kind: scores", "    kind: scores\n    seg_type: fractional", 1)
+		},
+			[]string{"outputs[0].seg_type: only mask outputs go into a SEG"}},
 		{"empty triage", func(s string) string { return s + "triage: {}\n" },
 			[]string{"triage: needs urgent_findings or urgent_measurements"}},
 		{"category on a scores label", func(s string) string {

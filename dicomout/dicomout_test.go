@@ -202,10 +202,7 @@ func TestSEGGeometries(t *testing.T) {
 				}
 			}
 			lab[(6*ny+3)*nx+4] = 2 // a one-voxel second segment at one corner
-			s := dicomwrite.Series{Rows: ny, Cols: nx, Slices: nz, Spacing: [3]float64{0.8, 0.7, 2.5},
-				Origin: [3]float64{-10.5, 20.25, 33}, Orientation: tc.orient, Slope: 1, Modality: "CT", BodyPart: "HEAD",
-				StudyUID: "1.2.3.4", SeriesUID: "1.2.3.4.5", PatientName: "GEOMETRY^TEST", PatientID: "G1",
-				Value: func(i, j, k int) int32 { return int32(i + j + k) }}
+			s := geometrySeries(nx, ny, nz, tc.orient)
 			order := make([]int, nz)
 			for i := range order {
 				order[i] = i
@@ -239,6 +236,64 @@ func TestSEGGeometries(t *testing.T) {
 			}
 		})
 	}
+}
+
+func geometrySeries(nx, ny, nz int, orient [6]float64) dicomwrite.Series {
+	return dicomwrite.Series{Rows: ny, Cols: nx, Slices: nz, Spacing: [3]float64{0.8, 0.7, 2.5},
+		Origin: [3]float64{-10.5, 20.25, 33}, Orientation: orient, Slope: 1, Modality: "CT", BodyPart: "HEAD",
+		StudyUID: "1.2.3.4", SeriesUID: "1.2.3.4.5", PatientName: "GEOMETRY^TEST", PatientID: "G1",
+		Value: func(i, j, k int) int32 { return int32(i + j + k) }}
+}
+
+// TestFractionalSEG writes probability maps as a FRACTIONAL SEG of an
+// oblique series and reads the exact values back with highdicom.
+func TestFractionalSEG(t *testing.T) {
+	nx, ny, nz := 16, 12, 6
+	a, b := 25*math.Pi/180, 15*math.Pi/180
+	s := geometrySeries(nx, ny, nz, [6]float64{math.Cos(a), math.Sin(a), 0, -math.Sin(a) * math.Cos(b), math.Cos(a) * math.Cos(b), -math.Sin(b)})
+	dir := t.TempDir()
+	order := []int{3, 0, 5, 1, 4, 2}
+	series, paths := study(t, filepath.Join(dir, "src"), s, order)
+	src := SourceFromSeries(series)
+	plane := nx * ny
+	// Truth in written-slice order: segment 1 a ramp on slices 1-3, segment
+	// 2 a blob on slice 4; other slices empty.
+	truth := [2][]uint8{make([]uint8, nz*plane), make([]uint8, nz*plane)}
+	for k := 1; k <= 3; k++ {
+		for p := 0; p < plane; p++ {
+			truth[0][k*plane+p] = uint8((p*7 + k*31) % 256)
+		}
+	}
+	for p := 20; p < 60; p++ {
+		truth[1][4*plane+p] = uint8(255 - p)
+	}
+	vol := [2][]uint8{volumeLabels(t, series, s, truth[0]), volumeLabels(t, series, s, truth[1])}
+	segs := []Segment{
+		{Label: "ramp", Category: Code{"49755003", "SCT", "Morphologically Abnormal Structure"}, Type: LocalCode("ramp")},
+		{Label: "blob", Category: Code{"49755003", "SCT", "Morphologically Abnormal Structure"}, Type: LocalCode("blob")},
+	}
+	fracPath := filepath.Join(dir, "fractions.npy")
+	f, err := os.Create(fracPath)
+	require.NoError(t, err)
+	require.NoError(t, tensor.WriteNpy(f, &tensor.Tensor{DType: tensor.Uint8, Shape: []int64{2, int64(nz), int64(ny), int64(nx)},
+		Data: append(append([]uint8{}, truth[0]...), truth[1]...)}))
+	require.NoError(t, f.Close())
+	for _, omit := range []bool{false, true} {
+		lm := LabelMap{Voxels: make([]uint8, nz*plane), Segments: segs, Fractions: [][]uint8{vol[0], vol[1]}}
+		seg, err := SEG(src, []LabelMap{lm}, testAlg, Options{OmitEmptyFrames: omit})
+		require.NoError(t, err)
+		if omit {
+			assert.Equal(t, 3+1, seg.Frames)
+		} else {
+			assert.Equal(t, 2*nz, seg.Frames)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("seg-%v.dcm", omit))
+		require.NoError(t, os.WriteFile(p, seg.Bytes, 0o644))
+		r := validate(t, dicomcheck.Manifest{Source: paths, SEG: p, Segments: map[string]int{"1": 1, "2": 2}, Fractions: fracPath})
+		assert.Equal(t, true, r.Checked["seg_geometry"])
+	}
+	_, err = SEG(src, []LabelMap{{Voxels: make([]uint8, nz*plane), Segments: segs, Fractions: [][]uint8{vol[0]}}}, testAlg, Options{})
+	assert.ErrorContains(t, err, "1 fraction maps for 2 segments")
 }
 
 func TestMissingTags(t *testing.T) {

@@ -21,7 +21,13 @@ type Segment struct {
 type LabelMap struct {
 	Voxels   []uint8
 	Segments []Segment
+	// Fractions, when set, hold each segment's probability (0..255, one
+	// slice per segment, laid out like Voxels): the SEG is then FRACTIONAL.
+	Fractions [][]uint8
 }
+
+// MaxFractionalValue stands for probability 1 in a fractional SEG.
+const MaxFractionalValue = 255
 
 // SegInfo says what a SEG holds, for the SR that references it.
 type SegInfo struct {
@@ -31,8 +37,9 @@ type SegInfo struct {
 	Frames  int
 }
 
-// SEG encodes label maps as one binary DICOM Segmentation of the source
-// series, one segment per label, frames on the source slices.
+// SEG encodes label maps as one DICOM Segmentation of the source series
+// (binary, or fractional when a label map carries Fractions), one segment
+// per label, frames on the source slices.
 //
 // A cross-sectional source must have a Frame of Reference: each frame
 // carries its Plane Position and the shared Plane Orientation of the
@@ -53,12 +60,24 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 			Why: "the frames of a cross-sectional series are placed in its frame of reference"}
 	}
 	var segs []Segment
+	fractional := false
 	for i, m := range maps {
 		if len(m.Voxels) != nz*plane {
 			return nil, fmt.Errorf("SEG: label map %d has %d voxels for %dx%dx%d", i, len(m.Voxels), nx, ny, nz)
 		}
 		if len(m.Segments) == 0 || len(m.Segments) > 255 {
 			return nil, fmt.Errorf("SEG: label map %d has %d segments (1..255)", i, len(m.Segments))
+		}
+		if m.Fractions != nil {
+			fractional = true
+			if len(m.Fractions) != len(m.Segments) {
+				return nil, fmt.Errorf("SEG: label map %d has %d fraction maps for %d segments", i, len(m.Fractions), len(m.Segments))
+			}
+			for j, f := range m.Fractions {
+				if len(f) != nz*plane {
+					return nil, fmt.Errorf("SEG: label map %d segment %d has %d fractions for %d voxels", i, j, len(f), nz*plane)
+				}
+			}
 		}
 		segs = append(segs, m.Segments...)
 	}
@@ -69,6 +88,13 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 	// Frames: segment-major, then source slice order.
 	type frame struct{ seg, m, value, k int }
 	var frames []frame
+	// empty says whether segment value of map m has nothing on slice k.
+	empty := func(m LabelMap, value, k int) bool {
+		if m.Fractions != nil {
+			return !anyNonZero(m.Fractions[value-1][k*plane : (k+1)*plane])
+		}
+		return !anyValue(m.Voxels[k*plane:(k+1)*plane], uint8(value))
+	}
 	build := func(omit bool) {
 		frames = frames[:0]
 		n := 0
@@ -76,7 +102,7 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 			for si := range m.Segments {
 				n++
 				for k := 0; k < nz; k++ {
-					if omit && !anyValue(m.Voxels[k*plane:(k+1)*plane], uint8(si+1)) {
+					if omit && empty(m, si+1, k) {
 						continue
 					}
 					frames = append(frames, frame{seg: n, m: mi, value: si + 1, k: k})
@@ -89,16 +115,35 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 		build(false)
 	}
 
-	// Pixel data: 1 bit per pixel, LSB first, frames packed back to back.
-	bits := len(frames) * plane
-	pix := make([]byte, (bits+7)/8+((bits+7)/8)%2)
-	for f, fr := range frames {
-		vox := maps[fr.m].Voxels[fr.k*plane : (fr.k+1)*plane]
-		base := f * plane
-		for p, v := range vox {
-			if v == uint8(fr.value) {
-				b := base + p
-				pix[b>>3] |= 1 << (b & 7)
+	var pix []byte
+	if fractional {
+		// 8 bits per pixel: the probability, 0..MaxFractionalValue; a
+		// binary map among fractional ones is 0 or the maximum.
+		pix = make([]byte, len(frames)*plane+(len(frames)*plane)%2)
+		for f, fr := range frames {
+			dst := pix[f*plane : (f+1)*plane]
+			if m := maps[fr.m]; m.Fractions != nil {
+				copy(dst, m.Fractions[fr.value-1][fr.k*plane:(fr.k+1)*plane])
+				continue
+			}
+			for p, v := range maps[fr.m].Voxels[fr.k*plane : (fr.k+1)*plane] {
+				if v == uint8(fr.value) {
+					dst[p] = MaxFractionalValue
+				}
+			}
+		}
+	} else {
+		// 1 bit per pixel, LSB first, frames packed back to back.
+		bits := len(frames) * plane
+		pix = make([]byte, (bits+7)/8+((bits+7)/8)%2)
+		for f, fr := range frames {
+			vox := maps[fr.m].Voxels[fr.k*plane : (fr.k+1)*plane]
+			base := f * plane
+			for p, v := range vox {
+				if v == uint8(fr.value) {
+					b := base + p
+					pix[b>>3] |= 1 << (b & 7)
+				}
 			}
 		}
 	}
@@ -116,15 +161,24 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 	it.str(tag.ContentLabel, csValue(alg.Name+"_SEG"))
 	it.str(tag.ContentDescription, truncate("AI segmentation by "+alg.Name+" "+alg.Version+", unverified", 64))
 	it.str(tag.ContentCreatorName)
-	it.str(tag.SegmentationType, "BINARY")
-	it.str(tag.SegmentsOverlap, "NO") // segments come from label maps
+	bitsAllocated := 1
+	if fractional {
+		bitsAllocated = 8
+		it.str(tag.SegmentationType, "FRACTIONAL")
+		it.str(tag.SegmentationFractionalType, "PROBABILITY")
+		it.add(tag.MaximumFractionalValue, []int{MaxFractionalValue})
+		it.str(tag.SegmentsOverlap, "UNDEFINED") // probabilities of several labels may share a pixel
+	} else {
+		it.str(tag.SegmentationType, "BINARY")
+		it.str(tag.SegmentsOverlap, "NO") // segments come from label maps
+	}
 	it.add(tag.SamplesPerPixel, []int{1})
 	it.str(tag.PhotometricInterpretation, "MONOCHROME2")
 	it.add(tag.Rows, []int{ny})
 	it.add(tag.Columns, []int{nx})
-	it.add(tag.BitsAllocated, []int{1})
-	it.add(tag.BitsStored, []int{1})
-	it.add(tag.HighBit, []int{0})
+	it.add(tag.BitsAllocated, []int{bitsAllocated})
+	it.add(tag.BitsStored, []int{bitsAllocated})
+	it.add(tag.HighBit, []int{bitsAllocated - 1})
 	it.add(tag.PixelRepresentation, []int{0})
 	it.str(tag.LossyImageCompression, "00")
 	it.str(tag.NumberOfFrames, fmt.Sprint(len(frames)))
@@ -239,6 +293,17 @@ func dimIndex(pointer, group tag.Tag, orgUID, label string) *item {
 	it.str(tag.DimensionOrganizationUID, orgUID)
 	it.str(tag.DimensionDescriptionLabel, label)
 	return it
+}
+
+func anyNonZero(vox []uint8) bool { return !allValue(vox, 0) }
+
+func allValue(vox []uint8, v uint8) bool {
+	for _, x := range vox {
+		if x != v {
+			return false
+		}
+	}
+	return true
 }
 
 func anyValue(vox []uint8, v uint8) bool {

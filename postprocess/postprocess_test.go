@@ -173,3 +173,20 @@ func TestTriage(t *testing.T) {
 	assert.Empty(t, none)
 	assert.Empty(t, reasons)
 }
+
+func TestFractions(t *testing.T) {
+	decl := bundle.Output{Name: "m", Kind: "mask", Activation: "sigmoid", Labels: []bundle.Label{{Name: "a"}, {Name: "b"}}}
+	// Two channels of three voxels; sigmoid per channel.
+	out := tensor.FromFloat32("m", []int64{1, 2, 1, 1, 3}, []float32{0, 100, -100, float32(math.NaN()), 2, -2})
+	fr, err := Fractions(decl, out)
+	require.NoError(t, err)
+	assert.Equal(t, []uint8{128, 255, 0}, fr[0])
+	assert.Equal(t, []uint8{0, uint8(math.Round(255 / (1 + math.Exp(-2)))), uint8(math.Round(255 / (1 + math.Exp(2))))}, fr[1])
+	decl.Activation = "softmax"
+	fr, err = Fractions(decl, tensor.FromFloat32("m", []int64{1, 2, 1}, []float32{1, 1}))
+	require.NoError(t, err)
+	assert.Equal(t, []uint8{128}, fr[0])
+	assert.Equal(t, []uint8{128}, fr[1])
+	_, err = Fractions(decl, tensor.FromFloat32("m", []int64{1, 3, 1}, []float32{1, 1, 1}))
+	assert.ErrorContains(t, err, "3 channels, bundle declares 2 labels")
+}

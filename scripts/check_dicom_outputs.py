@@ -8,6 +8,7 @@ and compares them with the ground truth named in a manifest:
    "truth_labels": "labels.npy",           # uint8 (slices, rows, columns)
    "seg": "seg.dcm" | null,
    "segments": {"1": 3, ...},               # segment number -> truth label
+   "fractions": "fractions.npy",            # fractional SEG: uint8 (segments, slices, rows, columns)
    "sr": "sr.dcm" | null,
    "measurements": [{"label", "meaning", "unit", "value"}],
    "findings": [{"label", "present"}],
@@ -26,15 +27,25 @@ import pydicom
 
 def check_seg(m, src, errors, checked):
     seg = hd.seg.segread(m["seg"])
-    truth = np.load(m["truth_labels"])
+    truth = np.load(m["truth_labels"]) if m.get("truth_labels") else None
     uids = [ds.SOPInstanceUID for ds in src]
     numbers = sorted(int(k) for k in m["segments"])
-    if seg.SegmentationType != "BINARY":
-        errors.append(f"SegmentationType {seg.SegmentationType}")
+    fractions = np.load(m["fractions"]) if m.get("fractions") else None
+    want_type = "FRACTIONAL" if fractions is not None else "BINARY"
+    if seg.SegmentationType != want_type:
+        errors.append(f"SegmentationType {seg.SegmentationType}, want {want_type}")
     # 1. Masks by the Derivation Image references, voxel by voxel.
     px = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids, segment_numbers=numbers, combine_segments=False)
+        source_sop_instance_uids=uids, segment_numbers=numbers, combine_segments=False,
+        rescale_fractional=False)
     for i, n in enumerate(numbers):
+        if fractions is not None:
+            want, got = fractions[i], px[..., i]
+            bad = int((got != want).sum())
+            checked[f"segment_{n}_nonzero"] = int((want > 0).sum())
+            if bad:
+                errors.append(f"segment {n}: {bad} of {want.size} fractions differ")
+            continue
         want = truth == m["segments"][str(n)]
         got = px[..., i].astype(bool)
         if got.shape != want.shape:
@@ -72,13 +83,14 @@ def check_seg(m, src, errors, checked):
     # positions and orientation, must land on a truth voxel placed in
     # patient space from the source instances' own geometry tags.
     if has_position and len(src) > 1:
-        vol = seg.get_volume(combine_segments=False, segment_numbers=numbers)
+        vol = seg.get_volume(combine_segments=False, segment_numbers=numbers, rescale_fractional=False)
         for i, n in enumerate(numbers):
             idx = np.argwhere(vol.array[..., i] > 0)
             got = (vol.affine @ np.c_[idx, np.ones(len(idx))].T)[:3].T if len(idx) else np.zeros((0, 3))
             want = []
             for k, ds in enumerate(src):
-                rr, cc = np.nonzero(truth[k] == m["segments"][str(n)])
+                hit = fractions[i][k] > 0 if fractions is not None else truth[k] == m["segments"][str(n)]
+                rr, cc = np.nonzero(hit)
                 o = np.array(ds.ImageOrientationPatient, float)
                 ps = np.array(ds.PixelSpacing, float)
                 ipp = np.array(ds.ImagePositionPatient, float)

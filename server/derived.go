@@ -63,8 +63,10 @@ func labelCodes(spec *bundle.Spec) map[string]bundle.Label {
 	return out
 }
 
-// derived encodes the SR and SEG a request asked for from its result.
-func (s *inference) derived(m *engine.Model, series *dicom.Series, res *postprocess.Result, triage string, triageReasons []string,
+// derived encodes the SR and SEG a request asked for from its result;
+// fractions holds the probabilities of outputs whose SEG is fractional.
+func (s *inference) derived(m *engine.Model, series *dicom.Series, res *postprocess.Result, fractions map[string][][]uint8,
+	triage string, triageReasons []string,
 	want map[pb.OutputKind]bool, omitEmpty bool) (sr, seg []byte, err error) {
 	src := dicomout.SourceFromSeries(series)
 	alg := dicomout.Algorithm{Name: m.Spec.Name, Version: m.VersionString(), Software: Version,
@@ -87,7 +89,7 @@ func (s *inference) derived(m *engine.Model, series *dicom.Series, res *postproc
 			if len(mk.Voxels) != n {
 				return nil, nil, status.Errorf(codes.Internal, "mask %s has %d voxels, the source grid %v has %d", mk.Output, len(mk.Voxels), src.Dims, n)
 			}
-			lm := dicomout.LabelMap{Voxels: mk.Voxels}
+			lm := dicomout.LabelMap{Voxels: mk.Voxels, Fractions: fractions[mk.Output]}
 			for _, name := range mk.Labels {
 				l := labels[name]
 				sg := dicomout.Segment{Label: name, Category: anatomicalStructure, Type: dicomout.LocalCode(name)}

@@ -5,8 +5,10 @@ import (
 	"compress/zlib"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -188,4 +190,50 @@ func TestDerivedOutputErrors(t *testing.T) {
 	assert.NotEmpty(t, resp.GetDicomSr())
 	assert.NotEmpty(t, resp.GetDicomSeg())
 	assert.Equal(t, pb.Triage_TRIAGE_UNSPECIFIED, resp.GetTriage())
+}
+
+// TestFractionalSEG: a bundle whose mask output says seg_type: fractional
+// gets a FRACTIONAL SEG holding the output's probabilities on the source
+// grid, read back exactly by highdicom.
+func TestFractionalSEG(t *testing.T) {
+	b := testrepo.Hyperdensity()
+	b.YAML = strings.Replace(b.YAML, "    kind: mask\n", "    kind: mask\n    seg_type: fractional\n", 1)
+	h := start(t, testrepo.Write(t, b), Options{})
+	s, _ := headCT()
+	files, err := s.Encode()
+	require.NoError(t, err)
+	dir := t.TempDir()
+	var paths []string
+	for k, f := range files {
+		paths = append(paths, filepath.Join(dir, fmt.Sprintf("IM%04d.dcm", k)))
+		require.NoError(t, os.WriteFile(paths[k], f, 0o644))
+	}
+	resp, err := h.client.Infer(ctxT(t), &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}},
+		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_TENSORS, pb.OutputKind_OUTPUT_KIND_DICOM_SEG}})
+	require.NoError(t, err)
+	var probs []float32
+	for _, x := range resp.GetTensors() {
+		if x.GetName() == "probability_map" {
+			probs, err = (&tensor.Tensor{DType: tensor.Float32, Shape: x.GetShape(), Data: x.GetData()}).Float32s()
+			require.NoError(t, err)
+		}
+	}
+	require.Len(t, probs, s.Slices*s.Rows*s.Cols)
+	want := make([]uint8, len(probs))
+	for i, p := range probs {
+		want[i] = uint8(math.Round(math.Min(math.Max(float64(p), 0), 1) * 255))
+	}
+	fr := filepath.Join(dir, "fractions.npy")
+	f, err := os.Create(fr)
+	require.NoError(t, err)
+	require.NoError(t, tensor.WriteNpy(f, &tensor.Tensor{DType: tensor.Uint8, Shape: []int64{1, int64(s.Slices), int64(s.Rows), int64(s.Cols)}, Data: want}))
+	require.NoError(t, f.Close())
+	segPath := filepath.Join(dir, "seg.dcm")
+	require.NoError(t, os.WriteFile(segPath, resp.GetDicomSeg(), 0o644))
+	errs, warns := dicomcheck.Dciodvfy(t, segPath)
+	assert.Empty(t, errs)
+	assert.Empty(t, warns)
+	r := dicomcheck.Highdicom(t, dicomcheck.Manifest{Source: paths, SEG: segPath, Segments: map[string]int{"1": 1}, Fractions: fr})
+	assert.Empty(t, r.Errors)
+	assert.Equal(t, true, r.Checked["seg_geometry"])
 }

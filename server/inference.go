@@ -125,16 +125,21 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] || want[pb.OutputKind_OUTPUT_KIND_DICOM_SR]
 	post := time.Now() // postprocessing includes mapping outputs back to the study
 	var premade map[int]*postprocess.Mask
+	fractions := map[string][][]uint8{} // fractional SEG content by output
+	fractional := func(decl bundle.Output) bool {
+		return want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] && decl.SEGType == "fractional"
+	}
 	if plan != nil && needMasks {
 		// Per-voxel outputs go back onto the study's own grid (measurements
 		// are taken there too): labelled on the accelerator when there is
-		// one, else mapped here and labelled by postprocess.
+		// one, else mapped here and labelled by postprocess. A fractional
+		// SEG needs the probabilities on the host, so those map here.
 		la, _ := s.acc.(preprocess.LabelAccelerator)
 		for i, decl := range m.Spec.Outputs {
 			if decl.Kind != "mask" {
 				continue
 			}
-			if la != nil {
+			if la != nil && !fractional(decl) {
 				if mk, err := sourceLabels(la, plan, outs[i], decl, study); err == nil {
 					if premade == nil {
 						premade = map[int]*postprocess.Mask{}
@@ -150,6 +155,13 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			}
 		}
 	}
+	for i, decl := range m.Spec.Outputs {
+		if decl.Kind == "mask" && fractional(decl) {
+			if fractions[decl.Name], err = postprocess.Fractions(decl, outs[i]); err != nil {
+				return nil, status.Errorf(codes.Internal, "fractional SEG of %s: %v", decl.Name, err)
+			}
+		}
+	}
 
 	res, err := postprocess.RunWith(m.Spec, outs, needMasks, study, premade)
 	if err != nil {
@@ -159,7 +171,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	triage, reasons := postprocess.Triage(m.Spec, res)
 	resp.Triage, resp.TriageReasons = triageToProto(triage), reasons
 	if want[pb.OutputKind_OUTPUT_KIND_DICOM_SR] || want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] {
-		if resp.DicomSr, resp.DicomSeg, err = s.derived(m, series, res, triage, reasons, want, req.GetSegOmitEmptyFrames()); err != nil {
+		if resp.DicomSr, resp.DicomSeg, err = s.derived(m, series, res, fractions, triage, reasons, want, req.GetSegOmitEmptyFrames()); err != nil {
 			return nil, err
 		}
 	}

@@ -78,6 +78,7 @@ type Manifest struct {
 	TruthLabels  string            `json:"truth_labels,omitempty"`
 	SEG          string            `json:"seg,omitempty"`
 	Segments     map[string]int    `json:"segments,omitempty"`
+	Fractions    string            `json:"fractions,omitempty"`
 	SR           string            `json:"sr,omitempty"`
 	Measurements []ManifestMeasure `json:"measurements,omitempty"`
 	Findings     []ManifestFinding `json:"findings,omitempty"`
