@@ -11,7 +11,9 @@ package dicomout
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -80,7 +82,10 @@ func (it *item) sorted() []*sd.Element {
 }
 
 // encode writes the dataset as a Part 10 file with its meta header.
-func (it *item) encode(sopClass, sopInstance string) ([]byte, error) {
+// pixels, when not nil, is appended as Pixel Data (OB): it is the last
+// element by tag order, and writing it here spares the encoder two copies
+// of a SEG's largest part.
+func (it *item) encode(sopClass, sopInstance string, pixels []byte) ([]byte, error) {
 	it.add(tag.FileMetaInformationVersion, []byte{0, 1})
 	it.str(tag.MediaStorageSOPClassUID, sopClass)
 	it.str(tag.MediaStorageSOPInstanceUID, sopInstance)
@@ -91,8 +96,19 @@ func (it *item) encode(sopClass, sopInstance string) ([]byte, error) {
 		return nil, it.err
 	}
 	var buf bytes.Buffer
+	buf.Grow(len(pixels) + 64<<10)
 	if err := sd.Write(&buf, sd.Dataset{Elements: it.sorted()}, sd.SkipVRVerification()); err != nil {
 		return nil, err
+	}
+	if pixels != nil {
+		if len(pixels)%2 != 0 || int64(len(pixels)) > math.MaxUint32-1 {
+			return nil, fmt.Errorf("pixel data of %d bytes: must be even and below 4 GiB", len(pixels))
+		}
+		// (7FE0,0010) OB, explicit VR little endian: tag, VR, 2 reserved bytes, 32-bit length.
+		hdr := []byte{0xE0, 0x7F, 0x10, 0x00, 'O', 'B', 0, 0, 0, 0, 0, 0}
+		binary.LittleEndian.PutUint32(hdr[8:], uint32(len(pixels)))
+		buf.Write(hdr)
+		buf.Write(pixels)
 	}
 	return buf.Bytes(), nil
 }

@@ -346,3 +346,25 @@ func TestDecimal(t *testing.T) {
 		assert.InEpsilon(t, v+1e-300, got+1e-300, 1e-6, s)
 	}
 }
+
+// packBits against a bit-by-bit reference, on offsets that are and are not
+// byte-aligned.
+func TestPackBits(t *testing.T) {
+	vox := make([]uint8, 203)
+	for i := range vox {
+		vox[i] = uint8((i * 7 / 5) % 3)
+	}
+	for _, off := range []int{0, 3, 8, 64, 77} {
+		for _, value := range []uint8{1, 2} {
+			got := make([]byte, 64)
+			want := make([]byte, 64)
+			packBits(got, off, vox, value)
+			for p, v := range vox {
+				if v == value {
+					want[(off+p)/8] |= 1 << ((off + p) % 8)
+				}
+			}
+			assert.Equal(t, want, got, "off %d value %d", off, value)
+		}
+	}
+}

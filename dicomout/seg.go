@@ -1,11 +1,13 @@
 package dicomout
 
 import (
+	"encoding/binary"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/suyashkumar/dicom/pkg/tag"
-
-	sd "github.com/suyashkumar/dicom"
 )
 
 // Segment is one label of a label map.
@@ -95,6 +97,23 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 		}
 		return !anyValue(m.Voxels[k*plane:(k+1)*plane], uint8(value))
 	}
+	// Which (segment, slice) frames are empty, found in parallel: a scan of
+	// every mask voxel.
+	var isEmpty []bool
+	if opt.OmitEmptyFrames {
+		isEmpty = make([]bool, len(segs)*nz)
+		type ref struct{ m, value int }
+		var refs []ref
+		for mi, m := range maps {
+			for si := range m.Segments {
+				refs = append(refs, ref{mi, si + 1})
+			}
+		}
+		parallel(len(isEmpty), func(i int) {
+			r := refs[i/nz]
+			isEmpty[i] = empty(maps[r.m], r.value, i%nz)
+		})
+	}
 	build := func(omit bool) {
 		frames = frames[:0]
 		n := 0
@@ -102,7 +121,7 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 			for si := range m.Segments {
 				n++
 				for k := 0; k < nz; k++ {
-					if omit && empty(m, si+1, k) {
+					if omit && isEmpty[(n-1)*nz+k] {
 						continue
 					}
 					frames = append(frames, frame{seg: n, m: mi, value: si + 1, k: k})
@@ -136,14 +155,15 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 		// 1 bit per pixel, LSB first, frames packed back to back.
 		bits := len(frames) * plane
 		pix = make([]byte, (bits+7)/8+((bits+7)/8)%2)
-		for f, fr := range frames {
-			vox := maps[fr.m].Voxels[fr.k*plane : (fr.k+1)*plane]
-			base := f * plane
-			for p, v := range vox {
-				if v == uint8(fr.value) {
-					b := base + p
-					pix[b>>3] |= 1 << (b & 7)
-				}
+		pack := func(f int) {
+			fr := frames[f]
+			packBits(pix, f*plane, maps[fr.m].Voxels[fr.k*plane:(fr.k+1)*plane], uint8(fr.value))
+		}
+		if plane%8 == 0 {
+			parallel(len(frames), pack) // frames start on byte boundaries: no shared bytes
+		} else {
+			for f := range frames {
+				pack(f)
 			}
 		}
 	}
@@ -276,9 +296,7 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 	}
 	it.seq(tag.PerFrameFunctionalGroupsSequence, perFrame...)
 	it.seq(tag.ReferencedSeriesSequence, referencedSeries(&src))
-	it.add(tag.PixelData, sd.PixelDataInfo{IntentionallyUnprocessed: true, UnprocessedValueData: pix})
-
-	b, err := it.encode(SegmentationStorage, sopUID)
+	b, err := it.encode(SegmentationStorage, sopUID, pix)
 	if err != nil {
 		return nil, fmt.Errorf("SEG: encoding: %w", err)
 	}
@@ -295,6 +313,51 @@ func dimIndex(pointer, group tag.Tag, orgUID, label string) *item {
 	return it
 }
 
+// packBits sets bit off+p of dst (LSB first) for every voxel p equal to
+// value. Masks are mostly background: eight voxels at a time are skipped
+// with one load when none can match.
+func packBits(dst []byte, off int, vox []uint8, value uint8) {
+	p := 0
+	if off%8 == 0 && value != 0 {
+		out := dst[off/8:]
+		for ; p+8 <= len(vox); p += 8 {
+			if binary.LittleEndian.Uint64(vox[p:]) == 0 {
+				continue
+			}
+			var b byte
+			for i, v := range vox[p : p+8] {
+				if v == value {
+					b |= 1 << i
+				}
+			}
+			out[p/8] = b
+		}
+	}
+	for ; p < len(vox); p++ {
+		if vox[p] == value {
+			b := off + p
+			dst[b>>3] |= 1 << (b & 7)
+		}
+	}
+}
+
+// parallel runs f(0..n-1) over the cores.
+func parallel(n int, f func(i int)) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				f(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 func anyNonZero(vox []uint8) bool { return !allValue(vox, 0) }
 
 func allValue(vox []uint8, v uint8) bool {
@@ -307,6 +370,11 @@ func allValue(vox []uint8, v uint8) bool {
 }
 
 func anyValue(vox []uint8, v uint8) bool {
+	if v != 0 { // skip background eight voxels at a time
+		for len(vox) >= 8 && binary.LittleEndian.Uint64(vox) == 0 {
+			vox = vox[8:]
+		}
+	}
 	for _, x := range vox {
 		if x == v {
 			return true

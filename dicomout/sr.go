@@ -315,7 +315,7 @@ func SR(src Source, rep Report, seg *SegInfo, alg Algorithm, opt Options) (*Obje
 	}
 	ev.seq(tag.ReferencedSeriesSequence, evSeries...)
 	it.seq(tag.CurrentRequestedProcedureEvidenceSequence, ev)
-	b, err := it.encode(Comprehensive3DSR, sopUID)
+	b, err := it.encode(Comprehensive3DSR, sopUID, nil)
 	if err != nil {
 		return nil, fmt.Errorf("SR: encoding: %w", err)
 	}
