@@ -9,6 +9,7 @@ DEPS      := .deps
 GOBIN_DIR := $(CURDIR)/$(DEPS)/bin
 ORT_LIB   := $(DEPS)/onnxruntime/libonnxruntime.so.1
 DCIODVFY  := $(DEPS)/dicom3tools/usr/bin/dciodvfy
+PERF_ANALYZER := $(DEPS)/perf_analyzer/perf_analyzer
 CUDA_DIR  := $(DEPS)/cuda
 NVCC      := $(CUDA_DIR)/bin/nvcc
 # --fmad=false: a*b+c rounds twice, as in the Go reference, so that the
@@ -34,7 +35,7 @@ NORACE_PKGS := ./phantom/
 
 export CGO_ENABLED := 1
 
-.PHONY: models eval venv deps deps-go deps-dicom3tools deps-cuda deps-gpu lint-docker kernels kernels-check build-cuda check-cuda build run test test-short lint fmt vet staticcheck proto proto-check \
+.PHONY: models eval venv deps deps-go deps-dicom3tools deps-perf-analyzer deps-cuda deps-gpu lint-docker kernels kernels-check build-cuda check-cuda build run test test-short lint fmt vet staticcheck proto proto-check \
         fuzz models-demo clean help
 
 help: ## list the targets
@@ -53,6 +54,12 @@ deps-dicom3tools: $(DCIODVFY) ## dciodvfy (Debian's dicom3tools) for validating 
 
 $(DCIODVFY): scripts/fetch-dicom3tools.sh
 	@scripts/fetch-dicom3tools.sh $(DEPS)/dicom3tools
+	@touch $@
+
+deps-perf-analyzer: $(PERF_ANALYZER) ## Triton's perf_analyzer (PyPI's tritonclient wheel + its two libraries)
+
+$(PERF_ANALYZER): scripts/fetch-perf-analyzer.sh
+	@scripts/fetch-perf-analyzer.sh $(DEPS)/perf_analyzer
 	@touch $@
 
 deps-cuda: $(NVCC) ## CUDA 13.0 nvcc and headers from PyPI, for the kernels and the cuda build
@@ -94,7 +101,7 @@ build: deps ## build bin/voxserve, bin/voxctl, bin/voxbench
 run: build ## build and serve the bundled models (CPU when there is no GPU)
 	bin/voxserve --model-repository $(MODELS) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-test: deps lint check-cuda lint-docker $(VENV)/.ok $(DCIODVFY) ## the whole test suite
+test: deps lint check-cuda lint-docker $(VENV)/.ok $(DCIODVFY) $(PERF_ANALYZER) ## the whole test suite
 	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(RACE) $(TEST_FLAGS) $$($(GO) list ./... | grep -v -e '/phantom$$')
 	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(TEST_FLAGS) $(NORACE_PKGS)
 

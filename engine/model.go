@@ -41,6 +41,10 @@ func (m *Model) Provider() string { return m.sess.provider }
 type Timings struct {
 	Queue   time.Duration
 	Compute time.Duration
+	// Input (batch assembly), Infer (the model) and Output (splitting the
+	// results) of the batch the request ran in: Triton's compute_input,
+	// compute_infer and compute_output.
+	Input, Infer, Output time.Duration
 }
 
 // ErrQueueFull is wrapped by the RESOURCE_EXHAUSTED error of a full queue.
@@ -60,7 +64,7 @@ func (m *Model) count(start time.Time, tm *Timings, err *error) {
 	if status.Code(*err) == codes.DeadlineExceeded && tm.Compute == 0 {
 		m.stats.expired.Add(1)
 	}
-	m.stats.request(*err, time.Since(start), tm.Queue)
+	m.stats.request(*err, time.Since(start), *tm)
 }
 
 // infer is Infer without the statistics, so that InferAll counts a
@@ -182,6 +186,9 @@ func (m *Model) InferAll(ctx context.Context, inputs []*tensor.Tensor) (outs []*
 		}
 		total.Queue += tm.Queue
 		total.Compute += tm.Compute
+		total.Input += tm.Input
+		total.Infer += tm.Infer
+		total.Output += tm.Output
 		if outs == nil {
 			outs = make([]*tensor.Tensor, len(res))
 			for i, r := range res {

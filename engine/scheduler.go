@@ -293,7 +293,7 @@ func (s *scheduler) run(batch []*request) {
 	results := make([]result, len(live))
 	var off int64
 	for k, r := range live {
-		res := result{err: err, tm: Timings{Queue: start.Sub(r.enq), Compute: compute}}
+		res := result{err: err, tm: Timings{Queue: start.Sub(r.enq), Compute: compute, Input: input, Infer: infer}}
 		if err == nil && len(live) == 1 {
 			res.outs = outs // the batch is the request's own
 		} else if err == nil {
@@ -309,8 +309,10 @@ func (s *scheduler) run(batch []*request) {
 		off += r.n
 		results[k] = res
 	}
-	s.m.stats.batch(total, input, infer, time.Since(start)-input-infer)
+	output := time.Since(start) - input - infer
+	s.m.stats.batch(total, input, infer, output)
 	for k, r := range live {
+		results[k].tm.Output = output
 		r.done <- results[k]
 	}
 }

@@ -69,6 +69,15 @@ func TestDynamicBatchingMergesRequests(t *testing.T) {
 	for size := range st.BatchSizes {
 		assert.LessOrEqual(t, size, int64(8))
 	}
+	// Per-request compute (Triton's inference_stats) counts every request
+	// with its batch's time; per-execution time counts each batch once.
+	assert.Equal(t, int64(clients), st.Computed)
+	var execInfer time.Duration
+	for _, b := range st.BatchSizes {
+		execInfer += b.Infer
+	}
+	assert.Equal(t, st.InferTime, execInfer)
+	assert.GreaterOrEqual(t, st.RequestInferTime, st.InferTime, "a batch of k counts k times per request")
 }
 
 // Without dynamic_batching every request runs as its own batch.

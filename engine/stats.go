@@ -17,9 +17,13 @@ type stats struct {
 	requestNs, queueNs         atomic.Int64
 	successNs, failureNs       atomic.Int64
 	inputNs, inferNs, outputNs atomic.Int64
-	last                       atomic.Int64 // unix ns of the last execution
-	mu                         sync.Mutex
-	sizes                      map[int64]*BatchStats
+	// Per successful request that ran: the times of its batch (Triton's
+	// inference_stats compute_*; a batch of k counts k times).
+	computed                            atomic.Int64
+	reqInputNs, reqInferNs, reqOutputNs atomic.Int64
+	last                                atomic.Int64 // unix ns of the last execution
+	mu                                  sync.Mutex
+	sizes                               map[int64]*BatchStats
 }
 
 // BatchStats are the executions of one batch size and their time.
@@ -28,14 +32,20 @@ type BatchStats struct {
 	Input, Infer, Output time.Duration
 }
 
-func (s *stats) request(err error, total, queue time.Duration) {
+func (s *stats) request(err error, total time.Duration, tm Timings) {
 	if err == nil {
 		s.success.Add(1)
+		if tm.Compute > 0 {
+			s.computed.Add(1)
+			s.reqInputNs.Add(tm.Input.Nanoseconds())
+			s.reqInferNs.Add(tm.Infer.Nanoseconds())
+			s.reqOutputNs.Add(tm.Output.Nanoseconds())
+		}
 	} else {
 		s.failure.Add(1)
 	}
 	s.requestNs.Add(total.Nanoseconds())
-	s.queueNs.Add(queue.Nanoseconds())
+	s.queueNs.Add(tm.Queue.Nanoseconds())
 	if err == nil {
 		s.successNs.Add(total.Nanoseconds())
 	} else {
@@ -76,6 +86,12 @@ type Stats struct {
 	RequestTime, QueueTime           time.Duration
 	SuccessTime, FailureTime         time.Duration
 	InputTime, InferTime, OutputTime time.Duration
+	// Computed counts the successful requests that ran, and the Request*
+	// times sum their batches' times over them: Triton's inference_stats
+	// compute_input, compute_infer and compute_output, which tools such as
+	// perf_analyzer average per request.
+	Computed                                              int64
+	RequestInputTime, RequestInferTime, RequestOutputTime time.Duration
 	// LastInference is when the last batch ran (zero if none).
 	LastInference time.Time
 	// BatchSizes are the executions by batch size.
@@ -92,6 +108,8 @@ func (m *Model) Stats() Stats {
 		RequestTime: time.Duration(s.requestNs.Load()), QueueTime: time.Duration(s.queueNs.Load()),
 		InputTime: time.Duration(s.inputNs.Load()), InferTime: time.Duration(s.inferNs.Load()), OutputTime: time.Duration(s.outputNs.Load()),
 		SuccessTime: time.Duration(s.successNs.Load()), FailureTime: time.Duration(s.failureNs.Load()),
+		Computed: s.computed.Load(), RequestInputTime: time.Duration(s.reqInputNs.Load()),
+		RequestInferTime: time.Duration(s.reqInferNs.Load()), RequestOutputTime: time.Duration(s.reqOutputNs.Load()),
 		BatchSizes: map[int64]BatchStats{}, QueueDepth: m.sched.depth()}
 	if ns := s.last.Load(); ns != 0 {
 		out.LastInference = time.Unix(0, ns)

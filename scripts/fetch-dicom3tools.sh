@@ -14,21 +14,9 @@ if [ -x "$DEST/usr/bin/dciodvfy" ] && [ "$(cat "$DEST/.version" 2>/dev/null)" = 
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-chmod 777 "$tmp" # apt's sandbox user writes the download
+. "$(dirname "$0")/lib/deb.sh"
 echo "fetch-dicom3tools: downloading dicom3tools $VERSION from Debian"
-fetch() { (cd "$tmp" && apt-get download -q "dicom3tools=$VERSION" 2>&1 | grep -v "^W: Download is performed unsandboxed" || true); }
-fetch
-deb=$(ls "$tmp"/dicom3tools_*.deb 2>/dev/null | head -1)
-if [ -z "$deb" ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -q >/dev/null 2>&1 || true # a fresh machine may have empty package lists
-  fetch
-  deb=$(ls "$tmp"/dicom3tools_*.deb 2>/dev/null | head -1)
-fi
-if [ -z "$deb" ]; then
-  echo "fetch-dicom3tools: apt-get download dicom3tools=$VERSION failed (is Debian's main component in the apt sources? run apt-get update)" >&2
-  exit 1
-fi
-echo "$SHA256  $deb" | sha256sum --check --quiet
+deb=$(deb_fetch dicom3tools "$VERSION" "$SHA256" "$tmp")
 rm -rf "$DEST"
 mkdir -p "$DEST"
 dpkg -x "$deb" "$DEST"

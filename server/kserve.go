@@ -74,8 +74,13 @@ func (k *kserve) ModelReady(_ context.Context, req *kpb.ModelReadyRequest) (*kpb
 	return &kpb.ModelReadyResponse{Ready: k.ready()}, nil
 }
 
+// extensions are the KServe/Triton protocol extensions voxserve serves;
+// perf_analyzer reports server-side statistics only when "statistics" is
+// listed.
+var extensions = []string{"model_repository", "model_configuration", "schedule_policy", "statistics"}
+
 func (k *kserve) ServerMetadata(context.Context, *kpb.ServerMetadataRequest) (*kpb.ServerMetadataResponse, error) {
-	return &kpb.ServerMetadataResponse{Name: "voxserve", Version: k.version, Extensions: []string{"model_repository"}}, nil
+	return &kpb.ServerMetadataResponse{Name: "voxserve", Version: k.version, Extensions: extensions}, nil
 }
 
 // loadedVersions lists a model's loaded versions, oldest first.
@@ -369,8 +374,8 @@ func (k *kserve) ModelStatistics(_ context.Context, req *kpb.ModelStatisticsRequ
 			InferenceStats: &kpb.InferStatistics{
 				Success: duration(st.Success, st.SuccessTime), Fail: duration(st.Failure, st.FailureTime),
 				Queue:        duration(st.Success, st.QueueTime),
-				ComputeInput: duration(st.Executions, st.InputTime), ComputeInfer: duration(st.Executions, st.InferTime),
-				ComputeOutput: duration(st.Executions, st.OutputTime),
+				ComputeInput: duration(st.Computed, st.RequestInputTime), ComputeInfer: duration(st.Computed, st.RequestInferTime),
+				ComputeOutput: duration(st.Computed, st.RequestOutputTime),
 			}}
 		if !st.LastInference.IsZero() {
 			ms.LastInference = uint64(st.LastInference.UnixMilli())

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -176,6 +177,30 @@ func TestKServeWithTritonClient(t *testing.T) {
 	out, err := exec.Command(py, script, h.addr).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Contains(t, string(out), "tritonclient: all checks passed")
+}
+
+// Triton's perf_analyzer (from PyPI's tritonclient wheel; make test
+// fetches it) runs a short concurrency sweep against voxserve with dynamic
+// batching on, and must report no error and the server-side statistics.
+// bench/perf_analyzer.sh runs the full sweep on a reference bundle.
+func TestKServeWithPerfAnalyzer(t *testing.T) {
+	pa, _ := filepath.Abs("../.deps/perf_analyzer/run")
+	if _, err := os.Stat(pa); err != nil {
+		if os.Getenv("VOXSERVE_REQUIRE_PYTHON") != "" {
+			t.Fatal("perf_analyzer is missing; run make test (scripts/fetch-perf-analyzer.sh)")
+		}
+		t.Skip("no .deps/perf_analyzer")
+	}
+	b := testrepo.Affine()
+	b.YAML += "dynamic_batching:\n  max_queue_delay_microseconds: 500\n"
+	h := start(t, testrepo.Write(t, b), Options{})
+	out, err := exec.Command(pa, "-m", "affine", "-i", "grpc", "-u", h.addr, "--concurrency-range", "1:4:3",
+		"--measurement-interval", "500", "--max-trials", "20", "--stability-percentage", "50").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.NotContains(t, strings.ToLower(string(out)), "error", "%s", out)
+	assert.Contains(t, string(out), "Concurrency: 4, throughput:")
+	assert.Contains(t, string(out), "Server: ")
+	assert.Contains(t, string(out), "Successful request count:")
 }
 
 func TestKServeModelStreamInfer(t *testing.T) {
