@@ -247,6 +247,17 @@ func (r *Registry) namesLocked() []string {
 }
 
 // Close unloads everything, waiting for in-flight requests.
+// Drain answers the requests queued on every model UNAVAILABLE (why) and
+// refuses new ones, while the batches already running finish: the first
+// step of a graceful shutdown. It returns how many requests it answered.
+func (r *Registry) Drain(why string) int {
+	n := 0
+	for _, m := range r.Models() {
+		n += m.sched.drain(why)
+	}
+	return n
+}
+
 func (r *Registry) Close() {
 	for _, n := range r.Names() {
 		_, _ = r.Unload(n, 0)

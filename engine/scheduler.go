@@ -74,6 +74,8 @@ type scheduler struct {
 	maxBytes  int64
 	defLane   int
 	reserved  int // instances only lane 0 (STAT) may take
+
+	draining string // set by drain: why new work is refused (under mu)
 }
 
 func newScheduler(m *Model) *scheduler {
@@ -108,6 +110,10 @@ func (s *scheduler) lane(p int) (int, error) {
 // submit queues r, or refuses it at once when the queue is full.
 func (s *scheduler) submit(r *request) error {
 	s.mu.Lock()
+	if s.draining != "" {
+		s.mu.Unlock()
+		return status.Errorf(codes.Unavailable, "model %s: %s", s.m, s.draining)
+	}
 	if s.queued >= s.m.Spec.Queue.MaxQueueSize {
 		n := s.queued
 		s.mu.Unlock()
@@ -331,6 +337,24 @@ func concat(live []*request, total int64) []*tensor.Tensor {
 		out[i] = &tensor.Tensor{Name: in.Name, DType: in.DType, Shape: append([]int64{total}, in.Shape[1:]...), Data: data}
 	}
 	return out
+}
+
+// drain answers every queued request UNAVAILABLE (why) and refuses new
+// ones; batches already running finish. It returns how many it answered.
+func (s *scheduler) drain(why string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining = why
+	n := 0
+	for li, lane := range s.lanes {
+		for _, r := range lane {
+			r.done <- result{err: status.Errorf(codes.Unavailable, "model %s: %s", s.m, why)}
+			n++
+		}
+		s.lanes[li] = nil
+	}
+	s.queued = 0
+	return n
 }
 
 // close stops forming batches; queued requests get UNAVAILABLE.

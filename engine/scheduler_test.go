@@ -2,8 +2,11 @@ package engine
 
 import (
 	"context"
+	"math/rand/v2"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -225,4 +228,86 @@ func TestChunkedRequestCountsOnce(t *testing.T) {
 	assert.Equal(t, int64(1), st.Success)
 	assert.Equal(t, int64(20), st.Inferences)
 	assert.Equal(t, int64(3), st.Executions) // 8 + 8 + 4
+}
+
+// TestStressPrioritiesAndCancellations runs many clients at once (run with
+// -race): mixed priorities and batch sizes, some cancelled before or
+// while queued, some with deadlines, on two instances with dynamic
+// batching. Every request that gets an answer gets its own rows; the others
+// get Canceled or DeadlineExceeded; nothing stays queued, the statistics
+// add up, and no goroutine is left behind.
+func TestStressPrioritiesAndCancellations(t *testing.T) {
+	b := affineBatching("dynamic_batching:\n  max_queue_delay_microseconds: 300\n  preferred_batch_size: [4, 8]\n")
+	b.YAML = strings.Replace(b.YAML, "instance_count: 1\n", "instance_count: 2\n", 1)
+	b.YAML = strings.Replace(b.YAML, "max_queue_size: 64\n", "max_queue_size: 4096\n", 1)
+	r := NewRegistry(testrepo.Write(t, b), quietLog())
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("affine", "")
+	require.NoError(t, err)
+	before := runtime.NumGoroutine()
+
+	const clients, rounds = 48, 20
+	var ok, cancelled, expired atomic.Int64
+	var wg sync.WaitGroup
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			for i := 0; i < rounds; i++ {
+				ctx := WithPriority(context.Background(), 1+rng.IntN(2))
+				var cancel context.CancelFunc
+				switch rng.IntN(5) {
+				case 0: // cancelled before it is sent
+					ctx, cancel = context.WithCancel(ctx)
+					cancel()
+				case 1: // cancelled while it waits or runs
+					ctx, cancel = context.WithCancel(ctx)
+					time.AfterFunc(time.Duration(rng.IntN(300))*time.Microsecond, cancel)
+				case 2: // a deadline that may pass in the queue
+					ctx, cancel = context.WithTimeout(ctx, time.Duration(rng.IntN(2000))*time.Microsecond)
+				default:
+					cancel = func() {}
+				}
+				n := int64(1 + rng.IntN(3))
+				in := affineInput(float32(1000*c+10*i), n)
+				outs, _, err := m.Infer(ctx, []*tensor.Tensor{in})
+				cancel()
+				switch codeOf(err) {
+				case codes.OK:
+					ok.Add(1)
+					x, _ := in.Float32s()
+					y, _ := outs[0].Float32s()
+					if assert.Len(t, y, len(x)) {
+						for k := range x {
+							if y[k] != 2*x[k]+1 {
+								t.Errorf("client %d round %d: item %d is %g, want %g", c, i, k, y[k], 2*x[k]+1)
+								break
+							}
+						}
+					}
+				case codes.Canceled:
+					cancelled.Add(1)
+				case codes.DeadlineExceeded:
+					expired.Add(1)
+				default:
+					t.Errorf("client %d round %d: %v", c, i, err)
+				}
+			}
+		}(c)
+	}
+	wg.Wait()
+	total := int64(clients * rounds)
+	assert.Equal(t, total, ok.Load()+cancelled.Load()+expired.Load())
+	assert.Positive(t, ok.Load())
+	assert.Positive(t, cancelled.Load())
+	assert.Zero(t, m.Queued())
+	st := m.Stats()
+	assert.Equal(t, ok.Load(), st.Success)
+	assert.Equal(t, total-ok.Load(), st.Failure)
+	t.Logf("%d ok, %d cancelled, %d expired; %d executions for %d inferences", ok.Load(), cancelled.Load(), expired.Load(), st.Executions, st.Inferences)
+	done()
+	r.Close()
+	assert.Eventually(t, func() bool { return runtime.NumGoroutine() <= before }, 5*time.Second, 10*time.Millisecond,
+		"goroutines: %d before, %d after", before, runtime.NumGoroutine())
 }

@@ -234,8 +234,9 @@ func (s *Server) HTTPHandler() *http.ServeMux {
 }
 
 // Serve runs gRPC on grpcLis and HTTP on httpLis (which may be nil) until
-// ctx is cancelled, then drains: new calls get UNAVAILABLE, in-flight calls
-// get ShutdownGrace to finish, and the listeners close.
+// ctx is cancelled, then drains: new calls and queued requests get
+// UNAVAILABLE, running batches get ShutdownGrace to finish, and the
+// listeners close.
 func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(grpcLis) }()
@@ -262,7 +263,10 @@ func (s *Server) shutdown(hs *http.Server) {
 	s.draining.Store(true)
 	s.mu.Unlock()
 	s.health.Shutdown() // every service reports NOT_SERVING
-	s.log.Info("draining", "grace", s.opts.ShutdownGrace.String())
+	// Queued work is answered now, so its callers can go elsewhere; what is
+	// running gets the grace period.
+	queued := s.reg.Drain("the server is shutting down")
+	s.log.Info("draining", "grace", s.opts.ShutdownGrace.String(), "queued_answered_unavailable", queued)
 	drained := make(chan struct{})
 	go func() { s.inflight.Wait(); close(drained) }()
 	select {

@@ -385,13 +385,31 @@ func TestGracefulShutdown(t *testing.T) {
 		inflight <- result{err, time.Now()}
 	}()
 	require.Eventually(t, func() bool { return inflightCount(h.srv) == 1 }, 5*time.Second, time.Millisecond)
+	// Two more wait in the model's queue behind it.
+	queued := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			_, err := h.client.Infer(context.Background(), slowReq)
+			queued <- err
+		}()
+	}
+	m, release, err := h.reg.Acquire("slow", "")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return m.Queued() == 2 }, 5*time.Second, time.Millisecond)
+	release()
 
 	stopped := make(chan struct{})
 	go func() { h.stop(); close(stopped) }()
 	require.Eventually(t, func() bool { return h.srv.draining.Load() }, 5*time.Second, time.Millisecond)
 
-	// New work is refused while the in-flight request finishes.
-	_, err := h.client.Infer(context.Background(), tensorsReq("slow", f32Tensor("x", []int64{1, 2, 2}, make([]float32, 4))))
+	// Queued work is answered UNAVAILABLE at once, so that its callers can
+	// go elsewhere; new work is refused while the running request finishes.
+	for i := 0; i < 2; i++ {
+		err := <-queued
+		assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+		assert.Contains(t, status.Convert(err).Message(), "shutting down")
+	}
+	_, err = h.client.Infer(context.Background(), tensorsReq("slow", f32Tensor("x", []int64{1, 2, 2}, make([]float32, 4))))
 	refusedAt := time.Now()
 	assert.Equal(t, codes.Unavailable, status.Code(err))
 	r := <-inflight
