@@ -58,6 +58,8 @@ type Config struct {
 	MaxRequests int
 	// Progress, if set, is told each step as it starts.
 	Progress func(step, of, concurrency int)
+	// Live, if set, follows the sweep request by request (a progress bar).
+	Live *Live
 	// Batches, if set, returns the server's cumulative inference and
 	// execution counts, read before and after each step for its mean batch.
 	Batches func(ctx context.Context) (inferences, executions int64, err error)
@@ -80,11 +82,14 @@ func SweepRates(ctx context.Context, cfg Config, rates []float64, call Call) ([]
 		if cfg.Progress != nil {
 			cfg.Progress(i+1, len(rates), int(r))
 		}
+		counted := cfg.Live.count(call)
 		if cfg.Warmup > 0 {
-			openLoop(ctx, r, cfg.Warmup, call)
+			cfg.Live.begin(i+1, len(rates), int(r), true, cfg.Warmup)
+			openLoop(ctx, r, cfg.Warmup, counted)
 		}
 		before := batchCounts(ctx, cfg)
-		s := openLoop(ctx, r, cfg.Duration, call)
+		cfg.Live.begin(i+1, len(rates), int(r), false, cfg.Duration)
+		s := openLoop(ctx, r, cfg.Duration, counted)
 		s.RateRPS = r
 		s.MeanBatchSize = meanBatch(ctx, cfg, before)
 		steps = append(steps, s)
@@ -106,8 +111,10 @@ func Sweep(ctx context.Context, cfg Config, call Call) ([]Step, error) {
 		if cfg.Progress != nil {
 			cfg.Progress(i+1, len(cfg.Concurrency), c)
 		}
+		counted := cfg.Live.count(call)
 		if cfg.Warmup > 0 {
-			closedLoop(ctx, c, cfg.Warmup, 0, call)
+			cfg.Live.begin(i+1, len(cfg.Concurrency), c, true, cfg.Warmup)
+			closedLoop(ctx, c, cfg.Warmup, 0, counted)
 		}
 		var probes chan Step
 		if cfg.Probe != nil && cfg.ProbeRate > 0 {
@@ -115,7 +122,8 @@ func Sweep(ctx context.Context, cfg Config, call Call) ([]Step, error) {
 			go func() { probes <- openLoop(ctx, cfg.ProbeRate, cfg.Duration, cfg.Probe) }()
 		}
 		before := batchCounts(ctx, cfg)
-		s := closedLoop(ctx, c, cfg.Duration, cfg.MaxRequests, call)
+		cfg.Live.begin(i+1, len(cfg.Concurrency), c, false, cfg.Duration)
+		s := closedLoop(ctx, c, cfg.Duration, cfg.MaxRequests, counted)
 		s.MeanBatchSize = meanBatch(ctx, cfg, before)
 		if probes != nil {
 			p := <-probes

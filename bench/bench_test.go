@@ -115,3 +115,37 @@ func TestWritePNG(t *testing.T) {
 	assert.Equal(t, 800, img.Bounds().Dx())
 	assert.Error(t, (&Report{}).WritePNG(&buf), "nothing to plot")
 }
+
+func TestLiveProgress(t *testing.T) {
+	var l Live
+	assert.Empty(t, l.Line("concurrency", 10), "nothing before the first step")
+	calls := 0
+	call := l.count(func(context.Context) (time.Duration, time.Duration, error) {
+		calls++
+		if calls%4 == 0 {
+			return 0, 0, errors.New("x")
+		}
+		return 0, 0, nil
+	})
+	l.begin(2, 3, 8, false, 0)
+	for i := 0; i < 8; i++ {
+		_, _, _ = call(context.Background())
+	}
+	line := l.Line("concurrency", 10)
+	assert.Contains(t, line, "[2/3] concurrency 8  measure ▕██████████▏")
+	assert.Contains(t, line, "8 req")
+	assert.Contains(t, line, "2 errors")
+	l.begin(3, 3, 16, true, time.Hour)
+	assert.Contains(t, l.Line("rate", 4), "[3/3] rate 16  warm-up ▕░░░░▏")
+	assert.Contains(t, l.Line("rate", 4), "0 req")
+
+	// A sweep drives it.
+	var live Live
+	steps, err := Sweep(context.Background(), Config{Concurrency: []int{2}, Duration: 30 * time.Millisecond, Live: &live},
+		func(context.Context) (time.Duration, time.Duration, error) {
+			time.Sleep(time.Millisecond)
+			return 0, 0, nil
+		})
+	require.NoError(t, err)
+	assert.Equal(t, int64(steps[0].Requests), live.done.Load())
+}

@@ -43,6 +43,7 @@ func run() int {
 	duration := fs.Duration("duration", 10*time.Second, "measured time per level")
 	warmup := fs.Duration("warmup", 2*time.Second, "unmeasured time per level before measuring")
 	maxReq := fs.Int("max-requests", 0, "stop a level after this many requests (0: no limit)")
+	quiet := fs.Bool("quiet", false, "no progress display on the terminal")
 	priority := fs.String("priority", "routine", "stat or routine")
 	statRate := fs.Float64("stat-rate", 0, "also send STAT probe requests at this rate (per second) during each level and report their latency apart (concurrency 0 then measures them unloaded)")
 	out := fs.String("out", "", "folder for results.json, results.csv and latency.png (default: print only)")
@@ -155,6 +156,17 @@ func run() int {
 			cfg.Probe = kserveCall(kpb.NewGRPCInferenceServiceClient(conn.ClientConn), *model, t, true)
 		}
 	}
+	// On a terminal, a progress bar redrawn in place; in logs, a line per step.
+	unit := "concurrency"
+	if *rates != "" {
+		unit = "rate"
+	}
+	stopBar := func() {}
+	if isTerminal(os.Stderr) && !*quiet {
+		cfg.Progress = nil
+		cfg.Live = &bench.Live{}
+		stopBar = progressBar(cfg.Live, unit)
+	}
 	if *rates != "" {
 		var rs []float64
 		for _, f := range strings.Split(*rates, ",") {
@@ -168,6 +180,7 @@ func run() int {
 	} else {
 		rep.Steps, err = bench.Sweep(ctx, cfg, call)
 	}
+	stopBar()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fail(1, "%v", err)
 	}
@@ -322,4 +335,31 @@ func writeReport(dir string, rep *bench.Report) error {
 		}
 	}
 	return nil
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// progressBar redraws live's line on stderr five times a second until the
+// returned stop is called, which leaves the last state on its own line.
+func progressBar(live *bench.Live, unit string) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			fmt.Fprintf(os.Stderr, "\r\033[K%s", live.Line(unit, 24))
+			select {
+			case <-t.C:
+			case <-done:
+				fmt.Fprintln(os.Stderr)
+				return
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
