@@ -203,6 +203,12 @@ type Execution struct {
 	InterOpThreads int `yaml:"inter_op_threads"`
 	// GraphOptimization: all (default), extended, basic or disabled.
 	GraphOptimization string `yaml:"graph_optimization"`
+	// AllowSpinning lets ONNX Runtime's thread pools spin while they wait
+	// for work (ONNX Runtime's own default). voxserve turns it off by
+	// default: spinning threads take the cores that gRPC and the other
+	// model instances need (on 2 cores, 1.5x the throughput without it;
+	// bench/results/ort-spinning-cpu-2core.md).
+	AllowSpinning bool `yaml:"allow_spinning"`
 	// CUDA configures ONNX Runtime's CUDA execution provider.
 	CUDA CUDAOptions `yaml:"cuda"`
 }

@@ -45,15 +45,24 @@ func (c *Conn) Close() {
 	}
 }
 
+// callOptions size messages, windows and buffers for images and volumes,
+// as the server does.
 func callOptions() grpc.DialOption {
 	return grpc.WithDefaultCallOptions(
 		grpc.MaxCallRecvMsgSize(server.DefaultMaxMessageBytes),
 		grpc.MaxCallSendMsgSize(server.DefaultMaxMessageBytes))
 }
 
+func transportOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithInitialWindowSize(server.WindowBytes), grpc.WithInitialConnWindowSize(server.WindowBytes),
+		grpc.WithWriteBufferSize(server.IOBufferBytes), grpc.WithReadBufferSize(server.IOBufferBytes),
+	}
+}
+
 // Dial connects to a server at addr (host:port), without TLS.
 func Dial(addr string) (*Conn, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), callOptions())
+	cc, err := grpc.NewClient(addr, append(transportOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()), callOptions())...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
 	}

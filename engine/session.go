@@ -133,6 +133,15 @@ func sessionOptions(spec *bundle.Spec, provider string) (*ort.SessionOptions, er
 	if err := opts.SetGraphOptimizationLevel(optLevels[spec.Execution.GraphOptimization]); err != nil {
 		return fail(err)
 	}
+	spin := "0"
+	if spec.Execution.AllowSpinning {
+		spin = "1"
+	}
+	for _, k := range []string{"session.intra_op.allow_spinning", "session.inter_op.allow_spinning"} {
+		if err := opts.AddSessionConfigEntry(k, spin); err != nil {
+			return fail(err)
+		}
+	}
 	switch provider {
 	case "cpu":
 	case "cuda":

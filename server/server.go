@@ -56,6 +56,13 @@ type Options struct {
 	UIDRoot string
 }
 
+// Transport sizes for large messages (clients should use the same; see
+// client.Dial).
+const (
+	WindowBytes   = 16 << 20
+	IOBufferBytes = 512 << 10
+)
+
 // Server is a voxserve instance over a registry.
 type Server struct {
 	reg    *engine.Registry
@@ -88,6 +95,13 @@ func New(reg *engine.Registry, opts Options) *Server {
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
 		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
+		// Images and volumes are MiBs: HTTP/2 windows of 64 KiB would
+		// make a client wait for window updates several times per
+		// request, and small buffers cost a syscall per 32 KiB.
+		grpc.InitialWindowSize(WindowBytes),
+		grpc.InitialConnWindowSize(WindowBytes),
+		grpc.WriteBufferSize(IOBufferBytes),
+		grpc.ReadBufferSize(IOBufferBytes),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)

@@ -50,7 +50,7 @@ type harness struct {
 	done    chan error
 }
 
-func start(t *testing.T, repo string, opts Options) *harness {
+func start(t testing.TB, repo string, opts Options) *harness {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := engine.NewRegistry(repo, log)
@@ -65,6 +65,8 @@ func start(t *testing.T, repo string, opts Options) *harness {
 	h := &harness{srv: srv, reg: reg, cancel: cancel, done: make(chan error, 1), httpURL: "http://" + hl.Addr().String(), addr: gl.Addr().String()}
 	go func() { h.done <- srv.Serve(ctx, gl, hl) }()
 	h.conn, err = grpc.NewClient(gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(WindowBytes), grpc.WithInitialConnWindowSize(WindowBytes),
+		grpc.WithWriteBufferSize(IOBufferBytes), grpc.WithReadBufferSize(IOBufferBytes),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxMessageBytes), grpc.MaxCallSendMsgSize(DefaultMaxMessageBytes)))
 	require.NoError(t, err)
 	h.client = pb.NewInferenceClient(h.conn)
