@@ -35,7 +35,7 @@ NORACE_PKGS := ./phantom/
 
 export CGO_ENABLED := 1
 
-.PHONY: models eval venv deps deps-go deps-dicom3tools deps-perf-analyzer deps-cuda deps-gpu lint-docker kernels kernels-check build-cuda check-cuda build run test test-short lint fmt vet staticcheck proto proto-check \
+.PHONY: models eval venv deps deps-go deps-dicom3tools deps-perf-analyzer gpu-test-binaries deps-cuda deps-gpu lint-docker kernels kernels-check build-cuda check-cuda build run test test-short lint fmt vet staticcheck proto proto-check \
         fuzz models-demo clean help
 
 help: ## list the targets
@@ -89,6 +89,10 @@ lint-docker: $(VENV)/.ok ## hadolint (from PyPI) on Dockerfile.cuda
 
 build-cuda: deps $(NVCC) ## build the GPU binaries into bin/cuda/ (they run on the CPU where there is no GPU)
 	$(CUDA_ENV) $(GO) build -tags cuda -o bin/cuda/ ./cmd/...
+
+gpu-test-binaries: deps $(NVCC) ## the cuda-tagged test binaries a GPU machine runs (bin/gpu/kernels.test, bin/gpu/engine.test)
+	$(CUDA_ENV) $(GO) test -c -tags cuda -o bin/gpu/kernels.test ./kernels/
+	$(CUDA_ENV) $(GO) test -c -tags cuda -o bin/gpu/engine.test ./engine/
 
 check-cuda: kernels-check ## what CI can check of the GPU path: PTX, cuda build, vet, tests (they skip with no device)
 	$(CUDA_ENV) $(GO) build -tags cuda ./...

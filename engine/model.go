@@ -147,6 +147,7 @@ func (m *Model) close() {
 		<-m.slots
 	}
 	m.sess.close()
+	releaseNativeMemory()
 }
 
 func (m *Model) String() string { return fmt.Sprintf("%s:%d", m.Spec.Name, m.Version) }

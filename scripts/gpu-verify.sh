@@ -2,7 +2,7 @@
 # Verifies the CUDA kernels on a GPU machine and records the figures:
 # kernels vs the Go reference on random data, compute-sanitizer (memcheck,
 # racecheck), the preprocessing benchmark, and the PyTorch peer.
-# Needs bin/gpu/kernels.test (make gpu-test-binary, built on a machine with
+# Needs bin/gpu/kernels.test (make gpu-test-binaries, built on a machine with
 # Go) and, for the peer, python3 with torch. Writes logs under ${OUT:-bench/out}.
 set -uo pipefail
 OUT="${OUT:-bench/out}"

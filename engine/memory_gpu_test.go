@@ -1,0 +1,78 @@
+//go:build cuda
+
+package engine
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/voxserve/voxserve/kernels/cuda"
+)
+
+// TestLoadUnloadCyclesReturnDeviceMemory: 50 load / infer / unload cycles
+// of a reference bundle on ONNX Runtime's CUDA provider leave the device's
+// free memory (the driver's cuMemGetInfo) where it was after warm-up.
+// Skips without a device or without the CUDA provider libraries, unless
+// VOXSERVE_REQUIRE_GPU=1 (scripts/gpu-e2e.sh sets it).
+func TestLoadUnloadCyclesReturnDeviceMemory(t *testing.T) {
+	mustHave := os.Getenv("VOXSERVE_REQUIRE_GPU") != ""
+	skip := func(format string, args ...any) {
+		if mustHave {
+			t.Fatalf(format, args...)
+		}
+		t.Skipf(format, args...)
+	}
+	src := filepath.Join("..", "models", "pneumothorax")
+	if _, err := os.Stat(filepath.Join(src, "1", "model.onnx")); err != nil {
+		skip("models/pneumothorax not trained")
+	}
+	if err := cuda.Load(); err != nil {
+		skip("no CUDA driver: %v", err)
+	}
+	dev, err := cuda.Open(0)
+	if err != nil {
+		skip("no GPU: %v", err)
+	}
+	defer dev.Close()
+
+	// The reference bundle, asking for the CUDA provider only.
+	repo := t.TempDir()
+	dst := filepath.Join(repo, "pneumothorax")
+	mustT(t, os.MkdirAll(filepath.Join(dst, "1"), 0o755))
+	y, err := os.ReadFile(filepath.Join(src, "bundle.yaml"))
+	mustT(t, err)
+	yaml := strings.Replace(string(y), "\nprovenance:", "\nexecution:\n  providers: [cuda]\nprovenance:", 1)
+	mustT(t, os.WriteFile(filepath.Join(dst, "bundle.yaml"), []byte(yaml), 0o644))
+	abs, _ := filepath.Abs(filepath.Join(src, "1", "model.onnx"))
+	mustT(t, os.Symlink(abs, filepath.Join(dst, "1", "model.onnx")))
+
+	r := NewRegistry(repo, quietLog())
+	defer r.Close()
+	if _, err := r.Load("pneumothorax", nil); err != nil {
+		skip("the CUDA provider does not load here: %v", err)
+	}
+	_, err = r.Unload("pneumothorax", 0)
+	mustT(t, err)
+
+	free := func() uint64 {
+		f, _, err := dev.MemInfo()
+		mustT(t, err)
+		return f
+	}
+	cycleModel(t, r, 5)
+	before := free()
+	cycleModel(t, r, 50)
+	after := free()
+	t.Logf("device free memory: %.1f MiB after warm-up, %.1f MiB after 50 more cycles", float64(before)/(1<<20), float64(after)/(1<<20))
+	assert.LessOrEqual(t, int64(before)-int64(after), int64(64<<20), "device memory lost over 50 cycles")
+}
+
+func mustT(t *testing.T, err error) {
+	t.Helper()
+	require.NoError(t, err)
+}
