@@ -2,9 +2,12 @@ package dicomout
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/voxserve/voxserve/dicom"
+	"github.com/voxserve/voxserve/tensor"
 )
 
 // BenchmarkSEG512 encodes a binary SEG of a 512x512x300 CT with one
@@ -41,5 +44,48 @@ func BenchmarkSEG512(b *testing.B) {
 				b.SetBytes(int64(len(seg.Bytes)))
 			}
 		})
+	}
+}
+
+// BenchmarkSEGFromSeries builds the binary SEG of the series in
+// $VOXSERVE_BENCH_DIR from the mask in $VOXSERVE_BENCH_MASK (a uint8 .npy
+// in volume order): what bench/seg_vs_highdicom.sh compares with highdicom.
+// The series is read once, outside the timing.
+func BenchmarkSEGFromSeries(b *testing.B) {
+	dir, maskPath := os.Getenv("VOXSERVE_BENCH_DIR"), os.Getenv("VOXSERVE_BENCH_MASK")
+	if dir == "" || maskPath == "" {
+		b.Skip("set VOXSERVE_BENCH_DIR and VOXSERVE_BENCH_MASK (bench/seg_vs_highdicom.sh does)")
+	}
+	paths, _ := filepath.Glob(filepath.Join(dir, "*.dcm"))
+	var inputs []dicom.Input
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		inputs = append(inputs, dicom.Input{Source: p, Data: data})
+	}
+	series, _, err := dicom.ReadStudy(inputs, dicom.Options{})
+	if err != nil || len(series) != 1 {
+		b.Fatalf("%v (%d series)", err, len(series))
+	}
+	f, err := os.Open(maskPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	mask, err := tensor.ReadNpy(f, 1<<32)
+	f.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	maps := []LabelMap{{Voxels: mask.Data, Segments: []Segment{{Label: "hemorrhage",
+		Category: Code{"49755003", "SCT", "Morphologically Abnormal Structure"}, Type: Code{"50960005", "SCT", "Hemorrhage"}}}}}
+	src := SourceFromSeries(series[0])
+	for b.Loop() {
+		seg, err := SEG(src, maps, testAlg, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(int64(len(seg.Bytes)))
 	}
 }
