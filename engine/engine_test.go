@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"math"
@@ -461,4 +462,30 @@ func TestCUDAFallsBackToCPUAndSaysSoOnce(t *testing.T) {
 		done()
 	}
 	assert.Equal(t, 1, strings.Count(buf.String(), "execution provider unavailable"), buf.String())
+}
+
+// Out-of-memory errors from ONNX Runtime fail the request (or the load)
+// with RESOURCE_EXHAUSTED; other failures stay INTERNAL or INVALID_ARGUMENT.
+func TestOutOfMemoryIsResourceExhausted(t *testing.T) {
+	for _, tc := range []struct {
+		msg string
+		oom bool
+	}{
+		{"[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory ; GPU=0", true},
+		{"BFCArena::AllocateRawInternal Available memory of 0 is smaller than requested bytes of 268435456", true},
+		{"Failed to allocate memory for requested buffer of size 1073741824", true},
+		{"std::bad_alloc", true},
+		{"CUBLAS_STATUS_ALLOC_FAILED", true},
+		{"[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x", false},
+	} {
+		err := errors.New(tc.msg)
+		assert.Equal(t, tc.oom, isOutOfMemory(err), tc.msg)
+		want, wantLoad := codes.Internal, codes.InvalidArgument
+		if tc.oom {
+			want, wantLoad = codes.ResourceExhausted, codes.ResourceExhausted
+		}
+		assert.Equal(t, want, codeOf(runError("m:1", err)), tc.msg)
+		assert.Equal(t, wantLoad, codeOf(loadError(err)), tc.msg)
+		assert.Contains(t, runError("m:1", err).Error(), tc.msg)
+	}
 }

@@ -3,6 +3,7 @@
 package engine
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,8 +11,10 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
 
 	"github.com/voxserve/voxserve/kernels/cuda"
+	"github.com/voxserve/voxserve/tensor"
 )
 
 // TestLoadUnloadCyclesReturnDeviceMemory: 50 load / infer / unload cycles
@@ -70,6 +73,47 @@ func TestLoadUnloadCyclesReturnDeviceMemory(t *testing.T) {
 	after := free()
 	t.Logf("device free memory: %.1f MiB after warm-up, %.1f MiB after 50 more cycles", float64(before)/(1<<20), float64(after)/(1<<20))
 	assert.LessOrEqual(t, int64(before)-int64(after), int64(64<<20), "device memory lost over 50 cycles")
+}
+
+// TestCUDAOutOfMemoryFailsTheRequest: a bundle whose CUDA arena may not
+// grow past 1 MiB runs out of device memory on its first batch; that
+// request fails RESOURCE_EXHAUSTED and the model stays loaded.
+func TestCUDAOutOfMemoryFailsTheRequest(t *testing.T) {
+	mustHave := os.Getenv("VOXSERVE_REQUIRE_GPU") != ""
+	src := filepath.Join("..", "models", "pneumothorax")
+	if _, err := os.Stat(filepath.Join(src, "1", "model.onnx")); err != nil || cuda.Load() != nil {
+		if mustHave {
+			t.Fatal("needs models/pneumothorax and a CUDA driver")
+		}
+		t.Skip("needs models/pneumothorax and a CUDA driver")
+	}
+	repo := t.TempDir()
+	dst := filepath.Join(repo, "pneumothorax")
+	mustT(t, os.MkdirAll(filepath.Join(dst, "1"), 0o755))
+	y, err := os.ReadFile(filepath.Join(src, "bundle.yaml"))
+	mustT(t, err)
+	yaml := strings.Replace(string(y), "\nprovenance:", "\nexecution:\n  providers: [cuda]\n  cuda: {gpu_mem_limit: 1048576}\nprovenance:", 1)
+	mustT(t, os.WriteFile(filepath.Join(dst, "bundle.yaml"), []byte(yaml), 0o644))
+	abs, _ := filepath.Abs(filepath.Join(src, "1", "model.onnx"))
+	mustT(t, os.Symlink(abs, filepath.Join(dst, "1", "model.onnx")))
+	r := NewRegistry(repo, quietLog())
+	defer r.Close()
+	if _, err := r.Load("pneumothorax", nil); err != nil {
+		if codeOf(err) == codes.ResourceExhausted {
+			return // the weights alone did not fit: the load failed cleanly
+		}
+		if mustHave {
+			t.Fatalf("loading on the CUDA provider: %v", err)
+		}
+		t.Skipf("the CUDA provider does not load here: %v", err)
+	}
+	m, done, err := r.Acquire("pneumothorax", "")
+	mustT(t, err)
+	defer done()
+	x := tensor.FromFloat32("image", []int64{8, 1, 256, 256}, make([]float32, 8*256*256))
+	_, _, err = m.Infer(context.Background(), []*tensor.Tensor{x})
+	assert.Equal(t, codes.ResourceExhausted, codeOf(err), "%v", err)
+	assert.Contains(t, r.Names(), "pneumothorax", "the model stays loaded")
 }
 
 func mustT(t *testing.T, err error) {

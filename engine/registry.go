@@ -102,7 +102,7 @@ func (r *Registry) Load(name string, versions []int64) ([]*Model, error) {
 			for _, l := range loaded {
 				l.close()
 			}
-			return nil, status.Error(codes.InvalidArgument, err.Error())
+			return nil, loadError(err)
 		}
 		loaded = append(loaded, m)
 	}

@@ -292,7 +292,7 @@ func (s *scheduler) run(batch []*request) {
 	compute := time.Since(start)
 	input, infer := ran.Sub(start), time.Since(ran)
 	if err != nil {
-		err = status.Errorf(codes.Internal, "model %s: %v", s.m, err)
+		err = runError(s.m.String(), err)
 	}
 	// Split first, count, then answer: a caller that reads the statistics
 	// once it has its answer sees its own batch in them.
