@@ -47,7 +47,14 @@ type GPU struct {
 	fn     map[string]*cuda.Function
 	mu     sync.Mutex
 	spares []*cuda.Stream
+	// mem caches device buffers between calls (pool.go): after warm-up a
+	// request allocates and frees no device memory.
+	mem *pool[cuda.Ptr]
 }
+
+// poolShare is the share of the device's memory the buffer cache may hold
+// idle; the rest stays free for ONNX Runtime's arena.
+const poolShare = 4
 
 var _ Ops = (*GPU)(nil)
 
@@ -78,7 +85,14 @@ func Open(ordinal int) (*GPU, error) {
 		dev.Close()
 		return nil, err
 	}
-	g := &GPU{Dev: dev, mod: mod, fn: map[string]*cuda.Function{}}
+	_, total, err := dev.MemInfo()
+	if err != nil {
+		dev.UnloadModule(mod)
+		dev.Close()
+		return nil, err
+	}
+	g := &GPU{Dev: dev, mod: mod, fn: map[string]*cuda.Function{},
+		mem: newPool(int64(total/poolShare), dev.Alloc, dev.Free)}
 	for _, name := range kernelNames {
 		f, err := dev.Function(mod, name)
 		if err != nil {
@@ -96,7 +110,7 @@ func (g *GPU) Close() error {
 		g.Dev.DestroyStream(s)
 	}
 	g.spares = nil
-	err := g.Dev.UnloadModule(g.mod)
+	err := errors.Join(g.mem.close(), g.Dev.UnloadModule(g.mod))
 	return errors.Join(err, g.Dev.Close())
 }
 
@@ -105,10 +119,11 @@ func (g *GPU) Name() string { return "cuda: " + g.Dev.Name }
 
 // call is one operation's stream and the device buffers it allocated.
 type call struct {
-	g    *GPU
-	s    *cuda.Stream
-	bufs []cuda.Ptr
-	err  error
+	g       *GPU
+	s       *cuda.Stream
+	bufs    []cuda.Ptr
+	classes []int // pool size class of each buffer
+	err     error
 }
 
 func (g *GPU) begin() *call {
@@ -129,8 +144,9 @@ func (c *call) end() error {
 	if c.s != nil {
 		c.err = errors.Join(c.err, c.g.Dev.Sync(c.s))
 	}
-	for _, p := range c.bufs {
-		c.err = errors.Join(c.err, c.g.Dev.Free(p))
+	// The stream is idle: its buffers go back to the pool for the next call.
+	for i, p := range c.bufs {
+		c.err = errors.Join(c.err, c.g.mem.put(p, c.classes[i]))
 	}
 	if c.s != nil {
 		c.g.mu.Lock()
@@ -144,12 +160,13 @@ func (c *call) alloc(n int) cuda.Ptr {
 	if c.err != nil {
 		return 0
 	}
-	p, err := c.g.Dev.Alloc(max(n, 1))
+	p, class, err := c.g.mem.get(max(n, 1))
 	if err != nil {
 		c.err = err
 		return 0
 	}
 	c.bufs = append(c.bufs, p)
+	c.classes = append(c.classes, class)
 	return p
 }
 
@@ -249,11 +266,13 @@ func (g *GPU) UploadMaps(maps [3]preprocess.AxisMap) (*DeviceMaps, error) {
 	c := g.begin()
 	dm := &DeviceMaps{Size: [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}}
 	dm.args = c.maps(&cuda.Args{}, maps)
-	dm.bufs, c.bufs = c.bufs, nil // kept until FreeMaps
+	dm.bufs, c.bufs, c.classes = c.bufs, nil, nil // kept until FreeMaps
 	return dm, c.end()
 }
 
-// FreeMaps frees maps from UploadMaps.
+// FreeMaps frees maps from UploadMaps. They go back to the driver, not to
+// the pool: cuMemFree waits for kernels on other streams that may still
+// read them, which a pooled reuse would not.
 func (g *GPU) FreeMaps(dm *DeviceMaps) error {
 	var err error
 	for _, p := range dm.bufs {
