@@ -368,3 +368,49 @@ func TestPackBits(t *testing.T) {
 		}
 	}
 }
+
+// TestSEGOfMultiFrameSource: an enhanced (multi-frame) CT whose frames are
+// stored out of spatial order. Each SEG frame must reference its source
+// frame by number, and sit at that frame's position.
+func TestSEGOfMultiFrameSource(t *testing.T) {
+	nx, ny, nz := 16, 12, 7
+	s := geometrySeries(nx, ny, nz, [6]float64{1, 0, 0, 0, 0, -1}) // coronal
+	order := []int{3, 0, 6, 1, 5, 2, 4}
+	b, err := s.EncodeEnhanced(order)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	srcPath := filepath.Join(dir, "enhanced.dcm")
+	require.NoError(t, os.WriteFile(srcPath, b, 0o644))
+	all, _, err := dicom.ReadStudy([]dicom.Input{{Source: srcPath, Data: b}}, dicom.Options{})
+	require.NoError(t, err)
+	require.Len(t, all, 1)
+	src := SourceFromSeries(all[0])
+	require.Len(t, src.Instances, nz)
+
+	// Label: a block on volume slices 2-4, and a single voxel on slice 6.
+	plane := nx * ny
+	vol := make([]uint8, nz*plane)
+	for k := 2; k <= 4; k++ {
+		for j := 3; j < 8; j++ {
+			for i := 2; i < 9; i++ {
+				vol[k*plane+j*nx+i] = 1
+			}
+		}
+	}
+	vol[6*plane+5*nx+11] = 1
+	seg, err := SEG(src, []LabelMap{{Voxels: vol, Segments: []Segment{{Label: "block",
+		Category: Code{"91723000", "SCT", "Anatomical Structure"}, Type: LocalCode("block")}}}}, testAlg, Options{})
+	require.NoError(t, err)
+	segPath := filepath.Join(dir, "seg.dcm")
+	require.NoError(t, os.WriteFile(segPath, seg.Bytes, 0o644))
+	errs, warns := dicomcheck.Dciodvfy(t, segPath)
+	assert.Empty(t, errs)
+	assert.Empty(t, warns)
+
+	// Independently: highdicom places the SEG by its own geometry; pydicom
+	// reads the source frames' positions; every segmented voxel must fall
+	// on a labelled voxel of the source frame at that position.
+	r := dicomcheck.HighdicomMultiFrame(t, srcPath, segPath, vol, [3]int{nz, ny, nx})
+	assert.Empty(t, r.Errors)
+	assert.Equal(t, float64(3*5*7+1), r.Checked["segmented_voxels"])
+}

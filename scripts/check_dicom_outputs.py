@@ -103,6 +103,38 @@ def check_seg(m, src, errors, checked):
         checked["seg_geometry"] = True
 
 
+def check_multiframe_seg(m, src, errors, checked):
+    """A SEG of one multi-frame source: each SEG frame references a source
+    frame; its position must be that frame's, and its pixels the truth's
+    at that position (truth in volume order, along the slice normal)."""
+    seg = hd.seg.segread(m["seg"])
+    truth = np.load(m["truth_labels"])
+    s = src[0]
+    iop = np.array(s.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    pos = [np.array(f.PlanePositionSequence[0].ImagePositionPatient, float) for f in s.PerFrameFunctionalGroupsSequence]
+    rank = np.argsort(np.argsort([float(np.dot(normal, p)) for p in pos]))  # frame index -> volume slice
+    px = seg.pixel_array
+    if px.ndim == 2:
+        px = px[None]
+    n = 0
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        if ref.ReferencedSOPInstanceUID != s.SOPInstanceUID:
+            errors.append(f"frame {f + 1} references another instance")
+            continue
+        num = int(ref.ReferencedFrameNumber)
+        got = np.array(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        if not np.allclose(got, pos[num - 1], atol=1e-3):
+            errors.append(f"frame {f + 1}: position {got}, its source frame {num} is at {pos[num - 1]}")
+        want = truth[rank[num - 1]] > 0
+        bad = int((px[f].astype(bool) != want).sum())
+        if bad:
+            errors.append(f"frame {f + 1} (source frame {num}): {bad} pixels differ from the truth")
+        n += int(px[f].astype(bool).sum())
+    checked["segmented_voxels"] = n
+
+
 def check_sr(m, src, errors, checked):
     ds = pydicom.dcmread(m["sr"])
     sr = hd.sr.srread(m["sr"])
@@ -166,7 +198,8 @@ def main():
     m = json.load(open(sys.argv[1]))
     errors, checked = [], {}
     src = [pydicom.dcmread(p) for p in m["source"]]
-    for name, fn in (("seg", check_seg), ("sr", check_sr)):
+    seg_check = check_multiframe_seg if m.get("extra", {}).get("multiframe") else check_seg
+    for name, fn in (("seg", seg_check), ("sr", check_sr)):
         if m.get(name):
             try:
                 fn(m, src, errors, checked)

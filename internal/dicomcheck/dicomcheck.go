@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/voxserve/voxserve/tensor"
 )
 
 // root is the repository root, found from this file.
@@ -129,4 +131,23 @@ func Highdicom(t testing.TB, m Manifest) Result {
 		t.Fatalf("check_dicom_outputs.py printed %q: %v", out, err)
 	}
 	return r
+}
+
+// HighdicomMultiFrame checks a SEG of one multi-frame source instance with
+// scripts/check_dicom_outputs.py's multi-frame mode: the SEG frames must
+// reference source frame numbers whose Plane Positions carry the labelled
+// voxels of vol (in volume order, sorted along the slice normal).
+func HighdicomMultiFrame(t testing.TB, source, seg string, vol []uint8, dims [3]int) Result {
+	t.Helper()
+	dir := t.TempDir()
+	npy := filepath.Join(dir, "vol.npy")
+	f, err := os.Create(npy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tensor.WriteNpy(f, &tensor.Tensor{DType: tensor.Uint8, Shape: []int64{int64(dims[0]), int64(dims[1]), int64(dims[2])}, Data: vol}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return Highdicom(t, Manifest{Source: []string{source}, SEG: seg, TruthLabels: npy, Extra: map[string]any{"multiframe": true}})
 }
