@@ -92,7 +92,8 @@ func TestInferStreamDICOM(t *testing.T) {
 	require.NoError(t, err)
 	stream, err := h.client.InferStream(ctxT(t))
 	require.NoError(t, err)
-	require.NoError(t, stream.Send(&pb.InferStreamRequest{Part: &pb.InferStreamRequest_Header{Header: &pb.InferRequest{Model: "hyperdensity", RequestId: "s1"}}}))
+	require.NoError(t, stream.Send(&pb.InferStreamRequest{Part: &pb.InferStreamRequest_Header{Header: &pb.InferRequest{Model: "hyperdensity", RequestId: "s1",
+		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_DICOM_SR, pb.OutputKind_OUTPUT_KIND_DICOM_SEG}}}}))
 	for _, f := range files {
 		require.NoError(t, stream.Send(&pb.InferStreamRequest{Part: &pb.InferStreamRequest_Instances{Instances: &pb.DicomInput{Instances: [][]byte{f}}}}))
 	}
@@ -100,6 +101,10 @@ func TestInferStreamDICOM(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "s1", resp.GetRequestId())
 	assert.True(t, resp.GetFindings()[0].GetPresent())
+	// Streamed instances get the DICOM outputs too.
+	assert.Equal(t, "DICM", string(resp.GetDicomSr()[128:132]))
+	assert.Equal(t, "DICM", string(resp.GetDicomSeg()[128:132]))
+	assert.Equal(t, s.StudyUID, resp.GetStudyInstanceUid())
 
 	// A stream without its header is refused.
 	stream, err = h.client.InferStream(ctxT(t))
