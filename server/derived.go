@@ -24,16 +24,19 @@ func checkDerived(spec *bundle.Spec, req *pb.InferRequest) error {
 		if !isDicom && req.GetInput() != nil {
 			return invalid("outputs[%d]: %v needs DICOM input (dicom instances or InferStream): the object references the source instances", i, k)
 		}
-		if k == pb.OutputKind_OUTPUT_KIND_DICOM_SEG && !hasMask(spec) {
+		if k == pb.OutputKind_OUTPUT_KIND_DICOM_SEG && !hasKind(spec, "mask") {
 			return invalid("outputs[%d]: %v: model %q has no mask output (task %s), so there is nothing to segment", i, k, spec.Name, spec.Task)
+		}
+		if k == pb.OutputKind_OUTPUT_KIND_DICOM_SR && !hasKind(spec, "mask") && !hasKind(spec, "scores") {
+			return invalid("outputs[%d]: %v: model %q has no scores or mask output, so there is nothing to report", i, k, spec.Name)
 		}
 	}
 	return nil
 }
 
-func hasMask(spec *bundle.Spec) bool {
+func hasKind(spec *bundle.Spec, kind string) bool {
 	for _, o := range spec.Outputs {
-		if o.Kind == "mask" {
+		if o.Kind == kind {
 			return true
 		}
 	}

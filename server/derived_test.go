@@ -171,6 +171,8 @@ func TestDerivedOutputErrors(t *testing.T) {
 	}{
 		{"SEG of a model without masks", &pb.InferRequest{Model: "affine", Input: dicomIn,
 			Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_DICOM_SEG}}, codes.InvalidArgument, "outputs[0]: OUTPUT_KIND_DICOM_SEG: model \"affine\" has no mask output"},
+		{"SR of a model without findings", &pb.InferRequest{Model: "affine", Input: dicomIn,
+			Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_DICOM_SR}}, codes.InvalidArgument, "outputs[0]: OUTPUT_KIND_DICOM_SR: model \"affine\" has no scores or mask output"},
 		{"SR of a tensor input", &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Tensors{Tensors: &pb.TensorInput{}},
 			Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_DICOM_SR}}, codes.InvalidArgument, "outputs[1]: OUTPUT_KIND_DICOM_SR needs DICOM input"},
 		{"SEG without a frame of reference", &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: noForFiles}},
