@@ -46,14 +46,14 @@ func (u UIDs) New() string {
 	if _, err := rand.Read(b); err != nil {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
-	return u.from(b)
+	return u.from(b, 4)
 }
 
 // Stable returns the same UID for the same parts: a device UID per bundle
 // version, so that every result of one model version names one device.
 func (u UIDs) Stable(parts ...string) string {
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
-	return u.from(h[:16])
+	return u.from(h[:16], 8) // RFC 9562 version 8: a custom, here hash-derived, UUID
 }
 
 // Device is the stable Device UID of a bundle version.
@@ -61,12 +61,14 @@ func (u UIDs) Device(bundle, version string) string {
 	return u.Stable("voxserve device", bundle, version)
 }
 
-func (u UIDs) from(b []byte) string {
+// from makes a UID of 128 bits; under 2.25 they are made a UUID of the
+// given version (PS3.5 B.2).
+func (u UIDs) from(b []byte, version byte) string {
 	root := u.root()
 	if root == DefaultUIDRoot {
 		b = append([]byte(nil), b...)
-		b[6] = b[6]&0x0f | 0x40 // a version 4 (random) UUID, per PS3.5 B.2
-		b[8] = b[8]&0x3f | 0x80
+		b[6] = b[6]&0x0f | version<<4
+		b[8] = b[8]&0x3f | 0x80 // the RFC 4122 variant
 		return root + "." + new(big.Int).SetBytes(b).String()
 	}
 	suffix := new(big.Int).SetBytes(b).String()
