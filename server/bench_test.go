@@ -2,10 +2,14 @@ package server
 
 import (
 	"context"
+	"net"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/voxserve/voxserve/internal/onnxbuild"
 	"github.com/voxserve/voxserve/internal/testrepo"
@@ -67,4 +71,54 @@ func overhead(b *testing.B, h *harness, req *pb.InferRequest) {
 func median(v []float64) float64 {
 	sort.Float64s(v)
 	return v[len(v)/2]
+}
+
+// BenchmarkGRPCFloor512 is the floor under BenchmarkOverhead512: the same
+// 1 MiB request (a pb.InferRequest holding a 512x512 float32 tensor) to a
+// gRPC handler that does nothing but answer an empty response, over the
+// same loopback TCP with the same transport settings. What it costs is
+// gRPC, protobuf and the kernel; the overhead above it is voxserve's.
+func BenchmarkGRPCFloor512(b *testing.B) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(DefaultMaxMessageBytes), grpc.InitialWindowSize(WindowBytes),
+		grpc.InitialConnWindowSize(WindowBytes), grpc.WriteBufferSize(IOBufferBytes), grpc.ReadBufferSize(IOBufferBytes))
+	srv.RegisterService(&grpc.ServiceDesc{ServiceName: "floor.Echo", HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{MethodName: "Call", Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			in := &pb.InferRequest{}
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			return &pb.InferResponse{Model: in.GetModel()}, nil
+		}}}}, struct{}{})
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(WindowBytes), grpc.WithInitialConnWindowSize(WindowBytes),
+		grpc.WithWriteBufferSize(IOBufferBytes), grpc.WithReadBufferSize(IOBufferBytes),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(DefaultMaxMessageBytes)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	req := tensorsReq("affine", f32Tensor("x", []int64{1, 512, 512}, make([]float32, 512*512)))
+	ctx := context.Background()
+	var rtt []float64
+	for i := 0; i < 20; i++ {
+		if err := conn.Invoke(ctx, "/floor.Echo/Call", req, &pb.InferResponse{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		t0 := time.Now()
+		if err := conn.Invoke(ctx, "/floor.Echo/Call", req, &pb.InferResponse{}); err != nil {
+			b.Fatal(err)
+		}
+		rtt = append(rtt, float64(time.Since(t0).Microseconds()))
+	}
+	b.StopTimer()
+	b.ReportMetric(median(rtt), "rtt-p50-us")
 }
