@@ -196,7 +196,8 @@ type VersionPolicy struct {
 
 // Execution selects where and how the model runs.
 type Execution struct {
-	// Providers in order of preference: cpu (always available), cuda.
+	// Providers in order of preference: cpu (always available), cuda,
+	// tensorrt.
 	Providers []string `yaml:"providers"`
 	// IntraOpThreads: 0 lets the server choose from the machine's cores.
 	IntraOpThreads int `yaml:"intra_op_threads"`
@@ -211,6 +212,37 @@ type Execution struct {
 	AllowSpinning bool `yaml:"allow_spinning"`
 	// CUDA configures ONNX Runtime's CUDA execution provider.
 	CUDA CUDAOptions `yaml:"cuda"`
+	// TensorRT configures ONNX Runtime's TensorRT execution provider.
+	TensorRT TensorRTOptions `yaml:"tensorrt"`
+}
+
+// TensorRTOptions are ONNX Runtime's TensorRT provider options. The
+// provider builds an engine per input shape on first use (minutes for a
+// large model): fixed shapes and an engine cache keep that off the hot path.
+type TensorRTOptions struct {
+	DeviceID int `yaml:"device_id"`
+	// FP16 lets TensorRT run layers in half precision.
+	FP16 bool `yaml:"fp16"`
+	// EngineCachePath keeps built engines across restarts (empty: no cache).
+	EngineCachePath string `yaml:"engine_cache_path"`
+	// MaxWorkspaceSize caps TensorRT's scratch memory, bytes (0: default).
+	MaxWorkspaceSize int64 `yaml:"max_workspace_size"`
+}
+
+// ProviderOptions are the options as ONNX Runtime names them.
+func (t TensorRTOptions) ProviderOptions() map[string]string {
+	m := map[string]string{"device_id": strconv.Itoa(t.DeviceID)}
+	if t.FP16 {
+		m["trt_fp16_enable"] = "1"
+	}
+	if t.EngineCachePath != "" {
+		m["trt_engine_cache_enable"] = "1"
+		m["trt_engine_cache_path"] = t.EngineCachePath
+	}
+	if t.MaxWorkspaceSize > 0 {
+		m["trt_max_workspace_size"] = strconv.FormatInt(t.MaxWorkspaceSize, 10)
+	}
+	return m
 }
 
 // CUDAOptions are ONNX Runtime's CUDA provider options; zero values keep
@@ -269,7 +301,7 @@ var (
 	tasks            = []string{"classification", "segmentation", "both"}
 	outputKinds      = []string{"scores", "mask", "tensor"}
 	activations      = []string{"none", "sigmoid", "softmax"}
-	providers        = []string{"cpu", "cuda"}
+	providers        = []string{"cpu", "cuda", "tensorrt"}
 	optimization     = []string{"all", "extended", "basic", "disabled"}
 	measurementTypes = []string{"volume", "craniocaudal_length", "max_axial_area", "mean_intensity", "side_fraction"}
 )

@@ -51,6 +51,10 @@ func TestParseValid(t *testing.T) {
 	assert.Equal(t, CUDAOptions{DeviceID: 1, CudnnConvAlgoSearch: "HEURISTIC", GPUMemLimit: 1024, TF32: &tf32}, c.Execution.CUDA)
 	assert.Equal(t, map[string]string{"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": "1024", "use_tf32": "1"},
 		c.Execution.CUDA.ProviderOptions())
+	trt, err := Parse("demo/bundle.yaml", []byte(valid+"execution:\n  providers: [tensorrt, cuda, cpu]\n  tensorrt: {fp16: true, engine_cache_path: /var/cache/trt, max_workspace_size: 2048}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"device_id": "0", "trt_fp16_enable": "1", "trt_engine_cache_enable": "1",
+		"trt_engine_cache_path": "/var/cache/trt", "trt_max_workspace_size": "2048"}, trt.Execution.TensorRT.ProviderOptions())
 	assert.Equal(t, &DynamicBatching{MaxQueueDelayMicroseconds: 500, PriorityLevels: 2, DefaultPriorityLevel: 2}, b.DynamicBatching)
 	assert.Equal(t, DefaultMaxQueueSize, s.Queue.MaxQueueSize)
 	assert.Equal(t, []string{"cpu"}, s.Execution.Providers)

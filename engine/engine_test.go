@@ -440,28 +440,32 @@ func TestLoadUnloadUnderLoad(t *testing.T) {
 // load, and the reason is logged once for the process, not per model.
 func TestCUDAFallsBackToCPUAndSaysSoOnce(t *testing.T) {
 	a := testrepo.Affine()
-	a.YAML += "execution:\n  providers: [cuda, cpu]\n  cuda: {device_id: 0, cudnn_conv_algo_search: EXHAUSTIVE, tf32: false}\n"
+	a.YAML += "execution:\n  providers: [tensorrt, cuda, cpu]\n  cuda: {device_id: 0, cudnn_conv_algo_search: EXHAUSTIVE, tf32: false}\n" +
+		"  tensorrt: {fp16: true, engine_cache_path: /tmp/voxserve-trt, max_workspace_size: 1073741824}\n"
 	b := testrepo.Affine()
 	b.Name = "affine2"
 	b.YAML = strings.Replace(a.YAML, "name: affine", "name: affine2", 1)
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	unavailableOnce.Delete("cuda")
+	unavailableOnce.Delete("tensorrt")
 	r := NewRegistry(testrepo.Write(t, a, b), log)
 	require.NoError(t, r.LoadAll())
 	for _, name := range []string{"affine", "affine2"} {
 		m, done, err := r.Acquire(name, "")
 		require.NoError(t, err)
-		if m.Provider() == "cuda" {
+		if m.Provider() != "cpu" {
 			done()
-			t.Skip("the CUDA provider loaded: this machine has a GPU")
+			t.Skipf("the %s provider loaded: this machine has a GPU", m.Provider())
 		}
 		assert.Equal(t, "cpu", m.Provider())
 		_, _, err = m.Infer(context.Background(), []*tensor.Tensor{tensor.FromFloat32("x", []int64{1, 2, 3}, make([]float32, 6))})
 		assert.NoError(t, err)
 		done()
 	}
-	assert.Equal(t, 1, strings.Count(buf.String(), "execution provider unavailable"), buf.String())
+	// Once per provider, not per model.
+	assert.Equal(t, 2, strings.Count(buf.String(), "execution provider unavailable"), buf.String())
+	assert.Equal(t, 1, strings.Count(buf.String(), "provider=tensorrt"), buf.String())
 }
 
 // Out-of-memory errors from ONNX Runtime fail the request (or the load)

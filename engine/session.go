@@ -98,7 +98,7 @@ func newSession(spec *bundle.Spec, onnx []byte, log *slog.Logger) (*session, err
 		_ = opts.Destroy()
 		if err != nil {
 			lastErr = err
-			if p == "cuda" {
+			if p == "cuda" || p == "tensorrt" {
 				providerUnavailable(log, p, err)
 			} else {
 				log.Warn("creating session failed; trying the next provider", "provider", p, "error", err)
@@ -154,6 +154,18 @@ func sessionOptions(spec *bundle.Spec, provider string) (*ort.SessionOptions, er
 			return fail(fmt.Errorf("cuda options: %w", err))
 		}
 		if err := opts.AppendExecutionProviderCUDA(cuda); err != nil {
+			return fail(err)
+		}
+	case "tensorrt":
+		trt, err := ort.NewTensorRTProviderOptions()
+		if err != nil {
+			return fail(err)
+		}
+		defer func() { _ = trt.Destroy() }()
+		if err := trt.Update(spec.Execution.TensorRT.ProviderOptions()); err != nil {
+			return fail(fmt.Errorf("tensorrt options: %w", err))
+		}
+		if err := opts.AppendExecutionProviderTensorRT(trt); err != nil {
 			return fail(err)
 		}
 	default:
