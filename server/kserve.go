@@ -449,11 +449,19 @@ func (k *kserve) ModelConfig(_ context.Context, req *kpb.ModelConfigRequest) (*k
 	defer release()
 	s := m.Spec
 	kind := kpb.ModelInstanceGroup_KIND_CPU
-	if m.Provider() == "cuda" {
+	if p := m.Provider(); p == "cuda" || p == "tensorrt" {
 		kind = kpb.ModelInstanceGroup_KIND_GPU
 	}
 	cfg := &kpb.ModelConfig{Name: s.Name, Platform: "onnxruntime_onnx", Backend: "onnxruntime", MaxBatchSize: int32(s.MaxBatchSize),
 		InstanceGroup: []*kpb.ModelInstanceGroup{{Name: s.Name, Count: int32(s.InstanceCount), Kind: kind}}}
+	if m.Provider() == "tensorrt" {
+		params := map[string]string{"precision_mode": "FP32"}
+		if s.Execution.TensorRT.FP16 {
+			params["precision_mode"] = "FP16"
+		}
+		cfg.Optimization = &kpb.ModelOptimizationPolicy{ExecutionAccelerators: &kpb.ModelOptimizationPolicy_ExecutionAccelerators{
+			GpuExecutionAccelerator: []*kpb.ModelOptimizationPolicy_ExecutionAccelerators_Accelerator{{Name: "tensorrt", Parameters: params}}}}
+	}
 	for _, in := range s.Inputs {
 		dt, _ := tensor.ParseDType(in.DataType)
 		cfg.Input = append(cfg.Input, &kpb.ModelInput{Name: in.Name, DataType: configTypes[dt], Dims: in.Dims})

@@ -528,23 +528,71 @@ func (x *ModelDynamicBatching) GetDefaultQueuePolicy() *ModelQueuePolicy {
 	return nil
 }
 
+// How the model is optimized: here, the execution accelerators it runs on
+// (the TensorRT provider is reported as Triton's ONNX Runtime backend
+// reports it).
+type ModelOptimizationPolicy struct {
+	state                 protoimpl.MessageState                         `protogen:"open.v1"`
+	ExecutionAccelerators *ModelOptimizationPolicy_ExecutionAccelerators `protobuf:"bytes,4,opt,name=execution_accelerators,json=executionAccelerators,proto3" json:"execution_accelerators,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *ModelOptimizationPolicy) Reset() {
+	*x = ModelOptimizationPolicy{}
+	mi := &file_inference_model_config_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelOptimizationPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelOptimizationPolicy) ProtoMessage() {}
+
+func (x *ModelOptimizationPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_model_config_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelOptimizationPolicy.ProtoReflect.Descriptor instead.
+func (*ModelOptimizationPolicy) Descriptor() ([]byte, []int) {
+	return file_inference_model_config_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ModelOptimizationPolicy) GetExecutionAccelerators() *ModelOptimizationPolicy_ExecutionAccelerators {
+	if x != nil {
+		return x.ExecutionAccelerators
+	}
+	return nil
+}
+
 type ModelConfig struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Platform        string                 `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
-	MaxBatchSize    int32                  `protobuf:"varint,4,opt,name=max_batch_size,json=maxBatchSize,proto3" json:"max_batch_size,omitempty"`
-	Input           []*ModelInput          `protobuf:"bytes,5,rep,name=input,proto3" json:"input,omitempty"`
-	Output          []*ModelOutput         `protobuf:"bytes,6,rep,name=output,proto3" json:"output,omitempty"`
-	InstanceGroup   []*ModelInstanceGroup  `protobuf:"bytes,7,rep,name=instance_group,json=instanceGroup,proto3" json:"instance_group,omitempty"`
-	DynamicBatching *ModelDynamicBatching  `protobuf:"bytes,11,opt,name=dynamic_batching,json=dynamicBatching,proto3" json:"dynamic_batching,omitempty"`
-	Backend         string                 `protobuf:"bytes,17,opt,name=backend,proto3" json:"backend,omitempty"`
+	state           protoimpl.MessageState   `protogen:"open.v1"`
+	Name            string                   `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Platform        string                   `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	MaxBatchSize    int32                    `protobuf:"varint,4,opt,name=max_batch_size,json=maxBatchSize,proto3" json:"max_batch_size,omitempty"`
+	Input           []*ModelInput            `protobuf:"bytes,5,rep,name=input,proto3" json:"input,omitempty"`
+	Output          []*ModelOutput           `protobuf:"bytes,6,rep,name=output,proto3" json:"output,omitempty"`
+	InstanceGroup   []*ModelInstanceGroup    `protobuf:"bytes,7,rep,name=instance_group,json=instanceGroup,proto3" json:"instance_group,omitempty"`
+	DynamicBatching *ModelDynamicBatching    `protobuf:"bytes,11,opt,name=dynamic_batching,json=dynamicBatching,proto3" json:"dynamic_batching,omitempty"`
+	Optimization    *ModelOptimizationPolicy `protobuf:"bytes,12,opt,name=optimization,proto3" json:"optimization,omitempty"`
+	Backend         string                   `protobuf:"bytes,17,opt,name=backend,proto3" json:"backend,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ModelConfig) Reset() {
 	*x = ModelConfig{}
-	mi := &file_inference_model_config_proto_msgTypes[5]
+	mi := &file_inference_model_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +604,7 @@ func (x *ModelConfig) String() string {
 func (*ModelConfig) ProtoMessage() {}
 
 func (x *ModelConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_model_config_proto_msgTypes[5]
+	mi := &file_inference_model_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +617,7 @@ func (x *ModelConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelConfig.ProtoReflect.Descriptor instead.
 func (*ModelConfig) Descriptor() ([]byte, []int) {
-	return file_inference_model_config_proto_rawDescGZIP(), []int{5}
+	return file_inference_model_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ModelConfig) GetName() string {
@@ -621,11 +669,122 @@ func (x *ModelConfig) GetDynamicBatching() *ModelDynamicBatching {
 	return nil
 }
 
+func (x *ModelConfig) GetOptimization() *ModelOptimizationPolicy {
+	if x != nil {
+		return x.Optimization
+	}
+	return nil
+}
+
 func (x *ModelConfig) GetBackend() string {
 	if x != nil {
 		return x.Backend
 	}
 	return ""
+}
+
+type ModelOptimizationPolicy_ExecutionAccelerators struct {
+	state                   protoimpl.MessageState                                       `protogen:"open.v1"`
+	GpuExecutionAccelerator []*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator `protobuf:"bytes,1,rep,name=gpu_execution_accelerator,json=gpuExecutionAccelerator,proto3" json:"gpu_execution_accelerator,omitempty"`
+	CpuExecutionAccelerator []*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator `protobuf:"bytes,2,rep,name=cpu_execution_accelerator,json=cpuExecutionAccelerator,proto3" json:"cpu_execution_accelerator,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators) Reset() {
+	*x = ModelOptimizationPolicy_ExecutionAccelerators{}
+	mi := &file_inference_model_config_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelOptimizationPolicy_ExecutionAccelerators) ProtoMessage() {}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_model_config_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelOptimizationPolicy_ExecutionAccelerators.ProtoReflect.Descriptor instead.
+func (*ModelOptimizationPolicy_ExecutionAccelerators) Descriptor() ([]byte, []int) {
+	return file_inference_model_config_proto_rawDescGZIP(), []int{5, 0}
+}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators) GetGpuExecutionAccelerator() []*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator {
+	if x != nil {
+		return x.GpuExecutionAccelerator
+	}
+	return nil
+}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators) GetCpuExecutionAccelerator() []*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator {
+	if x != nil {
+		return x.CpuExecutionAccelerator
+	}
+	return nil
+}
+
+type ModelOptimizationPolicy_ExecutionAccelerators_Accelerator struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Parameters    map[string]string      `protobuf:"bytes,2,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) Reset() {
+	*x = ModelOptimizationPolicy_ExecutionAccelerators_Accelerator{}
+	mi := &file_inference_model_config_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) ProtoMessage() {}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_model_config_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelOptimizationPolicy_ExecutionAccelerators_Accelerator.ProtoReflect.Descriptor instead.
+func (*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) Descriptor() ([]byte, []int) {
+	return file_inference_model_config_proto_rawDescGZIP(), []int{5, 0, 0}
+}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
 }
 
 var File_inference_model_config_proto protoreflect.FileDescriptor
@@ -665,7 +824,20 @@ const file_inference_model_config_proto_rawDesc = "" +
 	"\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04R\x19maxQueueDelayMicroseconds\x12'\n" +
 	"\x0fpriority_levels\x18\x04 \x01(\x04R\x0epriorityLevels\x124\n" +
 	"\x16default_priority_level\x18\x05 \x01(\x04R\x14defaultPriorityLevel\x12M\n" +
-	"\x14default_queue_policy\x18\x06 \x01(\v2\x1b.inference.ModelQueuePolicyR\x12defaultQueuePolicy\"\xec\x02\n" +
+	"\x14default_queue_policy\x18\x06 \x01(\v2\x1b.inference.ModelQueuePolicyR\x12defaultQueuePolicy\"\x83\x05\n" +
+	"\x17ModelOptimizationPolicy\x12o\n" +
+	"\x16execution_accelerators\x18\x04 \x01(\v28.inference.ModelOptimizationPolicy.ExecutionAcceleratorsR\x15executionAccelerators\x1a\xf6\x03\n" +
+	"\x15ExecutionAccelerators\x12\x80\x01\n" +
+	"\x19gpu_execution_accelerator\x18\x01 \x03(\v2D.inference.ModelOptimizationPolicy.ExecutionAccelerators.AcceleratorR\x17gpuExecutionAccelerator\x12\x80\x01\n" +
+	"\x19cpu_execution_accelerator\x18\x02 \x03(\v2D.inference.ModelOptimizationPolicy.ExecutionAccelerators.AcceleratorR\x17cpuExecutionAccelerator\x1a\xd6\x01\n" +
+	"\vAccelerator\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12t\n" +
+	"\n" +
+	"parameters\x18\x02 \x03(\v2T.inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.ParametersEntryR\n" +
+	"parameters\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb4\x03\n" +
 	"\vModelConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12$\n" +
@@ -673,7 +845,8 @@ const file_inference_model_config_proto_rawDesc = "" +
 	"\x05input\x18\x05 \x03(\v2\x15.inference.ModelInputR\x05input\x12.\n" +
 	"\x06output\x18\x06 \x03(\v2\x16.inference.ModelOutputR\x06output\x12D\n" +
 	"\x0einstance_group\x18\a \x03(\v2\x1d.inference.ModelInstanceGroupR\rinstanceGroup\x12J\n" +
-	"\x10dynamic_batching\x18\v \x01(\v2\x1f.inference.ModelDynamicBatchingR\x0fdynamicBatching\x12\x18\n" +
+	"\x10dynamic_batching\x18\v \x01(\v2\x1f.inference.ModelDynamicBatchingR\x0fdynamicBatching\x12F\n" +
+	"\foptimization\x18\f \x01(\v2\".inference.ModelOptimizationPolicyR\foptimization\x12\x18\n" +
 	"\abackend\x18\x11 \x01(\tR\abackend*\xfa\x01\n" +
 	"\bDataType\x12\x10\n" +
 	"\fTYPE_INVALID\x10\x00\x12\r\n" +
@@ -710,33 +883,42 @@ func file_inference_model_config_proto_rawDescGZIP() []byte {
 }
 
 var file_inference_model_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_inference_model_config_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_inference_model_config_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_inference_model_config_proto_goTypes = []any{
-	(DataType)(0),                       // 0: inference.DataType
-	(ModelInstanceGroup_Kind)(0),        // 1: inference.ModelInstanceGroup.Kind
-	(ModelQueuePolicy_TimeoutAction)(0), // 2: inference.ModelQueuePolicy.TimeoutAction
-	(*ModelInstanceGroup)(nil),          // 3: inference.ModelInstanceGroup
-	(*ModelInput)(nil),                  // 4: inference.ModelInput
-	(*ModelOutput)(nil),                 // 5: inference.ModelOutput
-	(*ModelQueuePolicy)(nil),            // 6: inference.ModelQueuePolicy
-	(*ModelDynamicBatching)(nil),        // 7: inference.ModelDynamicBatching
-	(*ModelConfig)(nil),                 // 8: inference.ModelConfig
+	(DataType)(0),                                         // 0: inference.DataType
+	(ModelInstanceGroup_Kind)(0),                          // 1: inference.ModelInstanceGroup.Kind
+	(ModelQueuePolicy_TimeoutAction)(0),                   // 2: inference.ModelQueuePolicy.TimeoutAction
+	(*ModelInstanceGroup)(nil),                            // 3: inference.ModelInstanceGroup
+	(*ModelInput)(nil),                                    // 4: inference.ModelInput
+	(*ModelOutput)(nil),                                   // 5: inference.ModelOutput
+	(*ModelQueuePolicy)(nil),                              // 6: inference.ModelQueuePolicy
+	(*ModelDynamicBatching)(nil),                          // 7: inference.ModelDynamicBatching
+	(*ModelOptimizationPolicy)(nil),                       // 8: inference.ModelOptimizationPolicy
+	(*ModelConfig)(nil),                                   // 9: inference.ModelConfig
+	(*ModelOptimizationPolicy_ExecutionAccelerators)(nil), // 10: inference.ModelOptimizationPolicy.ExecutionAccelerators
+	(*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator)(nil), // 11: inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator
+	nil, // 12: inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.ParametersEntry
 }
 var file_inference_model_config_proto_depIdxs = []int32{
-	1, // 0: inference.ModelInstanceGroup.kind:type_name -> inference.ModelInstanceGroup.Kind
-	0, // 1: inference.ModelInput.data_type:type_name -> inference.DataType
-	0, // 2: inference.ModelOutput.data_type:type_name -> inference.DataType
-	2, // 3: inference.ModelQueuePolicy.timeout_action:type_name -> inference.ModelQueuePolicy.TimeoutAction
-	6, // 4: inference.ModelDynamicBatching.default_queue_policy:type_name -> inference.ModelQueuePolicy
-	4, // 5: inference.ModelConfig.input:type_name -> inference.ModelInput
-	5, // 6: inference.ModelConfig.output:type_name -> inference.ModelOutput
-	3, // 7: inference.ModelConfig.instance_group:type_name -> inference.ModelInstanceGroup
-	7, // 8: inference.ModelConfig.dynamic_batching:type_name -> inference.ModelDynamicBatching
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	1,  // 0: inference.ModelInstanceGroup.kind:type_name -> inference.ModelInstanceGroup.Kind
+	0,  // 1: inference.ModelInput.data_type:type_name -> inference.DataType
+	0,  // 2: inference.ModelOutput.data_type:type_name -> inference.DataType
+	2,  // 3: inference.ModelQueuePolicy.timeout_action:type_name -> inference.ModelQueuePolicy.TimeoutAction
+	6,  // 4: inference.ModelDynamicBatching.default_queue_policy:type_name -> inference.ModelQueuePolicy
+	10, // 5: inference.ModelOptimizationPolicy.execution_accelerators:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators
+	4,  // 6: inference.ModelConfig.input:type_name -> inference.ModelInput
+	5,  // 7: inference.ModelConfig.output:type_name -> inference.ModelOutput
+	3,  // 8: inference.ModelConfig.instance_group:type_name -> inference.ModelInstanceGroup
+	7,  // 9: inference.ModelConfig.dynamic_batching:type_name -> inference.ModelDynamicBatching
+	8,  // 10: inference.ModelConfig.optimization:type_name -> inference.ModelOptimizationPolicy
+	11, // 11: inference.ModelOptimizationPolicy.ExecutionAccelerators.gpu_execution_accelerator:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator
+	11, // 12: inference.ModelOptimizationPolicy.ExecutionAccelerators.cpu_execution_accelerator:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator
+	12, // 13: inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.parameters:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.ParametersEntry
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_inference_model_config_proto_init() }
@@ -750,7 +932,7 @@ func file_inference_model_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_inference_model_config_proto_rawDesc), len(file_inference_model_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
