@@ -440,6 +440,24 @@ var configTypes = map[tensor.DType]kpb.DataType{
 	tensor.Float64: kpb.DataType_TYPE_FP64,
 }
 
+// placement is where a model runs in Triton's terms: its instance kind
+// and, for TensorRT, the GPU execution accelerator as Triton's ONNX Runtime
+// backend names it.
+func placement(s *bundle.Spec, provider string) (kpb.ModelInstanceGroup_Kind, *kpb.ModelOptimizationPolicy) {
+	switch provider {
+	case "cuda":
+		return kpb.ModelInstanceGroup_KIND_GPU, nil
+	case "tensorrt":
+		params := map[string]string{"precision_mode": "FP32"}
+		if s.Execution.TensorRT.FP16 {
+			params["precision_mode"] = "FP16"
+		}
+		return kpb.ModelInstanceGroup_KIND_GPU, &kpb.ModelOptimizationPolicy{ExecutionAccelerators: &kpb.ModelOptimizationPolicy_ExecutionAccelerators{
+			GpuExecutionAccelerator: []*kpb.ModelOptimizationPolicy_ExecutionAccelerators_Accelerator{{Name: "tensorrt", Parameters: params}}}}
+	}
+	return kpb.ModelInstanceGroup_KIND_CPU, nil
+}
+
 // ModelConfig reports a bundle in Triton's model configuration terms.
 func (k *kserve) ModelConfig(_ context.Context, req *kpb.ModelConfigRequest) (*kpb.ModelConfigResponse, error) {
 	m, release, err := k.model(req.GetName(), req.GetVersion())
@@ -448,20 +466,9 @@ func (k *kserve) ModelConfig(_ context.Context, req *kpb.ModelConfigRequest) (*k
 	}
 	defer release()
 	s := m.Spec
-	kind := kpb.ModelInstanceGroup_KIND_CPU
-	if p := m.Provider(); p == "cuda" || p == "tensorrt" {
-		kind = kpb.ModelInstanceGroup_KIND_GPU
-	}
+	kind, opt := placement(s, m.Provider())
 	cfg := &kpb.ModelConfig{Name: s.Name, Platform: "onnxruntime_onnx", Backend: "onnxruntime", MaxBatchSize: int32(s.MaxBatchSize),
-		InstanceGroup: []*kpb.ModelInstanceGroup{{Name: s.Name, Count: int32(s.InstanceCount), Kind: kind}}}
-	if m.Provider() == "tensorrt" {
-		params := map[string]string{"precision_mode": "FP32"}
-		if s.Execution.TensorRT.FP16 {
-			params["precision_mode"] = "FP16"
-		}
-		cfg.Optimization = &kpb.ModelOptimizationPolicy{ExecutionAccelerators: &kpb.ModelOptimizationPolicy_ExecutionAccelerators{
-			GpuExecutionAccelerator: []*kpb.ModelOptimizationPolicy_ExecutionAccelerators_Accelerator{{Name: "tensorrt", Parameters: params}}}}
-	}
+		InstanceGroup: []*kpb.ModelInstanceGroup{{Name: s.Name, Count: int32(s.InstanceCount), Kind: kind}}, Optimization: opt}
 	for _, in := range s.Inputs {
 		dt, _ := tensor.ParseDType(in.DataType)
 		cfg.Input = append(cfg.Input, &kpb.ModelInput{Name: in.Name, DataType: configTypes[dt], Dims: in.Dims})

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/voxserve/voxserve/bundle"
 	"github.com/voxserve/voxserve/internal/testrepo"
 	kpb "github.com/voxserve/voxserve/proto/inference"
 )
@@ -228,4 +229,27 @@ func TestKServeModelStreamInfer(t *testing.T) {
 	assert.Equal(t, f32bytes(1, 3, 5, 7, 9, 11), got["0"].GetInferResponse().GetRawOutputContents()[0])
 	assert.Equal(t, f32bytes(5, 3, 5, 7, 9, 11), got["2"].GetInferResponse().GetRawOutputContents()[0])
 	assert.Contains(t, got["1"].GetErrorMessage(), `request "1": NotFound: model "nope" is not loaded`)
+}
+
+func TestPlacement(t *testing.T) {
+	spec := &bundle.Spec{Execution: bundle.Execution{TensorRT: bundle.TensorRTOptions{FP16: true}}}
+	for _, tc := range []struct {
+		provider, accel, precision string
+		kind                       kpb.ModelInstanceGroup_Kind
+	}{
+		{"cpu", "", "", kpb.ModelInstanceGroup_KIND_CPU},
+		{"cuda", "", "", kpb.ModelInstanceGroup_KIND_GPU},
+		{"tensorrt", "tensorrt", "FP16", kpb.ModelInstanceGroup_KIND_GPU},
+	} {
+		kind, opt := placement(spec, tc.provider)
+		assert.Equal(t, tc.kind, kind, tc.provider)
+		if tc.accel == "" {
+			assert.Nil(t, opt, tc.provider)
+			continue
+		}
+		acc := opt.GetExecutionAccelerators().GetGpuExecutionAccelerator()
+		require.Len(t, acc, 1)
+		assert.Equal(t, tc.accel, acc[0].GetName())
+		assert.Equal(t, tc.precision, acc[0].GetParameters()["precision_mode"])
+	}
 }
