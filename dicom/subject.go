@@ -2,6 +2,7 @@ package dicom
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 
 	sd "github.com/suyashkumar/dicom"
@@ -27,39 +28,52 @@ type Subject struct {
 	attrs []Attr
 }
 
-// subjectTags are the attributes derived objects copy from their source, in
-// tag order. Specific Character Set comes along so that names decode as the
+// subjectTags are the attributes derived objects copy from their source.
+// Specific Character Set comes along so that names decode as the
 // source meant them.
-var subjectTags = []tag.Tag{
-	tag.SpecificCharacterSet,
-	tag.StudyDate, tag.StudyTime, tag.AccessionNumber,
-	tag.ReferringPhysicianName, tag.StudyDescription,
-	tag.PatientName, tag.PatientID, tag.IssuerOfPatientID,
-	tag.PatientBirthDate, tag.PatientSex,
-	tag.PatientAge, tag.PatientSize, tag.PatientWeight,
-	tag.PatientIdentityRemoved, tag.DeidentificationMethod,
-	tag.StudyID,
+var subjectTags = map[tag.Tag]bool{
+	tag.SpecificCharacterSet:   true,
+	tag.StudyDate:              true,
+	tag.StudyTime:              true,
+	tag.AccessionNumber:        true,
+	tag.ReferringPhysicianName: true,
+	tag.StudyDescription:       true,
+	tag.PatientName:            true,
+	tag.PatientID:              true,
+	tag.IssuerOfPatientID:      true,
+	tag.PatientBirthDate:       true,
+	tag.PatientSex:             true,
+	tag.PatientAge:             true,
+	tag.PatientSize:            true,
+	tag.PatientWeight:          true,
+	tag.PatientIdentityRemoved: true,
+	tag.DeidentificationMethod: true,
+	tag.StudyID:                true,
 }
 
-// readSubject copies the subject attributes present in ds. Values that are
-// not strings (a corrupt file) are skipped rather than failing the study.
+// readSubject copies the subject attributes present in ds, in one pass over
+// its top-level elements. Values that are not strings (a corrupt file) are
+// skipped rather than failing the study.
 func readSubject(ds *sd.Dataset) Subject {
 	var s Subject
-	for _, t := range subjectTags {
-		e, err := ds.FindElementByTag(t)
-		if err != nil || e.Value == nil {
+	for _, e := range ds.Elements {
+		if !subjectTags[e.Tag] || e.Value == nil {
 			continue
 		}
 		vals, ok := e.Value.GetValue().([]string)
 		if !ok {
 			continue
 		}
-		info, err := tag.Find(t)
+		info, err := tag.Find(e.Tag)
 		if err != nil {
 			continue
 		}
-		s.attrs = append(s.attrs, Attr{Tag: t, VR: info.VRs[0], Values: append([]string(nil), vals...)})
+		s.attrs = append(s.attrs, Attr{Tag: e.Tag, VR: info.VRs[0], Values: append([]string(nil), vals...)})
 	}
+	sort.Slice(s.attrs, func(i, j int) bool {
+		a, b := s.attrs[i].Tag, s.attrs[j].Tag
+		return a.Group < b.Group || (a.Group == b.Group && a.Element < b.Element)
+	})
 	return s
 }
 

@@ -43,6 +43,15 @@ func hasKind(spec *bundle.Spec, kind string) bool {
 	return false
 }
 
+func hasMeasurements(spec *bundle.Spec) bool {
+	for _, o := range spec.Outputs {
+		if len(o.Measurements) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // anatomicalStructure is the SEG category a mask label gets by default.
 var anatomicalStructure = dicomout.Code{Value: "91723000", Scheme: "SCT", Meaning: "Anatomical Structure"}
 

@@ -122,7 +122,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	}
 	// The SR reports the measurements, which are taken on the masks.
 	needMasks := want[pb.OutputKind_OUTPUT_KIND_MASK] || want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS] ||
-		want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] || want[pb.OutputKind_OUTPUT_KIND_DICOM_SR]
+		want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] || (want[pb.OutputKind_OUTPUT_KIND_DICOM_SR] && hasMeasurements(m.Spec))
 	post := time.Now() // postprocessing includes mapping outputs back to the study
 	var premade map[int]*postprocess.Mask
 	fractions := map[string][][]uint8{} // fractional SEG content by output
