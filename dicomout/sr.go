@@ -30,8 +30,7 @@ type Report struct {
 	Findings     []Finding
 	Measurements []Measurement
 	// Triage is "urgent", "routine" or empty when the bundle sets no rule.
-	Triage        string
-	TriageReasons []string
+	Triage string
 }
 
 // LocalScheme is voxserve's private coding scheme (PS3.16 8.2: designators

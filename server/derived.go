@@ -78,8 +78,7 @@ func labelCodes(spec *bundle.Spec) map[string]bundle.Label {
 // derived encodes the SR and SEG a request asked for from its result;
 // fractions holds the probabilities of outputs whose SEG is fractional.
 func (s *inference) derived(m *engine.Model, series *dicom.Series, res *postprocess.Result, fractions map[string][][]uint8,
-	triage string, triageReasons []string,
-	want map[pb.OutputKind]bool, omitEmpty bool) (sr, seg []byte, err error) {
+	triage string, want map[pb.OutputKind]bool, omitEmpty bool) (sr, seg []byte, err error) {
 	src := dicomout.SourceFromSeries(series)
 	alg := dicomout.Algorithm{Name: m.Spec.Name, Version: m.VersionString(), Software: Version,
 		DeviceUID: s.uids.Device(m.Spec.Name, m.VersionString())}
@@ -121,7 +120,7 @@ func (s *inference) derived(m *engine.Model, series *dicom.Series, res *postproc
 		seg = segInfo.Bytes
 	}
 	if want[pb.OutputKind_OUTPUT_KIND_DICOM_SR] {
-		rep := dicomout.Report{Triage: triage, TriageReasons: triageReasons}
+		rep := dicomout.Report{Triage: triage}
 		for _, f := range res.Findings {
 			rep.Findings = append(rep.Findings, dicomout.Finding{Label: f.Label, Code: codeOf(f.Code),
 				Probability: f.Probability, Threshold: f.Threshold, Present: f.Present})

@@ -171,7 +171,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	triage, reasons := postprocess.Triage(m.Spec, res)
 	resp.Triage, resp.TriageReasons = triageToProto(triage), reasons
 	if want[pb.OutputKind_OUTPUT_KIND_DICOM_SR] || want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] {
-		if resp.DicomSr, resp.DicomSeg, err = s.derived(m, series, res, fractions, triage, reasons, want, req.GetSegOmitEmptyFrames()); err != nil {
+		if resp.DicomSr, resp.DicomSeg, err = s.derived(m, series, res, fractions, triage, want, req.GetSegOmitEmptyFrames()); err != nil {
 			return nil, err
 		}
 	}
