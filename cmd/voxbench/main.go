@@ -48,6 +48,9 @@ func run() int {
 	statRate := fs.Float64("stat-rate", 0, "also send STAT probe requests at this rate (per second) during each level and report their latency apart (concurrency 0 then measures them unloaded)")
 	out := fs.String("out", "", "folder for results.json, results.csv and latency.png (default: print only)")
 	rates := fs.String("rate", "", "comma-separated offered rates (requests/s): open-loop steps instead of the concurrency sweep")
+	outputsFlag := fs.String("outputs", "", "outputs to ask for with --phantom (default findings,measurements): any of findings, measurements, mask, sr, seg")
+	phantomMatrix := fs.Int("phantom-matrix", 0, "--phantom in-plane size (default: the generator's, 256 for CT)")
+	phantomSlice := fs.Float64("phantom-slice-mm", 0, "--phantom slice thickness in mm (default: drawn by the generator)")
 	phantomKind := fs.String("phantom", "", "send a whole phantom study as DICOM instead of a tensor: head-ct, chest-xr or abdomen-ct (seed 300000; voxserve protocol): the full pipeline under load")
 	protocol := fs.String("protocol", "voxserve", "voxserve (voxserve.v1.Inference) or kserve (KServe v2 ModelInfer, so the same sweep measures Triton or any KServe server)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -109,12 +112,16 @@ func run() int {
 		if *protocol != "voxserve" {
 			return fail(2, "--phantom sends DICOM: it needs --protocol voxserve")
 		}
-		study, err := phantomStudy(phantom.Kind(*phantomKind))
+		study, err := phantomStudy(phantom.Kind(*phantomKind), *phantomMatrix, *phantomSlice)
 		if err != nil {
 			return fail(2, "--phantom: %v", err)
 		}
+		outs, err := parseOutputs(*outputsFlag)
+		if err != nil {
+			return fail(2, "--outputs: %v", err)
+		}
 		req = &pb.InferRequest{Model: *model, Priority: prio, Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: study}},
-			Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MEASUREMENTS}}
+			Outputs: outs}
 	} else {
 		if t, err = makeInput(info, *input, *dim); err != nil {
 			return fail(1, "%v", err)
@@ -222,9 +229,9 @@ func inferCall(conn *client.Conn, req *pb.InferRequest) bench.Call {
 
 // phantomStudy is one phantom study's DICOM instances (seed 300000, a
 // held-out seed, positive), the same for every run.
-func phantomStudy(kind phantom.Kind) ([][]byte, error) {
+func phantomStudy(kind phantom.Kind, matrix int, sliceMM float64) ([][]byte, error) {
 	positive := true
-	c, err := phantom.Generate(kind, phantom.Options{Seed: 300000, Positive: &positive})
+	c, err := phantom.Generate(kind, phantom.Options{Seed: 300000, Positive: &positive, Matrix: matrix, SliceThickness: sliceMM})
 	if err != nil {
 		return nil, err
 	}
@@ -362,4 +369,22 @@ func progressBar(live *bench.Live, unit string) (stop func()) {
 		}
 	}()
 	return func() { close(done); <-finished }
+}
+
+// parseOutputs reads --outputs; empty means findings and measurements.
+func parseOutputs(list string) ([]pb.OutputKind, error) {
+	if list == "" {
+		return []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_MEASUREMENTS}, nil
+	}
+	kinds := map[string]pb.OutputKind{"findings": pb.OutputKind_OUTPUT_KIND_FINDINGS, "measurements": pb.OutputKind_OUTPUT_KIND_MEASUREMENTS,
+		"mask": pb.OutputKind_OUTPUT_KIND_MASK, "sr": pb.OutputKind_OUTPUT_KIND_DICOM_SR, "seg": pb.OutputKind_OUTPUT_KIND_DICOM_SEG}
+	var out []pb.OutputKind
+	for _, f := range strings.Split(list, ",") {
+		k, ok := kinds[strings.TrimSpace(f)]
+		if !ok {
+			return nil, fmt.Errorf("%q is not one of findings, measurements, mask, sr, seg", f)
+		}
+		out = append(out, k)
+	}
+	return out, nil
 }
