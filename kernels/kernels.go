@@ -161,12 +161,7 @@ func (CPU) RemoveSmallComponents(lab []uint8, dims [3]int, minVoxels int) (int, 
 
 // SourceLabels implements Ops.
 func (CPU) SourceLabels(ch *preprocess.Channels, model, source volume.Geometry, size [3]int, activation string, thresholds []float64, minVoxels int) ([]uint8, error) {
-	dims := [3]int{size[2], size[1], size[0]}
-	return preprocess.SourceLabels(ch, model, source, size,
-		func(v []float32, channels, n int, out []uint8) {
-			postprocess.LabelVoxels(v, 1, channels, n, activation, thresholds, out)
-		},
-		func(lab []uint8) { postprocess.RemoveSmallComponents(lab, dims, minVoxels) }), nil
+	return postprocess.CPULabels{}.SourceLabels(ch, model, source, size, activation, thresholds, minVoxels)
 }
 
 // LabelStats implements Ops.

@@ -2,6 +2,7 @@ package preprocess
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
@@ -329,4 +330,70 @@ func mapChannels(ch *Channels, model, source volume.Geometry, size [3]int) []flo
 		ToGridInto(g, &Grid{NX: size[0], NY: size[1], NZ: size[2], Geometry: source, V: res[c*n : (c+1)*n]}, Linear)
 	}
 	return res
+}
+
+// SourceLabelsBelow is SourceLabels for channels whose voxels label 0
+// wherever every channel's mapped value is below its below[c] (the
+// thresholds, as logits for sigmoids). Masks are mostly background: a
+// source row whose model rows all stay under below, channel by channel, is
+// labelled 0 without interpolating it, since a trilinear value cannot
+// exceed the largest of its corners. A slack far wider than float32
+// rounding keeps the skipped rows exactly those the full path labels 0;
+// the other rows are mapped and labelled as SourceLabels does, so the
+// labels are identical. Other maps (oblique) take SourceLabels.
+func SourceLabelsBelow(ch *Channels, model, source volume.Geometry, size [3]int, below []float32,
+	label func(v []float32, channels, n int, out []uint8), cleanup func(lab []uint8)) []uint8 {
+	n3 := [3]int{ch.NX, ch.NY, ch.NZ}
+	off, m := GridMap(model, source)
+	t, ok := separableMap(off, m, size, n3, Linear)
+	if len(below) != ch.C || !ok || !separableToGrid {
+		return SourceLabels(ch, model, source, size, label, cleanup)
+	}
+	rows := ch.NY * ch.NZ
+	grids := make([]*Grid, ch.C)
+	rowMax := make([]float32, ch.C*rows) // channel-major
+	limit := make([]float32, ch.C)
+	for c := range grids {
+		grids[c] = &Grid{NX: ch.NX, NY: ch.NY, NZ: ch.NZ, Geometry: model, V: ch.V[c*ch.vox() : (c+1)*ch.vox()]}
+		absMax := float32(0)
+		for r := 0; r < rows; r++ {
+			mx := float32(math.Inf(-1))
+			for _, v := range grids[c].V[r*ch.NX : (r+1)*ch.NX] {
+				mx = max(mx, v) // NaN propagates: a row with a NaN is never skipped
+				if a := float32(math.Abs(float64(v))); a > absMax {
+					absMax = a // NaN compares false and is left out
+				}
+			}
+			rowMax[c*rows+r] = mx
+		}
+		limit[c] = below[c] - 1e-4*(1+float32(math.Abs(float64(below[c])))+absMax)
+	}
+	lab := make([]uint8, size[0]*size[1]*size[2])
+	tx, ty, tz := t[0], t[1], t[2]
+	// Rows are independent: split them (not just the slices, so that a
+	// single radiograph uses every core too).
+	parallel(size[1]*size[2], func(lo, hi int) {
+		vals := make([]float32, ch.C*size[0])
+		for r := lo; r < hi; r++ {
+			k, j := r/size[1], r%size[1]
+			z0, z1, wz := int(tz.I0[k]), int(tz.I1[k]), tz.W[k]
+			y0, y1, wy := int(ty.I0[j]), int(ty.I1[j]), ty.W[j]
+			background := true
+			for c := 0; c < ch.C && background; c++ {
+				rm := rowMax[c*rows:]
+				top := max(rm[z0*ch.NY+y0], rm[z0*ch.NY+y1], rm[z1*ch.NY+y0], rm[z1*ch.NY+y1])
+				background = top < limit[c]
+			}
+			if background {
+				continue // every voxel of the row is 0
+			}
+			for c, g := range grids {
+				trilinearRow(vals[c*size[0]:(c+1)*size[0]], g, z0, z1, y0, y1, tx.AxisMap, tx.inside, wy, wz)
+			}
+			at := r * size[0]
+			label(vals, ch.C, size[0], lab[at:at+size[0]])
+		}
+	})
+	cleanup(lab)
+	return lab
 }

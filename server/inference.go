@@ -135,6 +135,12 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		// one, else mapped here and labelled by postprocess. A fractional
 		// SEG needs the probabilities on the host, so those map here.
 		la, _ := s.acc.(preprocess.LabelAccelerator)
+		if la == nil && !want[pb.OutputKind_OUTPUT_KIND_TENSORS] {
+			// The CPU labels straight onto the study's grid too, skipping
+			// background rows; raw tensors, when asked for, are the mapped
+			// outputs, so those map in full below.
+			la = postprocess.CPULabels{}
+		}
 		for i, decl := range m.Spec.Outputs {
 			if decl.Kind != "mask" {
 				continue
