@@ -1,6 +1,7 @@
 package postprocess
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 
@@ -34,16 +35,23 @@ func RemoveSmallComponents(lab []uint8, dims [3]int, minVoxels int) int {
 		return 0
 	}
 	nx, ny, nz := dims[2], dims[1], dims[0]
-	seen := make([]bool, len(lab))
+	seen := make([]uint64, (len(lab)+63)/64) // a bitset: an eighth of a []bool to clear
+	isSeen := func(v int) bool { return seen[v>>6]&(1<<(v&63)) != 0 }
+	mark := func(v int) { seen[v>>6] |= 1 << (v & 63) }
 	removed := 0
 	var stack, comp []int
-	for start, l := range lab {
-		if l == 0 || seen[start] {
+	for start := 0; start < len(lab); start++ {
+		if start&7 == 0 && start+8 <= len(lab) && binary.LittleEndian.Uint64(lab[start:]) == 0 {
+			start += 7 // eight background voxels at once
 			continue
 		}
+		if lab[start] == 0 || isSeen(start) {
+			continue
+		}
+		l := lab[start]
 		stack = append(stack[:0], start)
 		comp = comp[:0]
-		seen[start] = true
+		mark(start)
 		for len(stack) > 0 {
 			v := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
@@ -57,8 +65,8 @@ func RemoveSmallComponents(lab []uint8, dims [3]int, minVoxels int) int {
 							continue
 						}
 						w := (zz*ny+yy)*nx + xx
-						if !seen[w] && lab[w] == l {
-							seen[w] = true
+						if lab[w] == l && !isSeen(w) {
+							mark(w)
 							stack = append(stack, w)
 						}
 					}
@@ -167,6 +175,18 @@ func measure(decl bundle.Output, m *Mask, st *Study) ([]Measurement, error) {
 
 func count(v []uint8, l uint8) int {
 	n := 0
+	if l != 0 { // masks are mostly background: skip it eight voxels at a time
+		for len(v) >= 8 {
+			if binary.LittleEndian.Uint64(v) != 0 {
+				for _, x := range v[:8] {
+					if x == l {
+						n++
+					}
+				}
+			}
+			v = v[8:]
+		}
+	}
 	for _, x := range v {
 		if x == l {
 			n++

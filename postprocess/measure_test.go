@@ -2,6 +2,7 @@ package postprocess
 
 import (
 	"math"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -144,4 +145,78 @@ func TestRunEmptyStudyIsNegative(t *testing.T) {
 	assert.Zero(t, res.Measurements[0].Value)
 	assert.Equal(t, []uint8{0, 0, 0, 0}, res.Masks[0].Voxels)
 	assert.Contains(t, res.Warnings[len(res.Warnings)-1], "nothing to find")
+}
+
+// removeSmallReference is the plain flood fill RemoveSmallComponents
+// started as, without its skips and bitset: what the fast one must equal.
+func removeSmallReference(lab []uint8, dims [3]int, minVoxels int) int {
+	nx, ny, nz := dims[2], dims[1], dims[0]
+	seen := make([]bool, len(lab))
+	removed := 0
+	for start, l := range lab {
+		if l == 0 || seen[start] {
+			continue
+		}
+		stack, comp := []int{start}, []int{}
+		seen[start] = true
+		for len(stack) > 0 {
+			v := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			comp = append(comp, v)
+			x, y, z := v%nx, (v/nx)%ny, v/(nx*ny)
+			for dz := -1; dz <= 1; dz++ {
+				for dy := -1; dy <= 1; dy++ {
+					for dx := -1; dx <= 1; dx++ {
+						xx, yy, zz := x+dx, y+dy, z+dz
+						if xx < 0 || yy < 0 || zz < 0 || xx >= nx || yy >= ny || zz >= nz {
+							continue
+						}
+						if w := (zz*ny+yy)*nx + xx; !seen[w] && lab[w] == l {
+							seen[w] = true
+							stack = append(stack, w)
+						}
+					}
+				}
+			}
+		}
+		if len(comp) < minVoxels {
+			for _, v := range comp {
+				lab[v] = 0
+			}
+			removed++
+		}
+	}
+	return removed
+}
+
+func TestRemoveSmallComponentsMatchesFloodFill(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, dims := range [][3]int{{7, 13, 11}, {1, 37, 29}, {9, 16, 16}, {3, 5, 3}} {
+		for _, density := range []float64{0.001, 0.05, 0.4} {
+			n := dims[0] * dims[1] * dims[2]
+			lab := make([]uint8, n)
+			for i := range lab {
+				if rng.Float64() < density {
+					lab[i] = uint8(1 + rng.IntN(3))
+				}
+			}
+			want := append([]uint8(nil), lab...)
+			got := append([]uint8(nil), lab...)
+			wr := removeSmallReference(want, dims, 4)
+			gr := RemoveSmallComponents(got, dims, 4)
+			assert.Equal(t, wr, gr, "dims %v density %g", dims, density)
+			assert.Equal(t, want, got, "dims %v density %g", dims, density)
+			assert.Equal(t, count(want, 2), countReference(want, 2))
+		}
+	}
+}
+
+func countReference(v []uint8, l uint8) int {
+	n := 0
+	for _, x := range v {
+		if x == l {
+			n++
+		}
+	}
+	return n
 }
