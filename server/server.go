@@ -102,6 +102,8 @@ func New(reg *engine.Registry, opts Options) *Server {
 		grpc.InitialConnWindowSize(WindowBytes),
 		grpc.WriteBufferSize(IOBufferBytes),
 		grpc.ReadBufferSize(IOBufferBytes),
+		// Requests' byte fields alias the received message (codec.go).
+		grpc.ForceServerCodecV2(newCodec()),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
