@@ -43,18 +43,7 @@ func TestLoadUnloadCyclesReturnDeviceMemory(t *testing.T) {
 	}
 	defer dev.Close()
 
-	// The reference bundle, asking for the CUDA provider only.
-	repo := t.TempDir()
-	dst := filepath.Join(repo, "pneumothorax")
-	mustT(t, os.MkdirAll(filepath.Join(dst, "1"), 0o755))
-	y, err := os.ReadFile(filepath.Join(src, "bundle.yaml"))
-	mustT(t, err)
-	yaml := strings.Replace(string(y), "\nprovenance:", "\nexecution:\n  providers: [cuda]\nprovenance:", 1)
-	mustT(t, os.WriteFile(filepath.Join(dst, "bundle.yaml"), []byte(yaml), 0o644))
-	abs, _ := filepath.Abs(filepath.Join(src, "1", "model.onnx"))
-	mustT(t, os.Symlink(abs, filepath.Join(dst, "1", "model.onnx")))
-
-	r := NewRegistry(repo, quietLog())
+	r := NewRegistry(cudaRepo(t, src, ""), quietLog())
 	defer r.Close()
 	if _, err := r.Load("pneumothorax", nil); err != nil {
 		skip("the CUDA provider does not load here: %v", err)
@@ -87,16 +76,7 @@ func TestCUDAOutOfMemoryFailsTheRequest(t *testing.T) {
 		}
 		t.Skip("needs models/pneumothorax and a CUDA driver")
 	}
-	repo := t.TempDir()
-	dst := filepath.Join(repo, "pneumothorax")
-	mustT(t, os.MkdirAll(filepath.Join(dst, "1"), 0o755))
-	y, err := os.ReadFile(filepath.Join(src, "bundle.yaml"))
-	mustT(t, err)
-	yaml := strings.Replace(string(y), "\nprovenance:", "\nexecution:\n  providers: [cuda]\n  cuda: {gpu_mem_limit: 1048576}\nprovenance:", 1)
-	mustT(t, os.WriteFile(filepath.Join(dst, "bundle.yaml"), []byte(yaml), 0o644))
-	abs, _ := filepath.Abs(filepath.Join(src, "1", "model.onnx"))
-	mustT(t, os.Symlink(abs, filepath.Join(dst, "1", "model.onnx")))
-	r := NewRegistry(repo, quietLog())
+	r := NewRegistry(cudaRepo(t, src, "  cuda: {gpu_mem_limit: 1048576}\n"), quietLog())
 	defer r.Close()
 	if _, err := r.Load("pneumothorax", nil); err != nil {
 		if codeOf(err) == codes.ResourceExhausted {
@@ -114,6 +94,21 @@ func TestCUDAOutOfMemoryFailsTheRequest(t *testing.T) {
 	_, _, err = m.Infer(context.Background(), []*tensor.Tensor{x})
 	assert.Equal(t, codes.ResourceExhausted, codeOf(err), "%v", err)
 	assert.Contains(t, r.Names(), "pneumothorax", "the model stays loaded")
+}
+
+// cudaRepo is a repository holding the bundle at src (its model linked)
+// asking for the CUDA provider only, with extra execution options.
+func cudaRepo(t *testing.T, src, extra string) string {
+	repo := t.TempDir()
+	dst := filepath.Join(repo, filepath.Base(src))
+	mustT(t, os.MkdirAll(filepath.Join(dst, "1"), 0o755))
+	y, err := os.ReadFile(filepath.Join(src, "bundle.yaml"))
+	mustT(t, err)
+	yaml := strings.Replace(string(y), "\nprovenance:", "\nexecution:\n  providers: [cuda]\n"+extra+"provenance:", 1)
+	mustT(t, os.WriteFile(filepath.Join(dst, "bundle.yaml"), []byte(yaml), 0o644))
+	abs, _ := filepath.Abs(filepath.Join(src, "1", "model.onnx"))
+	mustT(t, os.Symlink(abs, filepath.Join(dst, "1", "model.onnx")))
+	return repo
 }
 
 func mustT(t *testing.T, err error) {
