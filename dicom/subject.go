@@ -91,10 +91,6 @@ func (s Subject) Get(t tag.Tag) (string, bool) {
 	return "", false
 }
 
-// NewSubject builds a Subject, for tests and for callers that hold the
-// attributes already (a raw-volume request with no DICOM source).
-func NewSubject(attrs ...Attr) Subject { return Subject{attrs: attrs} }
-
 // String redacts the contents.
 func (s Subject) String() string {
 	return fmt.Sprintf("[%d patient/study attributes, redacted]", len(s.attrs))

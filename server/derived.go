@@ -52,6 +52,10 @@ func hasMeasurements(spec *bundle.Spec) bool {
 	return false
 }
 
+// Fractions are quantized to the SEG's maximum fractional value: a
+// compile-time check that the two agree.
+var _ = [1]struct{}{}[postprocess.MaxFraction-dicomout.MaxFractionalValue]
+
 // anatomicalStructure is the SEG category a mask label gets by default.
 var anatomicalStructure = dicomout.Code{Value: "91723000", Scheme: "SCT", Meaning: "Anatomical Structure"}
 
