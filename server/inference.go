@@ -77,6 +77,10 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			if err != nil {
 				return nil, err
 			}
+			// The series holds what the rest needs: let the collector have
+			// the instances' bytes (the size of the study) now, not when
+			// the request ends.
+			in.(*pb.InferRequest_Dicom).Dicom.Instances = nil
 			resp.Warnings = append(resp.Warnings, warnings...)
 			resp.StudyInstanceUid, resp.SeriesInstanceUid = series.StudyInstanceUID, series.SeriesInstanceUID
 			vol = series.Volume
