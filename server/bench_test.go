@@ -2,7 +2,10 @@ package server
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -11,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/internal/onnxbuild"
 	"github.com/voxserve/voxserve/internal/testrepo"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
@@ -36,15 +40,54 @@ func BenchmarkOverhead512(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			req := tensorsReq("affine", f32Tensor("x", []int64{1, 512, 512}, make([]float32, 512*512)))
 			req.Outputs = tc.outputs
-			overhead(b, h, req)
+			overhead(b, h.client, req)
 		})
 	}
+	// The same over a Unix domain socket, for a client on the same machine.
+	b.Run("findings-unix", func(b *testing.B) {
+		client := startUnix(b, repo)
+		req := tensorsReq("affine", f32Tensor("x", []int64{1, 512, 512}, make([]float32, 512*512)))
+		req.Outputs = []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS}
+		overhead(b, client, req)
+	})
 }
 
-func overhead(b *testing.B, h *harness, req *pb.InferRequest) {
+// startUnix serves repo on a Unix domain socket and returns a client.
+func startUnix(tb testing.TB, repo string) pb.InferenceClient {
+	tb.Helper()
+	reg := engine.NewRegistry(repo, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := reg.LoadAll(); err != nil {
+		tb.Fatal(err)
+	}
+	srv := New(reg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	addr := "unix://" + filepath.Join(tb.TempDir(), "voxserve.sock")
+	lis, err := Listen(addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis, nil) }()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(WindowBytes), grpc.WithInitialConnWindowSize(WindowBytes),
+		grpc.WithWriteBufferSize(IOBufferBytes), grpc.WithReadBufferSize(IOBufferBytes),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxMessageBytes), grpc.MaxCallSendMsgSize(DefaultMaxMessageBytes)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = conn.Close()
+		cancel()
+		<-done
+		reg.Close()
+	})
+	return pb.NewInferenceClient(conn)
+}
+
+func overhead(b *testing.B, client pb.InferenceClient, req *pb.InferRequest) {
 	ctx := context.Background()
 	for i := 0; i < 20; i++ { // warm-up
-		if _, err := h.client.Infer(ctx, req); err != nil {
+		if _, err := client.Infer(ctx, req); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -52,7 +95,7 @@ func overhead(b *testing.B, h *harness, req *pb.InferRequest) {
 	b.ResetTimer()
 	for b.Loop() {
 		t0 := time.Now()
-		resp, err := h.client.Infer(ctx, req)
+		resp, err := client.Infer(ctx, req)
 		d := time.Since(t0)
 		if err != nil {
 			b.Fatal(err)

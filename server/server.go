@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +64,20 @@ const (
 	WindowBytes   = 16 << 20
 	IOBufferBytes = 512 << 10
 )
+
+// Listen opens the gRPC listener for addr: host:port over TCP, or
+// unix:///path for a Unix domain socket. A client on the same machine (an
+// orchestrator beside the server) skips the TCP stack that way; a stale
+// socket file from an earlier run is replaced.
+func Listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(path)
+		}
+		return net.Listen("unix", path)
+	}
+	return net.Listen("tcp", addr)
+}
 
 // Server is a voxserve instance over a registry.
 type Server struct {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -483,4 +484,21 @@ func TestMetrics(t *testing.T) {
 	} {
 		assert.Contains(t, text, want)
 	}
+}
+
+// voxserve listens on a Unix domain socket for clients on the same machine.
+func TestUnixSocket(t *testing.T) {
+	client := startUnix(t, testrepo.Write(t, testrepo.Affine()))
+	resp, err := client.Infer(ctxT(t), tensorsReq("affine", f32Tensor("x", []int64{1, 2, 3}, []float32{1, 2, 3, 4, 5, 6})))
+	require.NoError(t, err)
+	require.Len(t, resp.GetTensors(), 1)
+	// A stale socket file from an earlier run is replaced.
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l1, err := Listen("unix://" + path)
+	require.NoError(t, err)
+	l1.(*net.UnixListener).SetUnlinkOnClose(false)
+	require.NoError(t, l1.Close())
+	l2, err := Listen("unix://" + path)
+	require.NoError(t, err)
+	require.NoError(t, l2.Close())
 }

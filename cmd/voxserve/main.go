@@ -77,7 +77,7 @@ func run() int {
 	}
 	srv := server.New(reg, server.Options{MaxMessageBytes: *maxMsg, ShutdownGrace: *grace, Logger: log,
 		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc, UIDRoot: *uidRoot})
-	gl, err := net.Listen("tcp", *grpcAddr)
+	gl, err := server.Listen(*grpcAddr)
 	if err != nil {
 		log.Error("cannot listen", "addr", *grpcAddr, "error", err)
 		return 1
