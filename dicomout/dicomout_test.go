@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -413,4 +414,12 @@ func TestSEGOfMultiFrameSource(t *testing.T) {
 	r := dicomcheck.HighdicomMultiFrame(t, srcPath, segPath, vol, [3]int{nz, ny, nx})
 	assert.Empty(t, r.Errors)
 	assert.Equal(t, float64(3*5*7+1), r.Checked["segmented_voxels"])
+}
+
+func TestTruncateKeepsCharacters(t *testing.T) {
+	assert.Equal(t, "abc", truncate("abc", 64))
+	s := strings.Repeat("é", 40) // 80 bytes
+	got := truncate(s, 63)
+	assert.Equal(t, 62, len(got))
+	assert.True(t, utf8.ValidString(got))
 }
