@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/internal/onnxbuild"
 	"github.com/voxserve/voxserve/internal/testrepo"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 	"github.com/voxserve/voxserve/tensor"
@@ -501,4 +503,68 @@ func TestUnixSocket(t *testing.T) {
 	l2, err := Listen("unix://" + path)
 	require.NoError(t, err)
 	require.NoError(t, l2.Close())
+}
+
+// gatedConn is a client connection whose reads can be held: a client that
+// stops reading its answers.
+type gatedConn struct {
+	net.Conn
+	hold atomic.Bool
+	open chan struct{}
+}
+
+func (c *gatedConn) Read(p []byte) (int, error) {
+	if c.hold.Load() {
+		<-c.open
+	}
+	return c.Conn.Read(p)
+}
+
+// A client that stops reading does not hold up the others in its batch:
+// its 1 MiB answer stalls on its own connection's flow control while the
+// request batched with it is answered at once.
+func TestSlowClientDoesNotHoldABatch(t *testing.T) {
+	yaml := strings.NewReplacer("dims: [2, 3]", "dims: [512, 512]", "max_queue_size: 4", "max_queue_size: 64").Replace(testrepo.AffineYAML) +
+		"dynamic_batching:\n  max_queue_delay_microseconds: 200000\n"
+	repo := testrepo.Write(t, testrepo.Bundle{Name: "affine", YAML: yaml, Versions: map[int64][]byte{1: onnxbuild.Affine([]int64{512, 512}, 2, 1).Marshal()}})
+	h := start(t, repo, Options{})
+	gate := &gatedConn{open: make(chan struct{})}
+	slowConn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			gate.Conn = c
+			return gate, err
+		}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxMessageBytes), grpc.MaxCallSendMsgSize(DefaultMaxMessageBytes)))
+	require.NoError(t, err)
+	defer slowConn.Close()
+	slow := pb.NewInferenceClient(slowConn)
+	req := tensorsReq("affine", f32Tensor("x", []int64{1, 512, 512}, make([]float32, 512*512)))
+	_, err = slow.Infer(ctxT(t), req) // connect and warm up
+	require.NoError(t, err)
+
+	gate.hold.Store(true)
+	slowDone := make(chan error, 1)
+	go func() {
+		_, err := slow.Infer(ctxT(t), req)
+		slowDone <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // the slow request queues first; the fast one joins its batch
+	t0 := time.Now()
+	_, err = h.client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Less(t, time.Since(t0), 2*time.Second, "the fast client waited for the slow one")
+	select {
+	case err := <-slowDone:
+		t.Fatalf("the slow client got its answer without reading (%v): the test did not hold it", err)
+	default:
+	}
+	close(gate.open)
+	require.NoError(t, <-slowDone)
+	m, release, err := h.reg.Acquire("affine", "")
+	require.NoError(t, err)
+	defer release()
+	st := m.Stats()
+	assert.Equal(t, int64(3), st.Inferences)
+	assert.Equal(t, int64(2), st.Executions, "the two requests ran as one batch")
 }
