@@ -79,33 +79,29 @@ func (p *pool[B]) put(b B, class int) error {
 	return nil
 }
 
-// trim frees every idle buffer and returns how many bytes it freed.
+// trim frees every idle buffer (best effort: the caller's next allocation
+// decides) and returns how many bytes it freed.
 func (p *pool[B]) trim() int64 {
-	p.mu.Lock()
-	free, held := p.free, p.held
-	p.free, p.held = map[int][]B{}, 0
-	p.mu.Unlock()
-	var err error
-	for _, bs := range free {
-		for _, b := range bs {
-			err = errors.Join(err, p.release(b))
-		}
-	}
-	_ = err // trimming is best effort; the caller's allocation decides
+	held, _ := p.freeIdle()
 	return held
 }
 
 // close frees the idle buffers; it reports release errors.
 func (p *pool[B]) close() error {
+	_, err := p.freeIdle()
+	return err
+}
+
+// freeIdle hands every idle buffer back to the allocator.
+func (p *pool[B]) freeIdle() (held int64, err error) {
 	p.mu.Lock()
-	free := p.free
+	free, held := p.free, p.held
 	p.free, p.held = map[int][]B{}, 0
 	p.mu.Unlock()
-	var err error
 	for _, bs := range free {
 		for _, b := range bs {
 			err = errors.Join(err, p.release(b))
 		}
 	}
-	return err
+	return held, err
 }
