@@ -50,18 +50,7 @@ type GPU struct {
 	// mem caches device buffers between calls (pool.go): after warm-up a
 	// request allocates and frees no device memory.
 	mem *pool[cuda.Ptr]
-	// host caches page-locked staging buffers: copies from and to them run
-	// at full speed and asynchronously, so one call's transfer overlaps
-	// another's kernels, which pageable Go memory does not allow.
-	host *pool[[]byte]
 }
-
-// stagingMin is the transfer size from which copies go through page-locked
-// staging; below it the extra host copy is not worth it.
-const stagingMin = 1 << 20
-
-// hostStaging is how many bytes of idle staging buffers the cache keeps.
-const hostStaging = 2 << 30
 
 // poolShare is the share of the device's memory the buffer cache may hold
 // idle; the rest stays free for ONNX Runtime's arena.
@@ -103,8 +92,7 @@ func Open(ordinal int) (*GPU, error) {
 		return nil, err
 	}
 	g := &GPU{Dev: dev, mod: mod, fn: map[string]*cuda.Function{},
-		mem:  newPool(int64(total/poolShare), dev.Alloc, dev.Free),
-		host: newPool(hostStaging, dev.AllocHost, dev.FreeHost)}
+		mem: newPool(int64(total/poolShare), dev.Alloc, dev.Free)}
 	for _, name := range kernelNames {
 		f, err := dev.Function(mod, name)
 		if err != nil {
@@ -122,7 +110,7 @@ func (g *GPU) Close() error {
 		g.Dev.DestroyStream(s)
 	}
 	g.spares = nil
-	err := errors.Join(g.mem.close(), g.host.close(), g.Dev.UnloadModule(g.mod))
+	err := errors.Join(g.mem.close(), g.Dev.UnloadModule(g.mod))
 	return errors.Join(err, g.Dev.Close())
 }
 
@@ -135,35 +123,7 @@ type call struct {
 	s       *cuda.Stream
 	bufs    []cuda.Ptr
 	classes []int // pool size class of each buffer
-	staged  []staged
-	after   []func() // host copies out of staging, once the stream is done
 	err     error
-}
-
-// staged is a page-locked buffer a call holds until its stream is done.
-type staged struct {
-	b     []byte
-	class int
-}
-
-// stage takes a page-locked buffer of n bytes for a transfer; nil (with no
-// error recorded) when none can be had: the copy then goes from pageable
-// memory, slower but correct.
-func (c *call) stage(n int) []byte {
-	if n < stagingMin {
-		return nil
-	}
-	b, class, err := c.g.host.get(n)
-	if err != nil {
-		return nil
-	}
-	c.staged = append(c.staged, staged{b, class})
-	return b[:n]
-}
-
-// bytesOf views a slice's elements as bytes.
-func bytesOf[T any](v []T) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), len(v)*int(unsafe.Sizeof(*new(T))))
 }
 
 func (g *GPU) begin() *call {
@@ -184,17 +144,9 @@ func (c *call) end() error {
 	if c.s != nil {
 		c.err = errors.Join(c.err, c.g.Dev.Sync(c.s))
 	}
-	if c.err == nil {
-		for _, f := range c.after {
-			f()
-		}
-	}
-	// The stream is idle: its buffers go back to the pools for the next call.
+	// The stream is idle: its buffers go back to the pool for the next call.
 	for i, p := range c.bufs {
 		c.err = errors.Join(c.err, c.g.mem.put(p, c.classes[i]))
-	}
-	for _, st := range c.staged {
-		c.err = errors.Join(c.err, c.g.host.put(st.b, st.class))
 	}
 	if c.s != nil {
 		c.g.mu.Lock()
@@ -218,40 +170,23 @@ func (c *call) alloc(n int) cuda.Ptr {
 	return p
 }
 
-// upload copies a slice to a new device buffer: large ones through a
-// page-locked staging buffer (an asynchronous copy), small ones directly.
-// The slice must stay untouched until end, which syncs first.
+// upload copies a slice to a new device buffer. The slice must stay
+// untouched until end, which syncs first.
 func upload[T any](c *call, v []T) cuda.Ptr {
-	src := bytesOf(v)
-	n := len(src)
+	n := len(v) * int(unsafe.Sizeof(*new(T)))
 	p := c.alloc(n)
-	if c.err != nil || n == 0 {
-		return p
+	if c.err == nil && n > 0 {
+		c.err = c.g.Dev.CopyToDevice(p, unsafe.Pointer(unsafe.SliceData(v)), n, c.s)
 	}
-	if st := c.stage(n); st != nil {
-		copy(st, src)
-		src = st
-	}
-	c.err = c.g.Dev.CopyToDevice(p, unsafe.Pointer(unsafe.SliceData(src)), n, c.s)
 	return p
 }
 
-// download copies a device buffer into a slice (complete after end): large
-// ones land in a page-locked staging buffer and are copied into the slice
-// once the stream is done. Only a transfer below stagingMin may be read
-// after a Sync in the middle of a call (ZScore reads its 8-byte sums so).
+// download copies a device buffer into a slice (complete after end).
 func download[T any](c *call, v []T, p cuda.Ptr) {
-	dst := bytesOf(v)
-	n := len(dst)
-	if c.err != nil || n == 0 {
-		return
+	n := len(v) * int(unsafe.Sizeof(*new(T)))
+	if c.err == nil && n > 0 {
+		c.err = c.g.Dev.CopyToHost(unsafe.Pointer(unsafe.SliceData(v)), p, n, c.s)
 	}
-	if st := c.stage(n); st != nil {
-		c.err = c.g.Dev.CopyToHost(unsafe.Pointer(unsafe.SliceData(st)), p, n, c.s)
-		c.after = append(c.after, func() { copy(dst, st) })
-		return
-	}
-	c.err = c.g.Dev.CopyToHost(unsafe.Pointer(unsafe.SliceData(dst)), p, n, c.s)
 }
 
 func (c *call) launch(name string, grid [3]int, a *cuda.Args) {
