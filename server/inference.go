@@ -135,14 +135,13 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	}
 	if plan != nil && needMasks {
 		// Per-voxel outputs go back onto the study's own grid (measurements
-		// are taken there too): labelled on the accelerator when there is
-		// one, else mapped here and labelled by postprocess. A fractional
-		// SEG needs the probabilities on the host, so those map here.
+		// are taken there too), labelled there directly: on the GPU when
+		// there is one, else by postprocess.CPULabels, which skips
+		// background rows. Outputs that must exist mapped in full (raw
+		// tensors asked for, a fractional SEG's probabilities) are mapped
+		// here and labelled by postprocess.
 		la, _ := s.acc.(preprocess.LabelAccelerator)
 		if la == nil && !want[pb.OutputKind_OUTPUT_KIND_TENSORS] {
-			// The CPU labels straight onto the study's grid too, skipping
-			// background rows; raw tensors, when asked for, are the mapped
-			// outputs, so those map in full below.
 			la = postprocess.CPULabels{}
 		}
 		for i, decl := range m.Spec.Outputs {
