@@ -210,6 +210,14 @@ type Execution struct {
 	// model instances need (on 2 cores, 1.5x the throughput without it;
 	// bench/results/ort-spinning-cpu-2core.md).
 	AllowSpinning bool `yaml:"allow_spinning"`
+	// IOBinding binds the session's inputs and outputs to buffers
+	// preallocated per instance for the largest batch, in the memory of
+	// the provider the session got (device memory under CUDA, so the
+	// model reads the batch where it was assembled and nothing is
+	// allocated per run): auto (the default: on for a session on the GPU,
+	// off on the CPU, where it saves nothing), on, or off. It needs every
+	// input and output dim fixed; auto turns it off otherwise.
+	IOBinding string `yaml:"io_binding"`
 	// CUDA configures ONNX Runtime's CUDA execution provider.
 	CUDA CUDAOptions `yaml:"cuda"`
 	// TensorRT configures ONNX Runtime's TensorRT execution provider.
@@ -368,6 +376,9 @@ func (s *Spec) applyDefaults() {
 	}
 	if len(s.Execution.Providers) == 0 {
 		s.Execution.Providers = []string{"cpu"}
+	}
+	if s.Execution.IOBinding == "" {
+		s.Execution.IOBinding = "auto"
 	}
 	if s.Execution.GraphOptimization == "" {
 		s.Execution.GraphOptimization = "all"
@@ -608,6 +619,13 @@ func (s *Spec) validate(file string) error {
 	if s.Execution.InterOpThreads < 0 || s.Execution.InterOpThreads > 1024 {
 		bad("execution.inter_op_threads", "%d must be between 0 and 1024", s.Execution.InterOpThreads)
 	}
+	if !oneOf(s.Execution.IOBinding, []string{"auto", "on", "off"}) {
+		bad("execution.io_binding", "%q must be auto, on or off", s.Execution.IOBinding)
+	} else if s.Execution.IOBinding == "on" {
+		if where := DynamicDims(s); where != "" {
+			bad("execution.io_binding", "on needs fixed dims, and %s has a dynamic one", where)
+		}
+	}
 	if !oneOf(s.Execution.GraphOptimization, optimization) {
 		bad("execution.graph_optimization", "%q must be one of %s", s.Execution.GraphOptimization, strings.Join(optimization, ", "))
 	}
@@ -730,4 +748,24 @@ func ListRepository(repo string) ([]string, error) {
 		}
 	}
 	return names, nil
+}
+
+// DynamicDims names the first input or output with a dynamic (-1) dim,
+// or returns "" when every dim is fixed.
+func DynamicDims(s *Spec) string {
+	for i, in := range s.Inputs {
+		for _, d := range in.Dims {
+			if d < 0 {
+				return fmt.Sprintf("inputs[%d].dims", i)
+			}
+		}
+	}
+	for i, out := range s.Outputs {
+		for _, d := range out.Dims {
+			if d < 0 {
+				return fmt.Sprintf("outputs[%d].dims", i)
+			}
+		}
+	}
+	return ""
 }

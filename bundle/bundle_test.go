@@ -140,6 +140,11 @@ func TestParseErrorsNameFileAndField(t *testing.T) {
 			return s + "execution:\n  cuda: {device_id: -1, cudnn_conv_algo_search: FAST, arena_extend_strategy: grow}\n"
 		}, []string{"execution.cuda.device_id: -1 must be >= 0", `execution.cuda.cudnn_conv_algo_search: "FAST" must be EXHAUSTIVE, HEURISTIC or DEFAULT`,
 			`execution.cuda.arena_extend_strategy: "grow" must be kNextPowerOfTwo or kSameAsRequested`}},
+		{"bad io_binding", func(s string) string { return s + "execution:\n  io_binding: always\n" },
+			[]string{`execution.io_binding: "always" must be auto, on or off`}},
+		{"io_binding on with a dynamic dim", func(s string) string {
+			return strings.Replace(s, "[1, 64, 64]", "[1, -1, 64]", 1) + "execution:\n  io_binding: on\n"
+		}, []string{"execution.io_binding: on needs fixed dims, and inputs[0].dims has a dynamic one"}},
 		{"bad provider", func(s string) string { return s + "execution:\n  providers: [tpu]\n" },
 			[]string{"execution.providers[0]: \"tpu\""}},
 		{"two version policies", func(s string) string { return s + "version_policy:\n  latest: 2\n  all: true\n" },

@@ -25,8 +25,12 @@ type Model struct {
 
 	sess  *session
 	slots chan struct{} // one token per free instance
-	sched *scheduler
-	stats stats
+	// io holds each instance's bound inputs and outputs (bound.go); nil
+	// when runs go through onnxruntime_go's tensors. ioWhere says which.
+	io      chan *boundIO
+	ioWhere string
+	sched   *scheduler
+	stats   stats
 	// inflight lets Unload wait for requests that hold the model.
 	inflight sync.WaitGroup
 }
@@ -36,6 +40,10 @@ func (m *Model) VersionString() string { return strconv.FormatInt(m.Version, 10)
 
 // Provider is the execution provider the session got (cpu, cuda).
 func (m *Model) Provider() string { return m.sess.provider }
+
+// IOBinding says where the instances' inputs and outputs are bound ("device
+// memory (cuda:0, …)", "host memory"), or "off: " and why they are not.
+func (m *Model) IOBinding() string { return m.ioWhere }
 
 // Timings splits a request's time in the engine.
 type Timings struct {
@@ -146,6 +154,7 @@ func (m *Model) close() {
 	for i := 0; i < m.Spec.InstanceCount; i++ {
 		<-m.slots
 	}
+	closeInstanceIO(m.io)
 	m.sess.close()
 	releaseNativeMemory()
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/voxserve/voxserve/engine/ortbind"
 )
 
 // LibraryEnv overrides where the ONNX Runtime shared library is looked for.
@@ -92,6 +94,11 @@ func Init(libPath string) error {
 			return
 		}
 		initPath = path
+		if err := ortbind.Load(path); err != nil {
+			errBindUnavailable = fmt.Errorf("binding ONNX Runtime's C API: %w", err)
+		} else {
+			errBindUnavailable = nil
+		}
 	})
 	if initErr == nil && libPath != "" && initPath != "" {
 		if a, b := absPath(libPath), absPath(initPath); a != b {

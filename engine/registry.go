@@ -118,7 +118,7 @@ func (r *Registry) Load(name string, versions []int64) ([]*Model, error) {
 		go m.close() // in-flight requests finish on the old session
 	}
 	for _, m := range loaded {
-		r.log.Info("model loaded", "model", name, "version", m.Version, "provider", m.Provider(), "path", m.Path)
+		r.log.Info("model loaded", "model", name, "version", m.Version, "provider", m.Provider(), "io_binding", m.IOBinding(), "path", m.Path)
 	}
 	r.changed()
 	return loaded, nil
@@ -130,11 +130,19 @@ func (r *Registry) loadVersion(b *bundle.Bundle, v int64) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := newSession(b.Spec, data, r.log.With("model", b.Spec.Name, "version", v))
+	log := r.log.With("model", b.Spec.Name, "version", v)
+	sess, err := newSession(b.Spec, data, log)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
-	return newModel(b.Spec, v, path, sess), nil
+	ios, where, err := newInstanceIO(b.Spec, sess, log)
+	if err != nil {
+		sess.close()
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	m := newModel(b.Spec, v, path, sess)
+	m.io, m.ioWhere = ios, where
+	return m, nil
 }
 
 // Unload stops serving a model (version 0: every version). It returns once

@@ -283,14 +283,25 @@ func (s *scheduler) run(batch []*request) {
 	for _, r := range live {
 		total += r.n
 	}
-	inputs := live[0].inputs
-	if len(live) > 1 {
-		inputs = concat(live, total)
+	var outs []*tensor.Tensor
+	var err error
+	var input time.Duration
+	if s.m.io != nil {
+		// Bound I/O: the batch is assembled in the instance's buffers. The
+		// instance holds a slot, so one is free.
+		io := <-s.m.io
+		outs, input, err = io.run(s.m.sess, live, total)
+		s.m.io <- io
+	} else {
+		inputs := live[0].inputs
+		if len(live) > 1 {
+			inputs = concat(live, total)
+		}
+		input = time.Since(start)
+		outs, err = s.m.sess.run(inputs)
 	}
-	ran := time.Now()
-	outs, err := s.m.sess.run(inputs)
 	compute := time.Since(start)
-	input, infer := ran.Sub(start), time.Since(ran)
+	infer := compute - input
 	if err != nil {
 		err = runError(s.m.String(), err)
 	}

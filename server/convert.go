@@ -204,7 +204,7 @@ func modelInfo(m *engine.Model, available []int64, acc preprocess.Accelerator) *
 	info := &pb.ModelInfo{PreprocessingDevice: device,
 		Name: s.Name, Version: m.VersionString(), State: pb.ModelInfo_STATE_READY,
 		Task: s.Task, Description: s.Description, Modalities: s.Modalities, BodyParts: s.BodyParts,
-		MaxBatchSize: s.MaxBatchSize, ExecutionProvider: m.Provider(),
+		MaxBatchSize: s.MaxBatchSize, ExecutionProvider: m.Provider(), IoBinding: m.IOBinding(),
 		IntendedUse: s.Provenance.IntendedUse, Metrics: s.Provenance.Metrics,
 	}
 	for _, in := range s.Inputs {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,7 +32,7 @@ var (
 	mDepth     = prometheus.NewDesc("voxserve_queue_depth", "Requests waiting, per priority level (1 is STAT).", append(labels, "priority"), nil)
 	mBatch     = prometheus.NewDesc("voxserve_batch_size", "Model executions by batch size.", labels, nil)
 	mRejected  = prometheus.NewDesc("voxserve_rejected_requests_total", "Requests refused or dropped by the scheduler, by reason.", append(labels, "reason"), nil)
-	mInfo      = prometheus.NewDesc("voxserve_model_info", "A loaded model version and the execution provider it runs on (always 1).", append(labels, "provider"), nil)
+	mInfo      = prometheus.NewDesc("voxserve_model_info", "A loaded model version, the execution provider it runs on, and where its inputs and outputs are bound: device, host or off (always 1).", append(labels, "provider", "io_binding"), nil)
 	batchEdges = []float64{1, 2, 4, 8, 16, 32, 64, 128}
 )
 
@@ -52,7 +53,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter := func(d *prometheus.Desc, v float64, extra ...string) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, append(lv, extra...)...)
 		}
-		ch <- prometheus.MustNewConstMetric(mInfo, prometheus.GaugeValue, 1, append(lv, m.Provider())...)
+		ch <- prometheus.MustNewConstMetric(mInfo, prometheus.GaugeValue, 1, append(lv, m.Provider(), ioBindingKind(m.IOBinding()))...)
 		counter(mSuccess, float64(st.Success))
 		counter(mFailure, float64(st.Failure))
 		counter(mCount, float64(st.Inferences))
@@ -100,4 +101,15 @@ func metricsRegistry(reg *engine.Registry, prep *prometheus.HistogramVec) *prome
 	r := prometheus.NewRegistry()
 	r.MustRegister(collector{reg: reg}, prep, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
+}
+
+// ioBindingKind shortens engine.Model.IOBinding to a label value.
+func ioBindingKind(where string) string {
+	switch {
+	case strings.HasPrefix(where, "device"):
+		return "device"
+	case strings.HasPrefix(where, "host"):
+		return "host"
+	}
+	return "off"
 }

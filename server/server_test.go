@@ -309,6 +309,7 @@ func TestModelsAdminAndHealth(t *testing.T) {
 	assert.Equal(t, "2", list.Models[0].GetVersion())
 	assert.Equal(t, []int64{-1, 2, 3}, list.Models[0].GetInputs()[0].GetDims())
 	assert.Equal(t, "cpu", list.Models[0].GetExecutionProvider())
+	assert.Equal(t, "off: the session runs on the CPU", list.Models[0].GetIoBinding())
 
 	info, err := h.client.GetModel(ctx, &pb.GetModelRequest{Name: "affine"})
 	require.NoError(t, err)
@@ -481,7 +482,7 @@ func TestMetrics(t *testing.T) {
 		`voxserve_queue_depth{model="affine",priority="1",version="1"} 0`,
 		`voxserve_batch_size_bucket{model="affine",version="1",le="2"} 3`,
 		`voxserve_rejected_requests_total{model="affine",reason="queue_full",version="1"} 0`,
-		`voxserve_model_info{model="affine",provider="cpu",version="1"} 1`,
+		`voxserve_model_info{io_binding="off",model="affine",provider="cpu",version="1"} 1`,
 		`go_goroutines`,
 	} {
 		assert.Contains(t, text, want)

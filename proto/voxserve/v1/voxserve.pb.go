@@ -1607,8 +1607,13 @@ type ModelInfo struct {
 	// Where the bundle's preprocessing runs: "cpu", or "cuda: <device>" when
 	// the server has a GPU and the bundle's preprocessing can use it.
 	PreprocessingDevice string `protobuf:"bytes,15,opt,name=preprocessing_device,json=preprocessingDevice,proto3" json:"preprocessing_device,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Where the instances' inputs and outputs are bound: "device memory
+	// (cuda:0, <device>)" when the batch is assembled in GPU memory the model
+	// reads directly, "host memory", or "off: <why>" (bundle
+	// execution.io_binding).
+	IoBinding     string `protobuf:"bytes,16,opt,name=io_binding,json=ioBinding,proto3" json:"io_binding,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -1742,6 +1747,13 @@ func (x *ModelInfo) GetAvailableVersions() []string {
 func (x *ModelInfo) GetPreprocessingDevice() string {
 	if x != nil {
 		return x.PreprocessingDevice
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetIoBinding() string {
+	if x != nil {
+		return x.IoBinding
 	}
 	return ""
 }
@@ -2039,7 +2051,7 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\tdata_type\x18\x02 \x01(\x0e2\x15.voxserve.v1.DataTypeR\bdataType\x12\x12\n" +
 	"\x04dims\x18\x03 \x03(\x03R\x04dims\x12\x12\n" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x16\n" +
-	"\x06labels\x18\x05 \x03(\tR\x06labels\"\xe3\x05\n" +
+	"\x06labels\x18\x05 \x03(\tR\x06labels\"\x82\x06\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x122\n" +
@@ -2059,7 +2071,9 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\fintended_use\x18\f \x01(\tR\vintendedUse\x12=\n" +
 	"\ametrics\x18\r \x03(\v2#.voxserve.v1.ModelInfo.MetricsEntryR\ametrics\x12-\n" +
 	"\x12available_versions\x18\x0e \x03(\tR\x11availableVersions\x121\n" +
-	"\x14preprocessing_device\x18\x0f \x01(\tR\x13preprocessingDevice\x1a:\n" +
+	"\x14preprocessing_device\x18\x0f \x01(\tR\x13preprocessingDevice\x12\x1d\n" +
+	"\n" +
+	"io_binding\x18\x10 \x01(\tR\tioBinding\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"F\n" +

@@ -1,0 +1,152 @@
+package engine
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/voxserve/voxserve/bundle"
+	"github.com/voxserve/voxserve/internal/testrepo"
+	"github.com/voxserve/voxserve/tensor"
+)
+
+// withIOBinding sets execution.io_binding in a bundle.yaml.
+func withIOBinding(yaml, mode string) string {
+	if strings.Contains(yaml, "\nexecution:\n") {
+		return strings.Replace(yaml, "\nexecution:\n", "\nexecution:\n  io_binding: "+mode+"\n", 1)
+	}
+	return yaml + "execution:\n  io_binding: " + mode + "\n"
+}
+
+func TestIOBindingPlan(t *testing.T) {
+	static := &bundle.Spec{Inputs: []bundle.Input{{Dims: []int64{1, 4}}}, Outputs: []bundle.Output{{Dims: []int64{2}}}}
+	dynamic := &bundle.Spec{Inputs: []bundle.Input{{Dims: []int64{1, -1}}}}
+	tests := []struct {
+		mode, provider string
+		spec           *bundle.Spec
+		bound          bool
+		why            string
+	}{
+		{"auto", "cpu", static, false, "the session runs on the CPU"},
+		{"off", "cuda", static, false, "io_binding: off"},
+		{"auto", "cuda", dynamic, false, "inputs[0].dims has a dynamic dim"},
+		{"on", "cpu", static, true, ""},
+		{"auto", "cuda", static, true, ""},
+		{"auto", "tensorrt", static, true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode+"/"+tt.provider, func(t *testing.T) {
+			spec := *tt.spec
+			spec.Execution.IOBinding = tt.mode
+			newMem, why := ioBindingPlan(&spec, tt.provider)
+			assert.Equal(t, tt.bound, newMem != nil)
+			assert.Equal(t, tt.why, why)
+		})
+	}
+}
+
+// Bound inputs and outputs give every request exactly its own rows back,
+// batched across concurrent requests, over two instances.
+func TestBoundIOBatches(t *testing.T) {
+	b := affineBatching("dynamic_batching:\n  max_queue_delay_microseconds: 20000\n")
+	b.YAML = strings.Replace(b.YAML, "instance_count: 1\n", "instance_count: 2\n", 1)
+	b.YAML = withIOBinding(b.YAML, "on")
+	r := NewRegistry(testrepo.Write(t, b), quietLog())
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("affine", "")
+	require.NoError(t, err)
+	assert.Equal(t, "host memory", m.IOBinding())
+
+	const clients = 24
+	var wg sync.WaitGroup
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for k := 0; k < 5; k++ {
+				in := affineInput(float32(1000*c+10*k), int64(1+(c+k)%3))
+				outs, _, err := m.Infer(context.Background(), []*tensor.Tensor{in})
+				if !assert.NoError(t, err) {
+					return
+				}
+				x, _ := in.Float32s()
+				y, _ := outs[0].Float32s()
+				assert.Equal(t, in.Shape, outs[0].Shape)
+				for i := range x {
+					if !assert.Equal(t, 2*x[i]+1, y[i], "client %d request %d item %d", c, k, i) {
+						return
+					}
+				}
+			}
+		}(c)
+	}
+	wg.Wait()
+	st := m.Stats()
+	assert.Equal(t, int64(clients*5), st.Success)
+	assert.Less(t, st.Executions, int64(clients*5), "requests were batched: %v", st.BatchSizes)
+	done()
+	// Unloading frees the instances' buffers and bindings with the session.
+	_, err = r.Unload("affine", 0)
+	require.NoError(t, err)
+}
+
+// The reference models give bit-identical outputs with and without bound
+// I/O: the same CPU kernels over the same batch, only the memory differs.
+func TestBoundIOMatchesReferenceModels(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the reference models")
+	}
+	for _, name := range []string{"ich", "pneumothorax", "psoas"} {
+		t.Run(name, func(t *testing.T) {
+			repo := t.TempDir()
+			require.NoError(t, os.CopyFS(filepath.Join(repo, name), os.DirFS(filepath.Join("..", "models", name))))
+			yamlPath := filepath.Join(repo, name, "bundle.yaml")
+			y, err := os.ReadFile(yamlPath)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(yamlPath, []byte(withIOBinding(string(y), "on")), 0o644))
+
+			plain := NewRegistry("../models", quietLog())
+			_, err = plain.Load(name, nil)
+			require.NoError(t, err)
+			bound := NewRegistry(repo, quietLog())
+			_, err = bound.Load(name, nil)
+			require.NoError(t, err)
+			pm, pdone, err := plain.Acquire(name, "")
+			require.NoError(t, err)
+			defer pdone()
+			bm, bdone, err := bound.Acquire(name, "")
+			require.NoError(t, err)
+			defer bdone()
+			assert.Equal(t, "host memory", bm.IOBinding())
+			assert.Equal(t, "off: the session runs on the CPU", pm.IOBinding())
+
+			rng := rand.New(rand.NewPCG(7, uint64(len(name))))
+			for _, n := range []int64{1, 3} {
+				shape := append([]int64{n}, bm.Spec.Inputs[0].Dims...)
+				count, err := tensor.NumElements(shape)
+				require.NoError(t, err)
+				v := make([]float32, count)
+				for i := range v {
+					v[i] = float32(rng.NormFloat64())
+				}
+				in := tensor.FromFloat32(bm.Spec.Inputs[0].Name, shape, v)
+				want, _, err := pm.Infer(context.Background(), []*tensor.Tensor{in})
+				require.NoError(t, err)
+				got, _, err := bm.Infer(context.Background(), []*tensor.Tensor{in})
+				require.NoError(t, err)
+				require.Len(t, got, len(want))
+				for i := range want {
+					assert.Equal(t, want[i].Shape, got[i].Shape, want[i].Name)
+					assert.True(t, string(want[i].Data) == string(got[i].Data), "%s differs at batch %d", want[i].Name, n)
+				}
+			}
+		})
+	}
+}
