@@ -213,7 +213,7 @@ func (s *session) run(inputs []*tensor.Tensor) ([]*tensor.Tensor, error) {
 	return result, convErr
 }
 
-// fromValue copies an ORT-allocated output into a tensor.Tensor.
+// fromValue turns an output of Run into a tensor.Tensor over its Go data.
 func fromValue(name string, v ort.Value) (*tensor.Tensor, error) {
 	shape := []int64(v.GetShape())
 	dt, ok := dtypeOf(ort.TensorElementDataType(v.DataType()))
@@ -245,7 +245,9 @@ func fromValue(name string, v ort.Value) (*tensor.Tensor, error) {
 	default:
 		return nil, fmt.Errorf("output %q is not a tensor (%T)", name, v)
 	}
-	return &tensor.Tensor{Name: name, DType: dt, Shape: shape, Data: append([]byte(nil), data...)}, nil
+	// onnxruntime_go copied the output out of ONNX Runtime's memory into a
+	// Go slice, which Destroy lets go of: the tensor can keep it.
+	return &tensor.Tensor{Name: name, DType: dt, Shape: shape, Data: data}, nil
 }
 
 // asBytes views a numeric slice's memory as bytes (little-endian on every
