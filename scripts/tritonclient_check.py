@@ -129,6 +129,32 @@ def main():
     for i in range(4):
         check(np.array_equal(answers[str(i)], np.full((1, 2, 3), 2 * i + 1, dtype=np.float32)), f"stream answer {i}: {answers.get(str(i))}")
 
+    # System shared memory, as Triton's own examples use it: the input and
+    # the output in one region the client made, nothing in the message.
+    import tritonclient.utils.shared_memory as shm
+    check("system_shared_memory" in c.get_server_metadata().extensions, "system_shared_memory extension listed")
+    key = f"/voxserve-tc-{os.getpid()}"
+    handle = shm.create_shared_memory_region("affine_io", key, 96)
+    try:
+        xs = np.arange(6, dtype=np.float32).reshape(1, 2, 3) - 2
+        shm.set_shared_memory_region(handle, [xs])
+        c.register_system_shared_memory("affine_io", key, 96)
+        status = c.get_system_shared_memory_status()
+        check([r.name for r in status.regions.values()] == ["affine_io"], f"shared memory status: {status}")
+        si = grpcclient.InferInput("x", [1, 2, 3], "FP32")
+        si.set_shared_memory("affine_io", 24)
+        so = grpcclient.InferRequestedOutput("y")
+        so.set_shared_memory("affine_io", 24, offset=48)
+        r = c.infer("affine", [si], outputs=[so])
+        out = r.get_output("y")
+        check(out is not None and list(out.shape) == [1, 2, 3], f"shared memory output: {out}")
+        ys = shm.get_contents_as_numpy(handle, np.float32, [1, 2, 3], offset=48)
+        check(np.array_equal(ys, 2 * xs + 1), f"shared memory answer: {ys}")
+        c.unregister_system_shared_memory("affine_io")
+        check(len(c.get_system_shared_memory_status().regions) == 0, "unregistered")
+    finally:
+        shm.destroy_shared_memory_region(handle)
+
     c.unload_model("affine")
     check(not c.is_model_ready("affine"), "unloaded model not ready")
     index = {m.name: m.state for m in c.get_model_repository_index().models}

@@ -17,6 +17,7 @@ import (
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/internal/onnxbuild"
 	"github.com/voxserve/voxserve/internal/testrepo"
+	kpb "github.com/voxserve/voxserve/proto/inference"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
 
@@ -164,4 +165,66 @@ func BenchmarkGRPCFloor512(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(median(rtt), "rtt-p50-us")
+}
+
+// BenchmarkKServeOverhead512 is BenchmarkOverhead512's 512x512 float32
+// tensor through the KServe endpoint, both ways (1 MiB in, 1 MiB out): in
+// the message ("raw"), or in a system shared memory region the client
+// registered ("shm"), as Triton's clients pass tensors on one host. The
+// overhead is the round trip's median minus the model's mean infer time
+// per request over the same run (ModelStatistics' compute_infer).
+func BenchmarkKServeOverhead512(b *testing.B) {
+	yaml := strings.NewReplacer("dims: [2, 3]", "dims: [512, 512]", "max_queue_size: 4", "max_queue_size: 64").Replace(testrepo.AffineYAML)
+	repo := testrepo.Write(b, testrepo.Bundle{Name: "affine", YAML: yaml, Versions: map[int64][]byte{
+		1: onnxbuild.Affine([]int64{512, 512}, 2, 1).Marshal()}})
+	h := start(b, repo, Options{SharedMemory: true})
+	c := kpb.NewGRPCInferenceServiceClient(h.conn)
+	ctx := context.Background()
+	const n = 512 * 512 * 4
+	key, _ := shmObject(b, 2*n)
+	if _, err := c.SystemSharedMemoryRegister(ctx, &kpb.SystemSharedMemoryRegisterRequest{Name: "io", Key: key, ByteSize: 2 * n}); err != nil {
+		b.Fatal(err)
+	}
+	in := &kpb.ModelInferRequest_InferInputTensor{Name: "x", Datatype: "FP32", Shape: []int64{1, 512, 512}}
+	for _, tc := range []struct {
+		name string
+		req  *kpb.ModelInferRequest
+	}{
+		{"raw", &kpb.ModelInferRequest{ModelName: "affine", Inputs: []*kpb.ModelInferRequest_InferInputTensor{in}, RawInputContents: [][]byte{make([]byte, n)}}},
+		{"shm", &kpb.ModelInferRequest{ModelName: "affine",
+			Inputs:  []*kpb.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1, 512, 512}, Parameters: shmParams("io", n, 0)}},
+			Outputs: []*kpb.ModelInferRequest_InferRequestedOutputTensor{{Name: "y", Parameters: shmParams("io", n, n)}}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			for i := 0; i < 20; i++ {
+				if _, err := c.ModelInfer(ctx, tc.req); err != nil {
+					b.Fatal(err)
+				}
+			}
+			infer := func() (int64, uint64) {
+				st, err := c.ModelStatistics(ctx, &kpb.ModelStatisticsRequest{Name: "affine"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				s := st.GetModelStats()[0].GetInferenceStats().GetComputeInfer()
+				return int64(s.GetNs()), s.GetCount()
+			}
+			ns0, c0 := infer()
+			var rtt []float64
+			b.ResetTimer()
+			for b.Loop() {
+				t0 := time.Now()
+				if _, err := c.ModelInfer(ctx, tc.req); err != nil {
+					b.Fatal(err)
+				}
+				rtt = append(rtt, float64(time.Since(t0).Microseconds()))
+			}
+			b.StopTimer()
+			ns1, c1 := infer()
+			model := float64(ns1-ns0) / float64(max(c1-c0, 1)) / 1e3
+			b.ReportMetric(median(rtt), "rtt-p50-us")
+			b.ReportMetric(model, "model-mean-us")
+			b.ReportMetric(median(rtt)-model, "overhead-p50-us")
+		})
+	}
 }

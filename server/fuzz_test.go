@@ -61,8 +61,18 @@ func FuzzModelInfer(f *testing.F) {
 		&kpb.ModelInferRequest{ModelName: "hyperdensity", Inputs: []*kpb.ModelInferRequest_InferInputTensor{{Name: "image", Datatype: "INT16", Shape: []int64{1, 1, 1, 2, 2},
 			Contents: &kpb.InferTensorContents{IntContents: []int32{1, 2, 3, 4}}}}},
 	}
+	// Tensors in a registered shared memory region: the parameters that
+	// name it are outside input too.
+	seeds = append(seeds, &kpb.ModelInferRequest{ModelName: "affine",
+		Inputs:  []*kpb.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1, 2, 3}, Parameters: shmParams("r", 24, 8)}},
+		Outputs: []*kpb.ModelInferRequest_InferRequestedOutputTensor{{Name: "y", Parameters: shmParams("r", 24, 64)}}})
 	reg := fuzzSetup(f, seeds...)
-	svc := &kserve{reg: reg, ready: func() bool { return true }}
+	svc := &kserve{reg: reg, ready: func() bool { return true }, shm: newSharedMemory()}
+	key, _ := shmObject(f, 4096)
+	if err := svc.shm.register(&kpb.SystemSharedMemoryRegisterRequest{Name: "r", Key: key, ByteSize: 4096}); err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { _ = svc.shm.unregister("") })
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var req kpb.ModelInferRequest
 		if proto.Unmarshal(data, &req) != nil || proto.Size(&req) > 1<<20 {

@@ -30,6 +30,8 @@ type kserve struct {
 	reg     *engine.Registry
 	ready   func() bool
 	version string
+	// shm is the system shared memory extension; nil when it is off.
+	shm *sharedMemory
 }
 
 // The KServe names of voxserve's tensor data types.
@@ -80,7 +82,11 @@ func (k *kserve) ModelReady(_ context.Context, req *kpb.ModelReadyRequest) (*kpb
 var extensions = []string{"model_repository", "model_configuration", "schedule_policy", "statistics"}
 
 func (k *kserve) ServerMetadata(context.Context, *kpb.ServerMetadataRequest) (*kpb.ServerMetadataResponse, error) {
-	return &kpb.ServerMetadataResponse{Name: "voxserve", Version: k.version, Extensions: extensions}, nil
+	ext := extensions
+	if k.shm != nil {
+		ext = append(ext[:len(ext):len(ext)], "system_shared_memory")
+	}
+	return &kpb.ServerMetadataResponse{Name: "voxserve", Version: k.version, Extensions: ext}, nil
 }
 
 // loadedVersions lists a model's loaded versions, oldest first.
@@ -135,7 +141,9 @@ func (k *kserve) ModelInfer(ctx context.Context, req *kpb.ModelInferRequest) (*k
 		return nil, err
 	}
 	defer cancel()
-	inputs, err := kserveInputs(req)
+	shm := &shmUse{s: k.shm}
+	defer shm.done()
+	inputs, err := kserveInputs(req, shm)
 	if err != nil {
 		return nil, err
 	}
@@ -145,24 +153,54 @@ func (k *kserve) ModelInfer(ctx context.Context, req *kpb.ModelInferRequest) (*k
 	}
 	defer release()
 	want := map[string]bool{}
+	type shmOut struct {
+		region string
+		dst    []byte
+	}
+	toShm := map[string]shmOut{} // outputs to write into shared memory
 	for i, o := range req.GetOutputs() {
 		if !hasOutput(m.Spec, o.GetName()) {
 			return nil, invalid("outputs[%d].name: model %q has no output %q", i, m.Spec.Name, o.GetName())
 		}
 		want[o.GetName()] = true
+		dst, isShm, err := shm.slice(fmt.Sprintf("outputs[%d]", i), o.GetParameters())
+		if err != nil {
+			return nil, err
+		}
+		if isShm {
+			toShm[o.GetName()] = shmOut{o.GetParameters()["shared_memory_region"].GetStringParam(), dst}
+		}
 	}
 	outs, _, err := m.InferAll(ctx, inputs)
 	if err != nil {
 		return nil, err
 	}
+	shm.recycle()
 	resp := &kpb.ModelInferResponse{ModelName: m.Spec.Name, ModelVersion: m.VersionString(), Id: req.GetId()}
 	for i, t := range outs {
 		name := m.Spec.Outputs[i].Name
 		if len(want) > 0 && !want[name] {
 			continue
 		}
-		resp.Outputs = append(resp.Outputs, &kpb.ModelInferResponse_InferOutputTensor{Name: name, Datatype: kserveTypes[t.DType], Shape: t.Shape})
-		resp.RawOutputContents = append(resp.RawOutputContents, t.Data)
+		out := &kpb.ModelInferResponse_InferOutputTensor{Name: name, Datatype: kserveTypes[t.DType], Shape: t.Shape}
+		data := t.Data
+		if o, ok := toShm[name]; ok {
+			if len(o.dst) < len(t.Data) {
+				return nil, invalid("output %q is %d bytes; its shared_memory_byte_size is %d", name, len(t.Data), len(o.dst))
+			}
+			if err := shmCopy(o.dst, t.Data); err != nil {
+				return nil, status.Errorf(status.Code(err), "output %q: %s", name, status.Convert(err).Message())
+			}
+			// The bytes are in the region; an empty entry keeps the
+			// raw_output_contents indices aligned with the outputs.
+			data = nil
+			out.Parameters = map[string]*kpb.InferParameter{
+				"shared_memory_region":    {ParameterChoice: &kpb.InferParameter_StringParam{StringParam: o.region}},
+				"shared_memory_byte_size": {ParameterChoice: &kpb.InferParameter_Int64Param{Int64Param: int64(len(t.Data))}},
+			}
+		}
+		resp.Outputs = append(resp.Outputs, out)
+		resp.RawOutputContents = append(resp.RawOutputContents, data)
 	}
 	return resp, nil
 }
@@ -219,29 +257,49 @@ func intParam(name string, p *kpb.InferParameter) (int64, error) {
 	return 0, invalid("parameters[%q]: want a non-negative integer", name)
 }
 
-// kserveInputs reads the request's tensors, from raw_input_contents or
-// from typed contents.
-func kserveInputs(req *kpb.ModelInferRequest) ([]*tensor.Tensor, error) {
+// kserveInputs reads the request's tensors: from a shared memory region
+// when an input's parameters name one, else from raw_input_contents (one
+// entry per input not in shared memory, in order) or typed contents.
+func kserveInputs(req *kpb.ModelInferRequest, shm *shmUse) ([]*tensor.Tensor, error) {
 	ins := req.GetInputs()
 	if len(ins) == 0 {
 		return nil, invalid("inputs: at least one input is required")
 	}
 	raw := req.GetRawInputContents()
-	if len(raw) > 0 && len(raw) != len(ins) {
-		return nil, invalid("raw_input_contents: %d entries for %d inputs", len(raw), len(ins))
+	inMessage := 0
+	for _, in := range ins {
+		if _, ok := in.GetParameters()["shared_memory_region"]; !ok {
+			inMessage++
+		}
+	}
+	if len(raw) > 0 && len(raw) != inMessage {
+		return nil, invalid("raw_input_contents: %d entries for %d inputs", len(raw), inMessage)
 	}
 	out := make([]*tensor.Tensor, len(ins))
+	next := 0
 	for i, in := range ins {
 		dt, ok := fromKServeType(in.GetDatatype())
 		if !ok {
 			return nil, invalid("inputs[%d].datatype: %q is not supported (want one of BOOL, UINT8, UINT16, INT8, INT16, INT32, INT64, FP16, FP32, FP64)", i, in.GetDatatype())
 		}
 		t := &tensor.Tensor{Name: in.GetName(), DType: dt, Shape: in.GetShape()}
-		if len(raw) > 0 {
+		data, isShm, err := shm.slice(fmt.Sprintf("inputs[%d]", i), in.GetParameters())
+		if err != nil {
+			return nil, err
+		}
+		if isShm {
+			if in.GetContents() != nil {
+				return nil, invalid("inputs[%d]: contents and a shared memory region both given", i)
+			}
+			if t.Data, err = shm.input(data); err != nil {
+				return nil, status.Errorf(status.Code(err), "inputs[%d]: %s", i, status.Convert(err).Message())
+			}
+		} else if len(raw) > 0 {
 			if in.GetContents() != nil {
 				return nil, invalid("inputs[%d]: contents and raw_input_contents both given", i)
 			}
-			t.Data = raw[i]
+			t.Data = raw[next]
+			next++
 		} else {
 			data, err := typedContents(dt, in.GetContents())
 			if err != nil {

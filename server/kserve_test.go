@@ -173,7 +173,7 @@ func TestKServeWithTritonClient(t *testing.T) {
 		}
 		t.Skip("no .venv with tritonclient")
 	}
-	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{})
+	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{SharedMemory: true})
 	script, _ := filepath.Abs("../scripts/tritonclient_check.py")
 	out, err := exec.Command(py, script, h.addr).CombinedOutput()
 	require.NoError(t, err, "%s", out)
@@ -194,14 +194,20 @@ func TestKServeWithPerfAnalyzer(t *testing.T) {
 	}
 	b := testrepo.Affine()
 	b.YAML += "dynamic_batching:\n  max_queue_delay_microseconds: 500\n"
-	h := start(t, testrepo.Write(t, b), Options{})
-	out, err := exec.Command(pa, "-m", "affine", "-i", "grpc", "-u", h.addr, "--concurrency-range", "1:4:3",
-		"--measurement-interval", "500", "--max-trials", "20", "--stability-percentage", "50").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assert.NotContains(t, strings.ToLower(string(out)), "error", "%s", out)
-	assert.Contains(t, string(out), "Concurrency: 4, throughput:")
-	assert.Contains(t, string(out), "Server: ")
-	assert.Contains(t, string(out), "Successful request count:")
+	h := start(t, testrepo.Write(t, b), Options{SharedMemory: true})
+	// Tensors in the messages, then in system shared memory regions that
+	// perf_analyzer registers itself.
+	for _, shm := range []string{"none", "system"} {
+		t.Run(shm, func(t *testing.T) {
+			out, err := exec.Command(pa, "-m", "affine", "-i", "grpc", "-u", h.addr, "--concurrency-range", "1:4:3",
+				"--shared-memory", shm, "--measurement-interval", "500", "--max-trials", "20", "--stability-percentage", "50").CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			assert.NotContains(t, strings.ToLower(string(out)), "error", "%s", out)
+			assert.Contains(t, string(out), "Concurrency: 4, throughput:")
+			assert.Contains(t, string(out), "Server: ")
+			assert.Contains(t, string(out), "Successful request count:")
+		})
+	}
 }
 
 func TestKServeModelStreamInfer(t *testing.T) {

@@ -56,6 +56,12 @@ type Options struct {
 	// UIDRoot is the root of the UIDs of DICOM SR and SEG objects; empty
 	// means 2.25 (UUID-derived UIDs, no registration needed).
 	UIDRoot string
+	// SharedMemory turns on Triton's system shared memory extension on the
+	// KServe endpoint: clients on this host may have the server map POSIX
+	// shared memory objects (/dev/shm) they name. Off by default: any
+	// client that reaches the port could otherwise map any object the
+	// server's user can open.
+	SharedMemory bool
 }
 
 // Transport sizes for large messages (clients should use the same; see
@@ -125,7 +131,11 @@ func New(reg *engine.Registry, opts Options) *Server {
 	)
 	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator, prep: s.prep,
 		uids: dicomout.UIDs{Root: opts.UIDRoot}})
-	kpb.RegisterGRPCInferenceServiceServer(s.grpc, &kserve{reg: reg, ready: s.Ready, version: Version})
+	ks := &kserve{reg: reg, ready: s.Ready, version: Version}
+	if opts.SharedMemory {
+		ks.shm = newSharedMemory()
+	}
+	kpb.RegisterGRPCInferenceServiceServer(s.grpc, ks)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	reg.OnChange(s.updateHealth)

@@ -31,6 +31,7 @@ func run() int {
 	ortLib := fs.String("onnxruntime-lib", "", "path to libonnxruntime.so.1 (default: $"+engine.LibraryEnv+", then beside the binary, then .deps/)")
 	maxMsg := fs.Int("max-message-bytes", server.DefaultMaxMessageBytes, "largest gRPC message accepted or sent")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "time in-flight requests get to finish on SIGTERM")
+	sharedMemory := fs.Bool("shared-memory", false, "serve Triton's system shared memory extension on the KServe endpoint: local clients pass tensors through /dev/shm instead of the message (lets any client that reaches the port map shared memory objects this user can open)")
 	uidRoot := fs.String("uid-root", dicomout.DefaultUIDRoot, "UID root for the DICOM SR and SEG objects voxserve writes (default 2.25: UUID-derived, no registration needed)")
 	strictSpacing := fs.Bool("dicom-strict-spacing", false, "refuse DICOM series with missing slices or uneven spacing (default: serve them with a warning)")
 	gpu := fs.String("gpu", "auto", "preprocessing on the GPU: auto (when one can run here), on (fail without one) or off")
@@ -76,7 +77,7 @@ func run() int {
 		log.Info("preprocessing on the CPU", "reason", why)
 	}
 	srv := server.New(reg, server.Options{MaxMessageBytes: *maxMsg, ShutdownGrace: *grace, Logger: log,
-		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc, UIDRoot: *uidRoot})
+		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc, UIDRoot: *uidRoot, SharedMemory: *sharedMemory})
 	gl, err := server.Listen(*grpcAddr)
 	if err != nil {
 		log.Error("cannot listen", "addr", *grpcAddr, "error", err)
