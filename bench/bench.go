@@ -63,11 +63,50 @@ type Config struct {
 	// Batches, if set, returns the server's cumulative inference and
 	// execution counts, read before and after each step for its mean batch.
 	Batches func(ctx context.Context) (inferences, executions int64, err error)
+	// Times, if set, returns the server's cumulative request count and
+	// queue and compute time (KServe ModelStatistics). A step whose calls
+	// report no server times (KServe responses carry none) takes its mean
+	// queue and compute from the counts before it and after it, and its
+	// overhead is the median latency minus both.
+	Times func(ctx context.Context) (ServerTimes, error)
 	// Probe, if set, is sent ProbeRate times a second, open loop, during
 	// each measured window, and reported apart: how a request of another
 	// kind (a STAT study) fares under the load.
 	Probe     Call
 	ProbeRate float64
+}
+
+// ServerTimes are a server's cumulative per-request statistics.
+type ServerTimes struct {
+	Requests       int64
+	Queue, Compute time.Duration
+}
+
+func serverTimes(ctx context.Context, cfg Config) *ServerTimes {
+	if cfg.Times == nil {
+		return nil
+	}
+	t, err := cfg.Times(ctx)
+	if err != nil {
+		return nil
+	}
+	return &t
+}
+
+// splitFromServer fills a step's queue and compute split and overhead from
+// the server's statistics over the step, when its calls reported none.
+func splitFromServer(ctx context.Context, cfg Config, s *Step, before *ServerTimes) {
+	if before == nil || s.MeanComputeMs > 0 || s.MeanQueueMs > 0 {
+		return
+	}
+	after := serverTimes(ctx, cfg)
+	if after == nil || after.Requests <= before.Requests {
+		return
+	}
+	n := float64(after.Requests - before.Requests)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / n }
+	s.MeanQueueMs, s.MeanComputeMs = ms(after.Queue-before.Queue), ms(after.Compute-before.Compute)
+	s.OverheadP50Ms = s.P50Ms - s.MeanQueueMs - s.MeanComputeMs
 }
 
 // SweepRates runs each offered rate in turn, open loop: requests go out on
@@ -87,11 +126,12 @@ func SweepRates(ctx context.Context, cfg Config, rates []float64, call Call) ([]
 			cfg.Live.begin(i+1, len(rates), int(r), true, cfg.Warmup)
 			openLoop(ctx, r, cfg.Warmup, counted)
 		}
-		before := batchCounts(ctx, cfg)
+		before, times := batchCounts(ctx, cfg), serverTimes(ctx, cfg)
 		cfg.Live.begin(i+1, len(rates), int(r), false, cfg.Duration)
 		s := openLoop(ctx, r, cfg.Duration, counted)
 		s.RateRPS = r
 		s.MeanBatchSize = meanBatch(ctx, cfg, before)
+		splitFromServer(ctx, cfg, &s, times)
 		steps = append(steps, s)
 		if err := ctx.Err(); err != nil {
 			return steps, err
@@ -121,10 +161,11 @@ func Sweep(ctx context.Context, cfg Config, call Call) ([]Step, error) {
 			probes = make(chan Step, 1)
 			go func() { probes <- openLoop(ctx, cfg.ProbeRate, cfg.Duration, cfg.Probe) }()
 		}
-		before := batchCounts(ctx, cfg)
+		before, times := batchCounts(ctx, cfg), serverTimes(ctx, cfg)
 		cfg.Live.begin(i+1, len(cfg.Concurrency), c, false, cfg.Duration)
 		s := closedLoop(ctx, c, cfg.Duration, cfg.MaxRequests, counted)
 		s.MeanBatchSize = meanBatch(ctx, cfg, before)
+		splitFromServer(ctx, cfg, &s, times)
 		if probes != nil {
 			p := <-probes
 			s.Probe = &p

@@ -149,3 +149,34 @@ func TestLiveProgress(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(steps[0].Requests), live.done.Load())
 }
+
+// Calls that report no server times (KServe) get the step's queue and
+// compute split from the server's cumulative statistics, and an overhead.
+func TestSweepSplitFromServerStatistics(t *testing.T) {
+	var served atomic.Int64
+	call := func(ctx context.Context) (time.Duration, time.Duration, error) {
+		time.Sleep(2 * time.Millisecond)
+		served.Add(1)
+		return 0, 0, nil
+	}
+	times := func(context.Context) (ServerTimes, error) {
+		n := served.Load()
+		// Each request queued 0.2 ms and computed 1 ms on the server.
+		return ServerTimes{Requests: n, Queue: time.Duration(n) * 200 * time.Microsecond, Compute: time.Duration(n) * time.Millisecond}, nil
+	}
+	steps, err := Sweep(context.Background(), Config{Concurrency: []int{1}, Duration: 40 * time.Millisecond, Times: times}, call)
+	require.NoError(t, err)
+	s := steps[0]
+	assert.InDelta(t, 0.2, s.MeanQueueMs, 1e-9)
+	assert.InDelta(t, 1.0, s.MeanComputeMs, 1e-9)
+	assert.InDelta(t, s.P50Ms-1.2, s.OverheadP50Ms, 1e-9)
+
+	// Calls that report their own times keep them.
+	own := func(ctx context.Context) (time.Duration, time.Duration, error) {
+		served.Add(1)
+		return 0, 3 * time.Millisecond, nil
+	}
+	steps, err = Sweep(context.Background(), Config{Concurrency: []int{1}, Duration: 10 * time.Millisecond, Times: times}, own)
+	require.NoError(t, err)
+	assert.InDelta(t, 3.0, steps[0].MeanComputeMs, 1e-9)
+}

@@ -8,21 +8,24 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/voxserve/voxserve/phantom"
-	kpb "github.com/voxserve/voxserve/proto/inference"
-	"google.golang.org/protobuf/proto"
 	"math/rand/v2"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/voxserve/voxserve/bench"
 	"github.com/voxserve/voxserve/client"
 	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/phantom"
+	kpb "github.com/voxserve/voxserve/proto/inference"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 	"github.com/voxserve/voxserve/server"
 	"github.com/voxserve/voxserve/tensor"
@@ -52,6 +55,7 @@ func run() int {
 	phantomMatrix := fs.Int("phantom-matrix", 0, "--phantom in-plane size (default: the generator's, 256 for CT)")
 	phantomSlice := fs.Float64("phantom-slice-mm", 0, "--phantom slice thickness in mm (default: drawn by the generator)")
 	phantomKind := fs.String("phantom", "", "send a whole phantom study as DICOM instead of a tensor: head-ct, chest-xr or abdomen-ct (seed 300000; voxserve protocol): the full pipeline under load")
+	sharedMem := fs.Bool("shared-memory", false, "with --protocol kserve: pass the input and fixed-size outputs through a system shared memory region (Triton's extension; the server must run with --shared-memory, and on this host)")
 	protocol := fs.String("protocol", "voxserve", "voxserve (voxserve.v1.Inference) or kserve (KServe v2 ModelInfer, so the same sweep measures Triton or any KServe server)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -85,7 +89,7 @@ func run() int {
 		conn, err = client.Dial(*addr)
 	} else {
 		target = "in-process:" + *repo
-		conn, err = client.InProcess(*repo, []string{*model}, "", nil)
+		conn, err = client.InProcessWith(*repo, []string{*model}, "", server.Options{SharedMemory: *sharedMem})
 	}
 	if err != nil {
 		return fail(1, "%v", err)
@@ -130,9 +134,26 @@ func run() int {
 			Input:   &pb.InferRequest_Tensors{Tensors: &pb.TensorInput{Tensors: []*pb.Tensor{t}}},
 			Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS}}
 	}
+	if *sharedMem && *protocol != "kserve" {
+		return fail(2, "--shared-memory needs --protocol kserve")
+	}
 	call := inferCall(conn, req)
 	if *protocol == "kserve" {
-		call = kserveCall(kpb.NewGRPCInferenceServiceClient(conn.ClientConn), *model, t, prio == pb.Priority_PRIORITY_STAT)
+		kc := kpb.NewGRPCInferenceServiceClient(conn.ClientConn)
+		reqs := []*kpb.ModelInferRequest{kserveRequest(*model, t, prio == pb.Priority_PRIORITY_STAT)}
+		if *sharedMem {
+			slots := 64 // open loop: as many in flight as the server lets wait
+			if *rates == "" {
+				slots = slices.Max(levels)
+			}
+			region, err := shareTensors(ctx, kc, reqs[0], t.GetData(), max(slots, 1))
+			if err != nil {
+				return fail(1, "--shared-memory: %v", err)
+			}
+			defer region.close(context.Background(), kc)
+			reqs = region.reqs
+		}
+		call = kserveCall(kc, reqs...)
 	}
 	rep := &bench.Report{Command: strings.Join(os.Args, " "), Target: target, Model: *model, StartedAt: time.Now().UTC(),
 		Machine: map[string]string{"goos": runtime.GOOS, "goarch": runtime.GOARCH, "cpus": strconv.Itoa(runtime.NumCPU()),
@@ -142,6 +163,22 @@ func run() int {
 	// The server's statistics give each step's mean batch size (KServe
 	// ModelStatistics; Triton serves it too).
 	ks := kpb.NewGRPCInferenceServiceClient(conn.ClientConn)
+	// KServe responses carry no server times: the queue and compute split
+	// of a step comes from the statistics before and after it.
+	cfg.Times = func(ctx context.Context) (bench.ServerTimes, error) {
+		st, err := ks.ModelStatistics(ctx, &kpb.ModelStatisticsRequest{Name: *model})
+		if err != nil {
+			return bench.ServerTimes{}, err
+		}
+		var t bench.ServerTimes
+		for _, m := range st.GetModelStats() {
+			is := m.GetInferenceStats()
+			t.Requests += int64(is.GetSuccess().GetCount())
+			t.Queue += time.Duration(is.GetQueue().GetNs())
+			t.Compute += time.Duration(is.GetComputeInput().GetNs() + is.GetComputeInfer().GetNs() + is.GetComputeOutput().GetNs())
+		}
+		return t, nil
+	}
 	cfg.Batches = func(ctx context.Context) (int64, int64, error) {
 		st, err := ks.ModelStatistics(ctx, &kpb.ModelStatisticsRequest{Name: *model})
 		if err != nil {
@@ -160,7 +197,7 @@ func run() int {
 		cfg.ProbeRate = *statRate
 		cfg.Probe = inferCall(conn, stat)
 		if *protocol == "kserve" {
-			cfg.Probe = kserveCall(kpb.NewGRPCInferenceServiceClient(conn.ClientConn), *model, t, true)
+			cfg.Probe = kserveCall(kpb.NewGRPCInferenceServiceClient(conn.ClientConn), kserveRequest(*model, t, true))
 		}
 	}
 	// On a terminal, a progress bar redrawn in place; in logs, a line per step.
@@ -238,9 +275,9 @@ func phantomStudy(kind phantom.Kind, matrix int, sliceMM float64) ([][]byte, err
 	return c.Series.Encode()
 }
 
-// kserveCall sends t through KServe's ModelInfer (raw contents), STAT as
-// priority level 1.
-func kserveCall(c kpb.GRPCInferenceServiceClient, model string, t *pb.Tensor, stat bool) bench.Call {
+// kserveRequest sends t through KServe's ModelInfer (raw contents), STAT
+// as priority level 1.
+func kserveRequest(model string, t *pb.Tensor, stat bool) *kpb.ModelInferRequest {
 	dt, _ := server.DTypeFromProto(t.GetDataType())
 	req := &kpb.ModelInferRequest{ModelName: model,
 		Inputs:           []*kpb.ModelInferRequest_InferInputTensor{{Name: t.GetName(), Datatype: server.KServeDatatype(dt), Shape: t.GetShape()}},
@@ -248,9 +285,16 @@ func kserveCall(c kpb.GRPCInferenceServiceClient, model string, t *pb.Tensor, st
 	if stat {
 		req.Parameters = map[string]*kpb.InferParameter{"priority": {ParameterChoice: &kpb.InferParameter_Int64Param{Int64Param: 1}}}
 	}
+	return req
+}
+
+// kserveCall sends reqs in turn: one request, or one per shared memory
+// slot, so that calls in flight write their outputs apart (shm.go).
+func kserveCall(c kpb.GRPCInferenceServiceClient, reqs ...*kpb.ModelInferRequest) bench.Call {
+	var next atomic.Int64
 	return func(ctx context.Context) (time.Duration, time.Duration, error) {
-		_, err := c.ModelInfer(ctx, req)
-		return 0, 0, err // KServe responses carry no server-side timings
+		_, err := c.ModelInfer(ctx, reqs[next.Add(1)%int64(len(reqs))])
+		return 0, 0, err // KServe responses carry no server times: cfg.Times gives them
 	}
 }
 
