@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,6 +57,7 @@ func run() int {
 	phantomSlice := fs.Float64("phantom-slice-mm", 0, "--phantom slice thickness in mm (default: drawn by the generator)")
 	phantomKind := fs.String("phantom", "", "send a whole phantom study as DICOM instead of a tensor: head-ct, chest-xr or abdomen-ct (seed 300000; voxserve protocol): the full pipeline under load")
 	sharedMem := fs.Bool("shared-memory", false, "with --protocol kserve: pass the input and fixed-size outputs through a system shared memory region (Triton's extension; the server must run with --shared-memory, and on this host)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (the in-process server included) to this file, for go tool pprof")
 	protocol := fs.String("protocol", "voxserve", "voxserve (voxserve.v1.Inference) or kserve (KServe v2 ModelInfer, so the same sweep measures Triton or any KServe server)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -96,6 +98,17 @@ func run() int {
 	}
 	defer conn.Close()
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fail(1, "--cpuprofile: %v", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fail(1, "--cpuprofile: %v", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if *protocol != "voxserve" && *protocol != "kserve" {
