@@ -22,6 +22,12 @@ type Options struct {
 	// SpacingTolerance is the largest gap deviation, in mm, that still counts
 	// as even (default 0.05 mm, about DICOM's decimal-string precision).
 	SpacingTolerance float64
+	// Voxels, if set, provides the memory each volume's float32 values are
+	// decoded into, and the function that gives it back: page-locked
+	// memory from a GPU, so that the volume's upload to the device runs
+	// at full speed and asynchronously, with no staging copy. The series
+	// then holds it until Release. nil: Go memory.
+	Voxels func(n int) (v []float32, release func())
 }
 
 func (o Options) tolerance() float64 {
@@ -61,6 +67,26 @@ type Series struct {
 	// Projection marks a single image without patient-space orientation
 	// (DX, CR): it has no slice geometry to place derived frames on.
 	Projection bool
+	// release gives back the volume's memory from Options.Voxels.
+	release func()
+}
+
+// Release gives the volume's memory back when it came from
+// Options.Voxels; the volume must not be used after it. It does nothing
+// for Go memory, and a second call does nothing.
+func (s *Series) Release() {
+	if s != nil && s.release != nil {
+		s.release()
+		s.release = nil
+		s.Volume = nil
+	}
+}
+
+// ReleaseAll releases every series in list.
+func ReleaseAll(list []*Series) {
+	for _, s := range list {
+		s.Release()
+	}
 }
 
 // Skipped is an input that was not part of any series, and why.
@@ -106,6 +132,7 @@ func ReadStudy(inputs []Input, opts Options) ([]*Series, []Skipped, error) {
 	for _, g := range Group(good) {
 		s, err := Assemble(g, opts)
 		if err != nil {
+			ReleaseAll(out)
 			return nil, skipped, err
 		}
 		out = append(out, s)
@@ -198,7 +225,7 @@ func Assemble(instances []*Instance, opts Options) (*Series, error) {
 			return nil, err
 		}
 	}
-	if err := decodeInto(s, slices, geo); err != nil {
+	if err := decodeInto(s, slices, geo, opts); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -303,17 +330,23 @@ func sliceName(sl slice) string {
 }
 
 // decodeInto decodes every slice into one float32 volume, in parallel.
-func decodeInto(s *Series, slices []slice, geo volume.Geometry) error {
+func decodeInto(s *Series, slices []slice, geo volume.Geometry, opts Options) error {
 	first := slices[0].in
 	rows, cols := first.Rows, first.Columns
 	n := rows * cols
-	vox := make([]float32, n*len(slices))
+	var vox []float32
+	if opts.Voxels != nil {
+		vox, s.release = opts.Voxels(n * len(slices))
+	} else {
+		vox = make([]float32, n*len(slices))
+	}
 	errs := make([]error, len(slices))
 	parallel(len(slices), func(i int) {
 		errs[i] = slices[i].in.DecodeFrame(slices[i].frame, vox[i*n:(i+1)*n])
 	})
 	for _, err := range errs {
 		if err != nil {
+			s.Release()
 			return err
 		}
 	}

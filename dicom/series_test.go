@@ -372,3 +372,54 @@ func TestRLEErrors(t *testing.T) {
 	over := append(append([]byte{}, hdr...), 0xF0, 9) // replicate 17 times: overflows
 	assert.ErrorContains(t, decodeRLE(over, 2, 2, 1, out), "overflows")
 }
+
+// lender is an Options.Voxels that records what it lends and gets back.
+type lender struct {
+	lent, back int
+	bufs       [][]float32
+}
+
+func (l *lender) voxels(n int) ([]float32, func()) {
+	b := make([]float32, n+3)[:n] // larger than asked, as a pool's buffers are
+	for i := range b {
+		b[i] = float32(math.NaN()) // poisoned: every value must be decoded
+	}
+	l.lent++
+	l.bufs = append(l.bufs, b)
+	return b, func() { l.back++ }
+}
+
+// Volumes decode into memory Options.Voxels lends (a GPU's page-locked
+// buffers), equal to Go memory's, and go back on Release, on a failed
+// study, and never twice.
+func TestVoxelsLentAndReleased(t *testing.T) {
+	src := ctSeries()
+	files, err := src.Encode()
+	require.NoError(t, err)
+	plain, _, err := ReadStudy(inputs(t, files), Options{})
+	require.NoError(t, err)
+
+	var l lender
+	series, _, err := ReadStudy(inputs(t, files), Options{Voxels: l.voxels})
+	require.NoError(t, err)
+	require.Len(t, series, 1)
+	assert.Equal(t, 1, l.lent)
+	assert.Equal(t, voxels(t, plain[0]), voxels(t, series[0]))
+	assert.Equal(t, &l.bufs[0][0], &voxels(t, series[0])[0], "decoded in place, not copied")
+	series[0].Release()
+	series[0].Release()
+	assert.Equal(t, 1, l.back)
+	assert.Nil(t, series[0].Volume)
+
+	// A second series that fails to assemble gives the first one's back.
+	other := ctSeries()
+	other.SeriesUID = "1.2.3.5"
+	bad, err := other.Encode()
+	require.NoError(t, err)
+	bad = append(bad, bad[2]) // a slice twice: the series cannot be assembled
+	l = lender{}
+	_, _, err = ReadStudy(inputs(t, append(files, bad...)), Options{Voxels: l.voxels})
+	require.Error(t, err)
+	assert.Positive(t, l.lent, "the good series was decoded before the bad one failed: %v", err)
+	assert.Equal(t, l.lent, l.back, "everything lent came back")
+}

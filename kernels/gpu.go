@@ -50,7 +50,14 @@ type GPU struct {
 	// mem caches device buffers between calls (pool.go): after warm-up a
 	// request allocates and frees no device memory.
 	mem *pool[cuda.Ptr]
+	// host caches the page-locked buffers HostFloat32s lends.
+	host *pool[[]byte]
 }
+
+// hostPoolBytes is how much idle page-locked memory the GPU keeps for
+// volumes (a few studies): pinning costs milliseconds per hundred MB, so
+// buffers are recycled, but pinned memory is taken from the whole machine.
+const hostPoolBytes = 2 << 30
 
 // poolShare is the share of the device's memory the buffer cache may hold
 // idle; the rest stays free for ONNX Runtime's arena.
@@ -92,7 +99,8 @@ func Open(ordinal int) (*GPU, error) {
 		return nil, err
 	}
 	g := &GPU{Dev: dev, mod: mod, fn: map[string]*cuda.Function{},
-		mem: newPool(int64(total/poolShare), dev.Alloc, dev.Free)}
+		mem:  newPool(int64(total/poolShare), dev.Alloc, dev.Free),
+		host: newPool(hostPoolBytes, dev.AllocHost, dev.FreeHost)}
 	for _, name := range kernelNames {
 		f, err := dev.Function(mod, name)
 		if err != nil {
@@ -110,12 +118,25 @@ func (g *GPU) Close() error {
 		g.Dev.DestroyStream(s)
 	}
 	g.spares = nil
-	err := errors.Join(g.mem.close(), g.Dev.UnloadModule(g.mod))
+	err := errors.Join(g.mem.close(), g.host.close(), g.Dev.UnloadModule(g.mod))
 	return errors.Join(err, g.Dev.Close())
 }
 
 // Name implements Ops.
 func (g *GPU) Name() string { return "cuda: " + g.Dev.Name }
+
+// HostFloat32s lends n float32 values of page-locked memory, and the
+// function that gives them back: the server decodes a study's volume into
+// it, so that the upload to the device is one asynchronous copy at full
+// speed, with no staging through a driver buffer. If no page-locked
+// memory can be had, it lends Go memory instead.
+func (g *GPU) HostFloat32s(n int) ([]float32, func()) {
+	b, class, err := g.host.get(4 * max(n, 1))
+	if err != nil {
+		return make([]float32, n), func() {}
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), n), func() { _ = g.host.put(b, class) }
+}
 
 // call is one operation's stream and the device buffers it allocated.
 type call struct {

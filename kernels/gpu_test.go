@@ -7,7 +7,10 @@ import (
 	"os"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/voxserve/voxserve/preprocess"
 )
 
 // openGPU opens device 0, or skips where there is none; VOXSERVE_REQUIRE_GPU=1
@@ -46,4 +49,34 @@ func TestGPUMemoryReturned(t *testing.T) {
 	free1, _, err := g.Dev.MemInfo()
 	require.NoError(t, err)
 	require.InDelta(t, float64(free0), float64(free1), 4<<20, "free memory before %d, after %d", free0, free1)
+}
+
+// A volume decoded into page-locked memory HostFloat32s lends gives the
+// same fused pass as Go memory, and the buffer is reused once given back.
+func TestGPUHostFloat32s(t *testing.T) {
+	g := openGPU(t)
+	defer g.Close()
+	dims := [3]int{96, 80, 40}
+	n := dims[0] * dims[1] * dims[2]
+	v, release := g.HostFloat32s(n)
+	require.Len(t, v, n)
+	goMem := make([]float32, n)
+	for i := range v {
+		v[i] = float32(i%2000) - 1000
+		goMem[i] = v[i]
+	}
+	var maps [3]preprocess.AxisMap
+	for a := 0; a < 3; a++ {
+		maps[a] = preprocess.NewAxisMap(dims[a]/2, dims[a], 2, preprocess.Linear)
+	}
+	ws := []preprocess.Window{{Center: 40, Width: 80}, {Center: 600, Width: 2800}}
+	out := dims[0] / 2 * (dims[1] / 2) * (dims[2] / 2) * len(ws)
+	a, b := make([]float32, out), make([]float32, out)
+	require.NoError(t, g.WindowResample(v, dims, maps, ws, a))
+	require.NoError(t, g.WindowResample(goMem, dims, maps, ws, b))
+	assert.Equal(t, b, a)
+	release()
+	_, again := g.HostFloat32s(n)
+	again()
+	assert.Equal(t, int64(1), g.host.reuses)
 }

@@ -59,11 +59,17 @@ func studyVolume(spec *bundle.Spec, in *pb.DicomInput, opts dicom.Options) (*dic
 			for _, s := range all {
 				list = append(list, fmt.Sprintf("%s (%s, %d slices)", s.SeriesInstanceUID, s.Modality, len(s.Slices)))
 			}
+			dicom.ReleaseAll(all)
 			return nil, warnings, invalid("dicom.instances: %d image series (%s) and %d that model %q accepts; send one series",
 				len(all), strings.Join(list, ", "), len(candidates), spec.Name)
 		}
 	}
 	s := candidates[0]
+	for _, o := range all {
+		if o != s {
+			o.Release()
+		}
+	}
 	for _, p := range s.Problems {
 		warnings = append(warnings, fmt.Sprintf("series %s: %s", s.SeriesInstanceUID, p))
 	}

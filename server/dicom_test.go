@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -314,10 +315,10 @@ func (a *countingAccel) SourceLabels(ch *preprocess.Channels, model, source volu
 	return kernels.CPU{}.SourceLabels(ch, model, source, size, act, th, minVoxels)
 }
 
-// With an accelerator the windowed bundle's fused pass runs there and the
-// answer is the CPU's; GetModel says where preprocessing runs; a failing
-// accelerator falls back to the CPU with a warning.
-func TestInferWithAccelerator(t *testing.T) {
+// acceleratorCase is a repository with a windowed bundle (its fused pass
+// accelerated) and a patched one (nothing to accelerate), a head CT request
+// for the windowed one, and the CPU's answer to it.
+func acceleratorCase(t *testing.T) (string, *pb.InferRequest, *pb.InferResponse) {
 	repo := testrepo.Write(t,
 		testrepo.Bundle{Name: "windowed", YAML: windowedYAML, Versions: map[int64][]byte{1: onnxbuild.Threshold2D(0.75, 40).Marshal()}},
 		testrepo.Bundle{Name: "patched", YAML: patchesYAML, Versions: map[int64][]byte{1: onnxbuild.Hyperdensity(60, 5).Marshal()}})
@@ -327,6 +328,14 @@ func TestInferWithAccelerator(t *testing.T) {
 	req := &pb.InferRequest{Model: "windowed", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}}
 	want, err := start(t, repo, Options{}).client.Infer(ctxT(t), req)
 	require.NoError(t, err)
+	return repo, req, want
+}
+
+// With an accelerator the windowed bundle's fused pass runs there and the
+// answer is the CPU's; GetModel says where preprocessing runs; a failing
+// accelerator falls back to the CPU with a warning.
+func TestInferWithAccelerator(t *testing.T) {
+	repo, req, want := acceleratorCase(t)
 
 	acc := &countingAccel{}
 	h := start(t, repo, Options{Accelerator: acc})
@@ -338,7 +347,7 @@ func TestInferWithAccelerator(t *testing.T) {
 	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
 	assert.Equal(t, want.GetMasks()[0].GetDims(), got.GetMasks()[0].GetDims())
 	// Patches: no windows to accelerate, but the mask is labelled there.
-	preq := &pb.InferRequest{Model: "patched", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}}}
+	preq := &pb.InferRequest{Model: "patched", Input: req.Input}
 	pwant, err := start(t, repo, Options{}).client.Infer(ctxT(t), preq)
 	require.NoError(t, err)
 	pgot, err := h.client.Infer(ctxT(t), preq)
@@ -364,4 +373,69 @@ func TestInferWithAccelerator(t *testing.T) {
 	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
 	assert.Contains(t, strings.Join(got.GetWarnings(), "\n"), "preprocessing on test accelerator failed (device lost); ran on the CPU")
 	assert.Contains(t, strings.Join(got.GetWarnings(), "\n"), "labelling probability_map on test accelerator failed (device lost); ran on the CPU")
+}
+
+// lendingAccel also lends the memory volumes are decoded into, as
+// kernels.GPU lends page-locked buffers, and checks that the fused pass
+// reads the study from it.
+type lendingAccel struct {
+	countingAccel
+	mu         sync.Mutex
+	lent, back int
+	bufs       [][]float32
+	fromLent   int
+}
+
+func (a *lendingAccel) HostFloat32s(n int) ([]float32, func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.lent++
+	b := make([]float32, n)
+	a.bufs = append(a.bufs, b)
+	return b, func() {
+		a.mu.Lock()
+		a.back++
+		a.mu.Unlock()
+	}
+}
+
+func (a *lendingAccel) WindowResample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
+	a.mu.Lock()
+	for _, b := range a.bufs {
+		if &b[0] == &src[0] {
+			a.fromLent++
+		}
+	}
+	a.mu.Unlock()
+	return a.countingAccel.WindowResample(src, dims, maps, ws, out)
+}
+
+// A study for a bundle whose preprocessing the accelerator runs is decoded
+// into memory the accelerator lends, read from there by the fused pass,
+// and given back by the time the answer comes, also when the request
+// fails; a bundle it does not accelerate keeps Go memory.
+func TestInferDecodesIntoLentMemory(t *testing.T) {
+	repo, req, want := acceleratorCase(t)
+
+	acc := &lendingAccel{}
+	h := start(t, repo, Options{Accelerator: acc})
+	got, err := h.client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	acc.mu.Lock()
+	assert.Equal(t, 1, acc.lent)
+	assert.Equal(t, 1, acc.back)
+	assert.Equal(t, 1, acc.fromLent, "the fused pass read the lent memory")
+	acc.mu.Unlock()
+
+	_, err = h.client.Infer(ctxT(t), &pb.InferRequest{Model: "patched", Input: req.Input})
+	require.NoError(t, err)
+	// Bad input after the study was decoded: the memory still comes back.
+	_, err = h.client.Infer(ctxT(t), &pb.InferRequest{Model: "windowed", Input: req.Input,
+		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_DICOM_SEG}, SegOmitEmptyFrames: true, Priority: pb.Priority(99)})
+	require.Error(t, err)
+	acc.mu.Lock()
+	defer acc.mu.Unlock()
+	assert.Equal(t, 2, acc.lent, "patched has no windows: Go memory")
+	assert.Equal(t, acc.lent, acc.back)
 }

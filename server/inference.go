@@ -73,10 +73,13 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			}
 		} else {
 			var warnings []string
-			series, warnings, err = studyVolume(m.Spec, in.(*pb.InferRequest_Dicom).Dicom, s.dicomOpts)
+			series, warnings, err = studyVolume(m.Spec, in.(*pb.InferRequest_Dicom).Dicom, s.studyOptions(m.Spec))
 			if err != nil {
 				return nil, err
 			}
+			// The volume may be page-locked memory lent for the request
+			// (studyOptions); nothing in the response points into it.
+			defer series.Release()
 			// The series holds what the rest needs: let the collector have
 			// the instances' bytes (the size of the study) now, not when
 			// the request ends.
@@ -376,6 +379,26 @@ func (s *inference) UnloadModel(ctx context.Context, req *pb.UnloadModelRequest)
 }
 
 // sourceLabels labels a mask output on the study's grid through la.
+// hostVolumes is implemented by accelerators whose uploads are fastest
+// from memory they lend (kernels.GPU: page-locked buffers, recycled).
+type hostVolumes interface {
+	HostFloat32s(n int) ([]float32, func())
+}
+
+// studyOptions are the DICOM options for a request to spec: volumes are
+// decoded straight into the accelerator's page-locked memory when the
+// bundle's preprocessing runs on it, so that the volume goes to the
+// device in one asynchronous copy at full speed.
+func (s *inference) studyOptions(spec *bundle.Spec) dicom.Options {
+	opts := s.dicomOpts
+	if hv, ok := s.acc.(hostVolumes); ok && spec.Preprocessing != nil {
+		if pp := spec.Preprocessing.Spec(); pp.Accelerates() {
+			opts.Voxels = hv.HostFloat32s
+		}
+	}
+	return opts
+}
+
 func sourceLabels(la preprocess.LabelAccelerator, plan *preprocess.Prepared, out *tensor.Tensor, decl bundle.Output, study *postprocess.Study) (*postprocess.Mask, error) {
 	ch, err := plan.ModelChannels(out)
 	if err != nil {
