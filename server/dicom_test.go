@@ -439,3 +439,31 @@ func TestInferDecodesIntoLentMemory(t *testing.T) {
 	assert.Equal(t, 2, acc.lent, "patched has no windows: Go memory")
 	assert.Equal(t, acc.lent, acc.back)
 }
+
+// Of several series in one request, the ones not picked go back at once;
+// when none can be picked, all of them do.
+func TestLentMemoryOfSeveralSeries(t *testing.T) {
+	repo, req, _ := acceleratorCase(t)
+	ct := req.GetDicom().GetInstances()
+	mr, _ := headCT()
+	mr.SeriesUID, mr.Modality = mr.SeriesUID+".7", "MR"
+	mrFiles, err := mr.Encode()
+	require.NoError(t, err)
+	ct2, _ := headCT()
+	ct2.SeriesUID += ".8"
+	ct2Files, err := ct2.Encode()
+	require.NoError(t, err)
+
+	acc := &lendingAccel{}
+	h := start(t, repo, Options{Accelerator: acc})
+	both := append(append([][]byte{}, ct...), mrFiles...)
+	_, err = h.client.Infer(ctxT(t), &pb.InferRequest{Model: "windowed", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: both}}})
+	require.NoError(t, err, "the CT is picked, the MR is not")
+	two := append(append([][]byte{}, ct...), ct2Files...)
+	_, err = h.client.Infer(ctxT(t), &pb.InferRequest{Model: "windowed", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: two}}})
+	require.ErrorContains(t, err, "send one series")
+	acc.mu.Lock()
+	defer acc.mu.Unlock()
+	assert.Equal(t, 4, acc.lent)
+	assert.Equal(t, 4, acc.back)
+}
