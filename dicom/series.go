@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
@@ -28,6 +29,13 @@ type Options struct {
 	// at full speed and asynchronously, with no staging copy. The series
 	// then holds it until Release. nil: Go memory.
 	Voxels func(n int) (v []float32, release func())
+	// Stored, if set, provides memory for int16 stored values: a series
+	// whose slices are all native 16-bit data that fits int16, MONOCHROME2,
+	// with one rescale slope and intercept, keeps its stored values and
+	// the rescale (volume.Volume.Rescale) instead of float32 values. A GPU
+	// then uploads half the bytes, and the fused kernel rescales as it
+	// reads. Other series decode to float32 as usual.
+	Stored func(n int) (v []int16, release func())
 }
 
 func (o Options) tolerance() float64 {
@@ -329,11 +337,17 @@ func sliceName(sl slice) string {
 	return sl.in.Source
 }
 
-// decodeInto decodes every slice into one float32 volume, in parallel.
+// decodeInto decodes every slice into one float32 volume, in parallel, or
+// into int16 stored values when Options.Stored asks and the series allows.
 func decodeInto(s *Series, slices []slice, geo volume.Geometry, opts Options) error {
 	first := slices[0].in
 	rows, cols := first.Rows, first.Columns
 	n := rows * cols
+	if opts.Stored != nil {
+		if rs, ok := storedInt16(slices); ok {
+			return decodeStored(s, slices, geo, opts, rs)
+		}
+	}
 	var vox []float32
 	if opts.Voxels != nil {
 		vox, s.release = opts.Voxels(n * len(slices))
@@ -350,18 +364,72 @@ func decodeInto(s *Series, slices []slice, geo volume.Geometry, opts Options) er
 			return err
 		}
 	}
+	s.setVolume(slices, geo, tensor.Float32, float32Bytes(vox), nil)
+	return nil
+}
+
+// setVolume records the slices' sources and the decoded volume.
+func (s *Series) setVolume(slices []slice, geo volume.Geometry, dt tensor.DType, data []byte, rs *volume.Rescale) {
 	s.Slices = make([]SliceRef, len(slices))
 	for i, sl := range slices {
 		s.Slices[i] = SliceRef{SOPInstanceUID: sl.in.SOPInstanceUID, SOPClassUID: sl.in.SOPClassUID, Frame: sl.frame + 1}
 	}
-	data := float32Bytes(vox)
+	first := slices[0].in
+	dims := []int64{int64(len(slices)), int64(first.Rows), int64(first.Columns)}
 	s.Volume = &volume.Volume{
-		Dims:     [3]int64{int64(len(slices)), int64(rows), int64(cols)},
+		Dims:     [3]int64(dims),
 		Geometry: geo,
-		Voxels:   tensor.Tensor{Name: "volume", DType: tensor.Float32, Shape: []int64{int64(len(slices)), int64(rows), int64(cols)}, Data: data},
+		Voxels:   tensor.Tensor{Name: "volume", DType: dt, Shape: dims, Data: data},
+		Rescale:  rs,
 		Modality: s.Modality,
 		BodyPart: s.BodyPart,
 	}
+}
+
+// storedInt16 says whether every slice's stored values fit int16 as they
+// are (native 16-bit little-endian data, signed, or unsigned with at most
+// 15 bits stored; MONOCHROME2) with one rescale, and returns it.
+func storedInt16(slices []slice) (*volume.Rescale, bool) {
+	var rs *volume.Rescale
+	for _, sl := range slices {
+		in := sl.in
+		if in.native == nil || in.BitsAllocated != 16 || in.bigEndian || in.Photometric == "MONOCHROME1" ||
+			in.SamplesPerPixel > 1 || (in.PixelRepresentation == 1) != (in.BitsStored == 16) || in.BitsStored > 16 ||
+			len(in.native) < (sl.frame+1)*2*in.Pixels() {
+			return nil, false
+		}
+		f := in.Frames[sl.frame]
+		r := &volume.Rescale{Slope: float32(f.Slope), Intercept: float32(f.Intercept)}
+		if rs == nil {
+			rs = r
+		} else if *rs != *r {
+			return nil, false
+		}
+	}
+	return rs, rs != nil
+}
+
+// decodeStored copies the slices' stored values into one int16 volume.
+// Unsigned values of at most 15 bits are masked to their bits (the rest of
+// the word is not pixel data) and fit int16 unchanged.
+func decodeStored(s *Series, slices []slice, geo volume.Geometry, opts Options, rs *volume.Rescale) error {
+	n := slices[0].in.Pixels()
+	vox, release := opts.Stored(n * len(slices))
+	s.release = release
+	parallel(len(slices), func(i int) {
+		in, k := slices[i].in, slices[i].frame
+		src := unsafe.Slice((*int16)(unsafe.Pointer(unsafe.SliceData(in.native[k*2*n:]))), n)
+		dst := vox[i*n : (i+1)*n]
+		if in.PixelRepresentation == 1 {
+			copy(dst, src)
+			return
+		}
+		mask := int16(1)<<in.BitsStored - 1
+		for j, v := range src {
+			dst[j] = v & mask
+		}
+	})
+	s.setVolume(slices, geo, tensor.Int16, unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(vox))), 2*len(vox)), rs)
 	return nil
 }
 

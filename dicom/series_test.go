@@ -15,6 +15,7 @@ import (
 	"github.com/suyashkumar/dicom/pkg/tag"
 
 	"github.com/voxserve/voxserve/dicom/dicomwrite"
+	"github.com/voxserve/voxserve/tensor"
 )
 
 func ctSeries() dicomwrite.Series {
@@ -422,4 +423,92 @@ func TestVoxelsLentAndReleased(t *testing.T) {
 	require.Error(t, err)
 	assert.Positive(t, l.lent, "the good series was decoded before the bad one failed: %v", err)
 	assert.Equal(t, l.lent, l.back, "everything lent came back")
+}
+
+func storedLender(lent *int) func(n int) ([]int16, func()) {
+	return func(n int) ([]int16, func()) {
+		*lent++
+		return make([]int16, n), func() {}
+	}
+}
+
+// With Options.Stored, a series whose stored values fit int16 under one
+// rescale keeps them (half the bytes for a GPU to upload), and its values
+// in HU are exactly the float32 path's; any other series decodes to
+// float32 as before.
+func TestStoredInt16Volumes(t *testing.T) {
+	enc := func(t *testing.T, edit func(*dicomwrite.Series), slice func(k int, s *dicomwrite.Slice)) [][]byte {
+		src := ctSeries()
+		src.Value = func(i, j, k int) int32 { return int32(-1500 + 997*k + 31*j + 7*i) }
+		if edit != nil {
+			edit(&src)
+		}
+		var files [][]byte
+		for k := 0; k < src.Slices; k++ {
+			s := src.Slice(k)
+			if slice != nil {
+				slice(k, &s)
+			}
+			b, err := dicomwrite.Encode(s)
+			require.NoError(t, err)
+			files = append(files, b)
+		}
+		return files
+	}
+	tests := []struct {
+		name  string
+		files func(t *testing.T) [][]byte
+		int16 bool
+	}{
+		{"signed CT", func(t *testing.T) [][]byte { return enc(t, nil, nil) }, true},
+		{"rescale slope 2", func(t *testing.T) [][]byte {
+			return enc(t, func(s *dicomwrite.Series) { s.Slope, s.Intercept = 2, -3 }, nil)
+		}, true},
+		{"unsigned 12 bits, garbage above", func(t *testing.T) [][]byte {
+			return enc(t, func(s *dicomwrite.Series) {
+				s.Unsigned, s.Intercept = true, 0
+				s.Value = func(i, j, k int) int32 { return int32(0xF000 | (100*k + 10*j + i)) }
+			}, func(k int, s *dicomwrite.Slice) { s.BitsStored = 12 })
+		}, true},
+		{"unsigned 16 bits", func(t *testing.T) [][]byte {
+			return enc(t, func(s *dicomwrite.Series) {
+				s.Unsigned, s.Intercept = true, 0
+				s.Value = func(i, j, k int) int32 { return int32(40000 + i) }
+			}, nil)
+		}, false},
+		{"rescale per slice", func(t *testing.T) [][]byte {
+			return enc(t, nil, func(k int, s *dicomwrite.Slice) { s.Intercept = float64(-1024 + k) })
+		}, false},
+		{"signed 12 bits", func(t *testing.T) [][]byte {
+			return enc(t, nil, func(k int, s *dicomwrite.Slice) { s.BitsStored = 12 })
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			files := tt.files(t)
+			plain, _, err := ReadStudy(inputs(t, files), Options{})
+			require.NoError(t, err)
+			lent := 0
+			stored, _, err := ReadStudy(inputs(t, files), Options{Stored: storedLender(&lent)})
+			require.NoError(t, err)
+			vol := stored[0].Volume
+			if !tt.int16 {
+				assert.Equal(t, tensor.Float32, vol.Voxels.DType)
+				assert.Nil(t, vol.Rescale)
+				assert.Zero(t, lent)
+				return
+			}
+			assert.Equal(t, tensor.Int16, vol.Voxels.DType)
+			require.NotNil(t, vol.Rescale)
+			assert.Equal(t, 1, lent)
+			want := voxels(t, plain[0])
+			got, shared, err := vol.Values()
+			require.NoError(t, err)
+			assert.False(t, shared)
+			assert.Equal(t, want, got)
+			asFloat, err := vol.Float32()
+			require.NoError(t, err)
+			assert.Equal(t, want, asFloat)
+		})
+	}
 }

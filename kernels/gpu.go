@@ -131,11 +131,22 @@ func (g *GPU) Name() string { return "cuda: " + g.Dev.Name }
 // speed, with no staging through a driver buffer. If no page-locked
 // memory can be had, it lends Go memory instead.
 func (g *GPU) HostFloat32s(n int) ([]float32, func()) {
-	b, class, err := g.host.get(4 * max(n, 1))
+	return hostSlice[float32](g, n)
+}
+
+// HostInt16s is HostFloat32s for int16 stored values, which the fused
+// kernel rescales as it reads them: half the bytes to upload.
+func (g *GPU) HostInt16s(n int) ([]int16, func()) {
+	return hostSlice[int16](g, n)
+}
+
+func hostSlice[T int16 | float32](g *GPU, n int) ([]T, func()) {
+	var zero T
+	b, class, err := g.host.get(int(unsafe.Sizeof(zero)) * max(n, 1))
 	if err != nil {
-		return make([]float32, n), func() {}
+		return make([]T, n), func() {}
 	}
-	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), n), func() { _ = g.host.put(b, class) }
+	return unsafe.Slice((*T)(unsafe.Pointer(unsafe.SliceData(b))), n), func() { _ = g.host.put(b, class) }
 }
 
 // call is one operation's stream and the device buffers it allocated.

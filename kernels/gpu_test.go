@@ -75,6 +75,16 @@ func TestGPUHostFloat32s(t *testing.T) {
 	require.NoError(t, g.WindowResample(v, dims, maps, ws, a))
 	require.NoError(t, g.WindowResample(goMem, dims, maps, ws, b))
 	assert.Equal(t, b, a)
+	// The same study as int16 stored values with their rescale, read by
+	// the int16 kernel from page-locked memory.
+	s, releaseS := g.HostInt16s(n)
+	for i := range s {
+		s[i] = int16(i%2000) - 1000 + 1024
+	}
+	c := make([]float32, out)
+	require.NoError(t, g.WindowResampleI16(s, dims, 1, -1024, maps, ws, c))
+	assert.Equal(t, b, c)
+	releaseS()
 	release()
 	_, again := g.HostFloat32s(n)
 	again()

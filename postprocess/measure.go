@@ -24,8 +24,29 @@ type Measurement struct {
 type Study struct {
 	Geometry volume.Geometry
 	// Values are the source voxels, z-major, or nil.
-	Values   []float32
-	Modality string
+	Values []float32
+	// Stored, when Values is nil, are the source voxels as int16 stored
+	// values, read as Stored*Slope + Intercept (float32 arithmetic, as
+	// DICOM decoding computes them): a volume kept int16 for the GPU.
+	Stored           []int16
+	Slope, Intercept float32
+	Modality         string
+}
+
+// voxels is how many source voxels the study has (0: none given).
+func (st *Study) voxels() int {
+	if st.Values != nil {
+		return len(st.Values)
+	}
+	return len(st.Stored)
+}
+
+// value is source voxel i in the modality's units.
+func (st *Study) value(i int) float32 {
+	if st.Values != nil {
+		return st.Values[i]
+	}
+	return float32(st.Stored[i])*st.Slope + st.Intercept
 }
 
 // RemoveSmallComponents zeroes the 26-connected components of each label
@@ -138,13 +159,13 @@ func measure(decl bundle.Output, m *Mask, st *Study) ([]Measurement, error) {
 			}
 			res.Unit = "cm"
 		case "mean_intensity":
-			if st.Values == nil || len(st.Values) != len(m.Voxels) {
+			if st.voxels() != len(m.Voxels) {
 				return nil, fmt.Errorf("measurement %q needs the source values on the mask's grid", ms.Name)
 			}
 			sum, n := 0.0, 0
 			for i, l := range m.Voxels {
 				if l == lab {
-					sum += float64(st.Values[i])
+					sum += float64(st.value(i))
 					n++
 				}
 			}

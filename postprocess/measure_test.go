@@ -62,6 +62,16 @@ func TestMeasurementsOnPhantoms(t *testing.T) {
 		}
 		res, err := Run(spec(out), []*tensor.Tensor{oneHot(c.Labels, tr.Dims, 2)}, true, &Study{Geometry: geometry(tr), Values: hu, Modality: "CT"})
 		require.NoError(t, err)
+		// The same study kept as int16 stored values with their rescale
+		// (a volume decoded for the GPU) measures the same, exactly.
+		stored := make([]int16, len(hu))
+		for i := range stored {
+			stored[i] = int16(c.Series.Value(i%tr.Dims[2], (i/tr.Dims[2])%tr.Dims[1], i/plane))
+		}
+		res16, err := Run(spec(out), []*tensor.Tensor{oneHot(c.Labels, tr.Dims, 2)}, true,
+			&Study{Geometry: geometry(tr), Stored: stored, Slope: 1, Intercept: -1024, Modality: "CT"})
+		require.NoError(t, err)
+		assert.Equal(t, res.Measurements, res16.Measurements)
 		got := map[string]Measurement{}
 		for _, m := range res.Measurements {
 			got[m.Label+"/"+m.Name] = m
@@ -140,11 +150,20 @@ func TestRunEmptyStudyIsNegative(t *testing.T) {
 	out := bundle.Output{Name: "m", Kind: "mask", Labels: []bundle.Label{{Name: "a", Threshold: 0.5}},
 		Measurements: []bundle.MeasurementSpec{{Name: "x", Type: "mean_intensity", Label: "a"}}}
 	mask := tensor.FromFloat32("m", []int64{1, 1, 2, 2}, []float32{1, 0, 0, 1})
-	res, err := Run(spec(out), []*tensor.Tensor{mask}, true, &Study{Geometry: volume.Identity(), Values: []float32{70, 70, 70, 70}, Modality: "CT"})
+	for _, st := range []*Study{
+		{Geometry: volume.Identity(), Values: []float32{70, 70, 70, 70}, Modality: "CT"},
+		{Geometry: volume.Identity(), Stored: []int16{35, 35, 35, 35}, Slope: 2, Modality: "CT"},
+		{Geometry: volume.Identity(), Stored: []int16{0, 100, 50, 24}, Slope: 1, Intercept: -1024, Modality: "CT"}, // all air
+	} {
+		res, err := Run(spec(out), []*tensor.Tensor{mask}, true, st)
+		require.NoError(t, err)
+		assert.Zero(t, res.Measurements[0].Value)
+		assert.Equal(t, []uint8{0, 0, 0, 0}, res.Masks[0].Voxels)
+		assert.Contains(t, res.Warnings[len(res.Warnings)-1], "nothing to find")
+	}
+	res, err := Run(spec(out), []*tensor.Tensor{mask}, true, &Study{Geometry: volume.Identity(), Stored: []int16{10, 99, 99, 20}, Slope: 2, Intercept: 1, Modality: "CT"})
 	require.NoError(t, err)
-	assert.Zero(t, res.Measurements[0].Value)
-	assert.Equal(t, []uint8{0, 0, 0, 0}, res.Masks[0].Voxels)
-	assert.Contains(t, res.Warnings[len(res.Warnings)-1], "nothing to find")
+	assert.InDelta(t, 31, res.Measurements[0].Value, 1e-9, "(21 + 41) / 2")
 }
 
 // removeSmallReference is the plain flood fill RemoveSmallComponents

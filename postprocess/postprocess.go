@@ -85,8 +85,8 @@ func MinVoxels(decl bundle.Output, study *Study) int {
 // negative, whatever the model made of it.
 func RunWith(spec *bundle.Spec, outputs []*tensor.Tensor, wantMasks bool, study *Study, premade map[int]*Mask) (*Result, error) {
 	res, err := run(spec, outputs, wantMasks, study, premade)
-	if err == nil && study != nil && len(study.Values) > 0 {
-		if why := EmptyStudy(study.Values, study.Modality); why != "" {
+	if err == nil && study != nil && study.voxels() > 0 {
+		if why := study.Empty(); why != "" {
 			res.Negative(why)
 		}
 	}
@@ -302,11 +302,25 @@ func labelRange(v []float32, channels, n int, activation string, thresholds []fl
 // something: every voxel the same value, or a CT whose voxels are all air
 // (at most -900 HU).
 func EmptyStudy(values []float32, modality string) string {
+	return emptyValues(values, func(v float32) float32 { return v }, modality)
+}
+
+// Empty is EmptyStudy over the study's source values, float32 or stored.
+func (st *Study) Empty() string {
+	if st.Values != nil {
+		return EmptyStudy(st.Values, st.Modality)
+	}
+	slope, icpt := st.Slope, st.Intercept
+	return emptyValues(st.Stored, func(v int16) float32 { return float32(v)*slope + icpt }, st.Modality)
+}
+
+func emptyValues[T any](values []T, at func(T) float32, modality string) string {
 	if len(values) == 0 {
 		return "the study has no voxels"
 	}
-	lo, hi := values[0], values[0]
-	for _, v := range values {
+	lo, hi := at(values[0]), at(values[0])
+	for _, x := range values {
+		v := at(x)
 		lo, hi = min(lo, v), max(hi, v)
 		// Stop at the first proof of content: most studies give it early.
 		if lo != hi && (modality != "CT" || hi > -900) {

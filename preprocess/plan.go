@@ -78,6 +78,15 @@ type Accelerator interface {
 	WindowResample(src []float32, dims [3]int, maps [3]AxisMap, ws []Window, out []float32) error
 }
 
+// AcceleratorI16 is an Accelerator that also takes int16 stored values
+// with their rescale, as DICOM stores them (kernels.GPU: half the bytes to
+// upload, rescaled as they are read). It must compute what rescaling to
+// float32 and WindowResample compute.
+type AcceleratorI16 interface {
+	Accelerator
+	WindowResampleI16(src []int16, dims [3]int, slope, intercept float32, maps [3]AxisMap, ws []Window, out []float32) error
+}
+
 // Accelerates says whether PrepareWith hands spec's work to an accelerator:
 // when it declares windows (the fused pass covers resampling and windows).
 func (s *Spec) Accelerates() bool { return len(s.Windows) > 0 }
@@ -90,12 +99,24 @@ func Prepare(v *volume.Volume, spec Spec, inputName string) (*Prepared, error) {
 // PrepareWith is Prepare with the resample + window pass on acc (nil: the
 // CPU). If acc fails, the pass runs on the CPU and Warnings says so.
 func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator) (*Prepared, error) {
-	g, err := FromVolume(v)
-	if err != nil {
-		return nil, err
+	// int16 stored values go to an accelerator that reads them as they are
+	// (no float32 copy of the study on the host); reorienting needs the
+	// values here, so a volume that needs it takes the float32 path.
+	var g *Grid
+	a16, _ := acc.(AcceleratorI16)
+	stored, i16 := v.Int16()
+	i16 = i16 && a16 != nil && spec.Accelerates() && !(spec.Orientation == "LPS" && NeedsReorient(v.Geometry))
+	if i16 {
+		g = &Grid{NX: int(v.Dims[2]), NY: int(v.Dims[1]), NZ: int(v.Dims[0]), Geometry: v.Geometry}
+	} else {
+		var err error
+		if g, err = FromVolume(v); err != nil {
+			return nil, err
+		}
 	}
 	p := &Prepared{Spec: spec, Source: g.Geometry, SourceSize: [3]int{g.NX, g.NY, g.NZ}}
-	if spec.Orientation == "LPS" {
+	if spec.Orientation == "LPS" && !i16 {
+		var err error
 		if g, err = Reorient(g); err != nil {
 			return nil, err
 		}
@@ -118,8 +139,23 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 		out.Geometry.Spacing = to
 		c := &Channels{C: len(spec.Windows), NX: size[0], NY: size[1], NZ: size[2]}
 		c.V = make([]float32, c.C*out.Len())
-		if err := acc.WindowResample(g.V, n, ResampleMaps(g, out, Linear), spec.Windows, c.V); err != nil {
+		var err error
+		if i16 {
+			slope, icpt := float32(1), float32(0)
+			if v.Rescale != nil {
+				slope, icpt = v.Rescale.Slope, v.Rescale.Intercept
+			}
+			err = a16.WindowResampleI16(stored, n, slope, icpt, ResampleMaps(g, out, Linear), spec.Windows, c.V)
+		} else {
+			err = acc.WindowResample(g.V, n, ResampleMaps(g, out, Linear), spec.Windows, c.V)
+		}
+		if err != nil {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("preprocessing on %s failed (%v); ran on the CPU", acc.Name(), err))
+			if i16 { // the CPU path needs the values as float32
+				if g, err = FromVolume(v); err != nil {
+					return nil, err
+				}
+			}
 		} else {
 			ch, g, p.Device = c, out, acc.Name()
 		}

@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
 )
 
@@ -27,10 +26,10 @@ type Grid struct {
 	shared bool
 }
 
-// FromVolume makes a Grid of a volume: a view of float32 data (no copy),
-// a float32 copy of anything else.
+// FromVolume makes a Grid of a volume's values in its modality's units: a
+// view of float32 data (no copy), a float32 copy of anything else.
 func FromVolume(v *volume.Volume) (*Grid, error) {
-	f, shared, err := tensor.Float32View(&v.Voxels)
+	f, shared, err := v.Values()
 	if err != nil {
 		return nil, err
 	}
@@ -257,10 +256,25 @@ func trilinearRow(row []float32, src *Grid, z0, z1, y0, y1 int, mx AxisMap, insi
 // as nearly as possible along patient L, P and S (DICOM's LPS), without
 // resampling. It returns g itself when the grid is already so oriented.
 func Reorient(g *Grid) (*Grid, error) {
-	d := g.Geometry.Direction
-	// perm[a] is the volume axis that becomes output axis a; flip says it runs backwards.
-	var perm [3]int
-	var flip [3]bool
+	perm, flip, err := orientation(g.Geometry.Direction)
+	if err != nil {
+		return nil, err
+	}
+	if perm == [3]int{0, 1, 2} && flip == [3]bool{} {
+		return g, nil
+	}
+	return reorient(g, perm, flip), nil
+}
+
+// NeedsReorient says whether Reorient would change a volume of geometry g.
+func NeedsReorient(g volume.Geometry) bool {
+	perm, flip, err := orientation(g.Direction)
+	return err != nil || perm != [3]int{0, 1, 2} || flip != [3]bool{}
+}
+
+// orientation finds, for each patient axis L, P, S, the volume axis
+// closest to it (perm) and whether it runs backwards (flip).
+func orientation(d [9]float64) (perm [3]int, flip [3]bool, err error) {
 	used := [3]bool{}
 	for a := 0; a < 3; a++ { // patient axis L, P, S
 		best, bestAbs := -1, 0.0
@@ -270,14 +284,17 @@ func Reorient(g *Grid) (*Grid, error) {
 			}
 		}
 		if best < 0 {
-			return nil, fmt.Errorf("direction cosines %v do not span three axes", d)
+			return perm, flip, fmt.Errorf("direction cosines %v do not span three axes", d)
 		}
 		used[best] = true
 		perm[a], flip[a] = best, d[3*best+a] < 0
 	}
-	if perm == [3]int{0, 1, 2} && flip == [3]bool{} {
-		return g, nil
-	}
+	return perm, flip, nil
+}
+
+// reorient permutes and flips g's axes.
+func reorient(g *Grid, perm [3]int, flip [3]bool) *Grid {
+	d := g.Geometry.Direction
 	in := [3]int{g.NX, g.NY, g.NZ}
 	out := &Grid{NX: in[perm[0]], NY: in[perm[1]], NZ: in[perm[2]]}
 	out.V = make([]float32, g.Len())
@@ -322,5 +339,5 @@ func Reorient(g *Grid) (*Grid, error) {
 			}
 		}
 	})
-	return out, nil
+	return out
 }

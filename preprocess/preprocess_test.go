@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -430,4 +431,73 @@ func TestToGridSeparableMatchesGeneral(t *testing.T) {
 			assert.Equal(t, slow.V, fast.V, "%s interp %d", tc.name, interp)
 		}
 	}
+}
+
+// refAccelI16 also reads int16 stored values with their rescale, as the
+// GPU's int16 kernel does; it counts which entry ran.
+type refAccelI16 struct {
+	refAccel
+	f32, i16 *int
+}
+
+func (a refAccelI16) WindowResample(src []float32, dims [3]int, maps [3]AxisMap, ws []Window, out []float32) error {
+	*a.f32++
+	return a.refAccel.WindowResample(src, dims, maps, ws, out)
+}
+
+func (a refAccelI16) WindowResampleI16(src []int16, dims [3]int, slope, icpt float32, maps [3]AxisMap, ws []Window, out []float32) error {
+	*a.i16++
+	v := make([]float32, len(src))
+	for i, s := range src {
+		v[i] = float32(s)*slope + icpt
+	}
+	return a.refAccel.WindowResample(v, dims, maps, ws, out)
+}
+
+// ctStored is ctVolume kept as int16 stored values with a rescale.
+func ctStored(dir [9]float64) *volume.Volume {
+	v := ctVolume()
+	f, _ := v.Float32()
+	s := make([]int16, len(f))
+	for i, x := range f {
+		s[i] = int16(x) + 1024
+	}
+	v.Geometry.Direction = dir
+	v.Voxels = tensor.Tensor{Name: "volume", DType: tensor.Int16, Shape: v.Dims[:], Data: unsafe.Slice((*byte)(unsafe.Pointer(&s[0])), 2*len(s))}
+	v.Rescale = &volume.Rescale{Slope: 1, Intercept: -1024}
+	return v
+}
+
+// An int16 volume with a rescale goes to an accelerator's int16 entry as
+// it is, and gives the float32 path's input bit for bit; a volume that
+// must be reoriented first, or an accelerator that fails, takes the
+// float32 path.
+func TestPrepareWithAcceleratorI16(t *testing.T) {
+	spec := Spec{Windows: []Window{{Center: 40, Width: 80}, {Center: 80, Width: 200}}, Layout: LayoutSlabs, SlabRadius: 1,
+		TargetSpacing: [3]float64{0.7, 0.9, 2}, InPlaneSize: [2]int{10, 12}, Orientation: "LPS"}
+	identity := [9]float64{1, 0, 0, 0, 1, 0, 0, 0, 1}
+	flipped := [9]float64{-1, 0, 0, 0, 1, 0, 0, 0, 1}
+	for _, dir := range [][9]float64{identity, flipped} {
+		plain := ctVolume()
+		plain.Geometry.Direction = dir
+		want, err := Prepare(plain, spec, "image")
+		require.NoError(t, err)
+		var f32, i16 int
+		got, err := PrepareWith(ctStored(dir), spec, "image", refAccelI16{f32: &f32, i16: &i16})
+		require.NoError(t, err)
+		assert.Equal(t, want.Input.Data, got.Input.Data)
+		assert.Equal(t, want.Model, got.Model)
+		if dir == identity {
+			assert.Equal(t, [2]int{0, 1}, [2]int{f32, i16}, "int16 as stored")
+		} else {
+			assert.Equal(t, [2]int{1, 0}, [2]int{f32, i16}, "reoriented first, as float32")
+		}
+	}
+	var f32, i16 int
+	fell, err := PrepareWith(ctStored(identity), spec, "image", refAccelI16{refAccel: refAccel{fail: true}, f32: &f32, i16: &i16})
+	require.NoError(t, err)
+	want, err := Prepare(ctVolume(), spec, "image")
+	require.NoError(t, err)
+	assert.Equal(t, want.Input.Data, fell.Input.Data)
+	assert.Contains(t, fell.Warnings[0], "ran on the CPU")
 }

@@ -180,7 +180,7 @@ func volumeInput(spec *bundle.Spec, vol *volume.Volume) (*tensor.Tensor, error) 
 	}
 	shape = append(shape, spatial...)
 	t := &tensor.Tensor{Name: in.Name, DType: vol.Voxels.DType, Shape: shape, Data: vol.Voxels.Data}
-	if string(t.DType) != in.DataType {
+	if string(t.DType) != in.DataType || vol.Rescale != nil {
 		if in.DataType != string(tensor.Float32) {
 			return nil, invalid("volume.data_type: model %q takes %s, the volume is %s", spec.Name, in.DataType, t.DType)
 		}

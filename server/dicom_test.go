@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -382,16 +383,17 @@ type lendingAccel struct {
 	countingAccel
 	mu         sync.Mutex
 	lent, back int
-	bufs       [][]float32
-	fromLent   int
+	bufs       []unsafe.Pointer // the first element of each lent buffer
+	fromLent   int              // fused passes that read a lent buffer
+	int16s     int              // of them, int16 stored values
 }
 
-func (a *lendingAccel) HostFloat32s(n int) ([]float32, func()) {
+func lend[T any](a *lendingAccel, n int) ([]T, func()) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.lent++
-	b := make([]float32, n)
-	a.bufs = append(a.bufs, b)
+	b := make([]T, n)
+	a.bufs = append(a.bufs, unsafe.Pointer(&b[0]))
 	return b, func() {
 		a.mu.Lock()
 		a.back++
@@ -399,15 +401,31 @@ func (a *lendingAccel) HostFloat32s(n int) ([]float32, func()) {
 	}
 }
 
-func (a *lendingAccel) WindowResample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
+func (a *lendingAccel) HostFloat32s(n int) ([]float32, func()) { return lend[float32](a, n) }
+func (a *lendingAccel) HostInt16s(n int) ([]int16, func())     { return lend[int16](a, n) }
+
+func (a *lendingAccel) readLent(p unsafe.Pointer) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	for _, b := range a.bufs {
-		if &b[0] == &src[0] {
+		if b == p {
 			a.fromLent++
 		}
 	}
-	a.mu.Unlock()
+}
+
+func (a *lendingAccel) WindowResample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
+	a.readLent(unsafe.Pointer(&src[0]))
 	return a.countingAccel.WindowResample(src, dims, maps, ws, out)
+}
+
+func (a *lendingAccel) WindowResampleI16(src []int16, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
+	a.readLent(unsafe.Pointer(&src[0]))
+	a.mu.Lock()
+	a.int16s++
+	a.mu.Unlock()
+	a.calls.Add(1)
+	return kernels.CPU{}.WindowResampleI16(src, dims, slope, intercept, maps, ws, out)
 }
 
 // A study for a bundle whose preprocessing the accelerator runs is decoded
@@ -421,11 +439,16 @@ func TestInferDecodesIntoLentMemory(t *testing.T) {
 	h := start(t, repo, Options{Accelerator: acc})
 	got, err := h.client.Infer(ctxT(t), req)
 	require.NoError(t, err)
+	// The CT's stored values fit int16 under one rescale: the fused pass
+	// reads them as int16 and the answer is the CPU's, exactly.
 	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	assert.Equal(t, want.GetFindings()[0].GetProbability(), got.GetFindings()[0].GetProbability())
+	assert.Equal(t, want.GetMeasurements(), got.GetMeasurements())
 	acc.mu.Lock()
 	assert.Equal(t, 1, acc.lent)
 	assert.Equal(t, 1, acc.back)
 	assert.Equal(t, 1, acc.fromLent, "the fused pass read the lent memory")
+	assert.Equal(t, 1, acc.int16s, "as int16 stored values")
 	acc.mu.Unlock()
 
 	_, err = h.client.Infer(ctxT(t), &pb.InferRequest{Model: "patched", Input: req.Input})

@@ -5,6 +5,9 @@ package volume
 import (
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
+	"unsafe"
 
 	"github.com/voxserve/voxserve/tensor"
 )
@@ -60,9 +63,64 @@ type Volume struct {
 	Dims     [3]int64
 	Geometry Geometry
 	// Voxels holds the values in their stored type, z-major.
-	Voxels   tensor.Tensor
+	Voxels tensor.Tensor
+	// Rescale, when set, maps the stored values to the modality's units
+	// (HU for CT): value = stored*Slope + Intercept, in float32 arithmetic.
+	// DICOM volumes keep int16 stored values this way when every slice
+	// shares one rescale, so that a GPU reads half the bytes. nil: the
+	// values are as stored.
+	Rescale  *Rescale
 	Modality string
 	BodyPart string
+}
+
+// Rescale is DICOM's modality LUT as a linear map (Rescale Slope and
+// Intercept).
+type Rescale struct {
+	Slope, Intercept float32
+}
+
+// Values returns the voxels in the modality's units as float32: a view of
+// float32 data with no rescale (shared true: the caller must not write to
+// it), else a converted copy.
+func (v *Volume) Values() (values []float32, shared bool, err error) {
+	if v.Rescale == nil {
+		return tensor.Float32View(&v.Voxels)
+	}
+	s, ok := v.Int16()
+	if !ok {
+		return nil, false, fmt.Errorf("a rescaled volume must hold int16 values, not %s", v.Voxels.DType)
+	}
+	out := make([]float32, len(s))
+	slope, icpt := v.Rescale.Slope, v.Rescale.Intercept
+	parallel(len(s), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			out[i] = float32(s[i])*slope + icpt
+		}
+	})
+	return out, false, nil
+}
+
+// Int16 views int16 voxels as []int16 (no copy).
+func (v *Volume) Int16() ([]int16, bool) {
+	if v.Voxels.DType != tensor.Int16 || len(v.Voxels.Data) < 2 {
+		return nil, false
+	}
+	return unsafe.Slice((*int16)(unsafe.Pointer(unsafe.SliceData(v.Voxels.Data))), len(v.Voxels.Data)/2), true
+}
+
+// parallel runs f over [0, n) split across the machine's cores.
+func parallel(n int, f func(lo, hi int)) {
+	workers := min(runtime.GOMAXPROCS(0), max(n/(1<<20), 1))
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			f(lo, hi)
+		}(w*n/workers, (w+1)*n/workers)
+	}
+	wg.Wait()
 }
 
 // MaxVoxels bounds a volume's size: 2048 x 2048 x 2048 is far beyond any CT.
@@ -87,7 +145,12 @@ func (v *Volume) Validate() error {
 	return v.Geometry.Validate()
 }
 
-// Float32 returns the voxel values converted to float32.
+// Float32 returns the voxel values in the modality's units, converted to
+// float32 (a copy).
 func (v *Volume) Float32() ([]float32, error) {
+	if v.Rescale != nil {
+		values, _, err := v.Values()
+		return values, err
+	}
 	return tensor.ToFloat32(&v.Voxels)
 }
