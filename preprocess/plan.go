@@ -99,14 +99,18 @@ func Prepare(v *volume.Volume, spec Spec, inputName string) (*Prepared, error) {
 // PrepareWith is Prepare with the resample + window pass on acc (nil: the
 // CPU). If acc fails, the pass runs on the CPU and Warnings says so.
 func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator) (*Prepared, error) {
-	// int16 stored values go to an accelerator that reads them as they are
-	// (no float32 copy of the study on the host); reorienting needs the
-	// values here, so a volume that needs it takes the float32 path.
+	// A volume of int16 stored values (a DICOM series kept so) is not
+	// converted whole: an accelerator that reads int16 takes it as it is,
+	// and the CPU's resampling converts only the rows it reads. Reorienting
+	// and windowing without resampling need every value, as float32.
 	var g *Grid
-	a16, _ := acc.(AcceleratorI16)
-	stored, i16 := v.Int16()
-	i16 = i16 && a16 != nil && spec.Accelerates() && !(spec.Orientation == "LPS" && NeedsReorient(v.Geometry))
-	if i16 {
+	stored, keep := v.Int16()
+	keep = keep && len(spec.Windows) > 0 && !(spec.Orientation == "LPS" && NeedsReorient(v.Geometry))
+	slope, icpt := float32(1), float32(0)
+	if v.Rescale != nil {
+		slope, icpt = v.Rescale.Slope, v.Rescale.Intercept
+	}
+	if keep {
 		g = &Grid{NX: int(v.Dims[2]), NY: int(v.Dims[1]), NZ: int(v.Dims[0]), Geometry: v.Geometry}
 	} else {
 		var err error
@@ -115,7 +119,7 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 		}
 	}
 	p := &Prepared{Spec: spec, Source: g.Geometry, SourceSize: [3]int{g.NX, g.NY, g.NZ}}
-	if spec.Orientation == "LPS" && !i16 {
+	if spec.Orientation == "LPS" && !keep {
 		var err error
 		if g, err = Reorient(g); err != nil {
 			return nil, err
@@ -132,7 +136,8 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 		}
 	}
 	var ch *Channels
-	if acc != nil && spec.Accelerates() {
+	a16, _ := acc.(AcceleratorI16)
+	if acc != nil && spec.Accelerates() && (!keep || a16 != nil) {
 		// One pass: resampling (identity tables when none is needed:
 		// weight 0 reproduces the values exactly) and windows.
 		out := &Grid{NX: size[0], NY: size[1], NZ: size[2], Geometry: g.Geometry}
@@ -140,28 +145,34 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 		c := &Channels{C: len(spec.Windows), NX: size[0], NY: size[1], NZ: size[2]}
 		c.V = make([]float32, c.C*out.Len())
 		var err error
-		if i16 {
-			slope, icpt := float32(1), float32(0)
-			if v.Rescale != nil {
-				slope, icpt = v.Rescale.Slope, v.Rescale.Intercept
-			}
+		if keep {
 			err = a16.WindowResampleI16(stored, n, slope, icpt, ResampleMaps(g, out, Linear), spec.Windows, c.V)
 		} else {
 			err = acc.WindowResample(g.V, n, ResampleMaps(g, out, Linear), spec.Windows, c.V)
 		}
 		if err != nil {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("preprocessing on %s failed (%v); ran on the CPU", acc.Name(), err))
-			if i16 { // the CPU path needs the values as float32
-				if g, err = FromVolume(v); err != nil {
-					return nil, err
-				}
-			}
 		} else {
 			ch, g, p.Device = c, out, acc.Name()
 		}
 	}
 	if ch == nil && (size != n || to != g.Geometry.Spacing) {
-		g = Resample(g, to, size, Linear)
+		if keep {
+			out := &Grid{NX: size[0], NY: size[1], NZ: size[2], Geometry: g.Geometry}
+			out.Geometry.Spacing = to
+			out.V = make([]float32, out.Len())
+			ResampleMapsIntoI16(stored, g.NX, g.NY, slope, icpt, out, ResampleMaps(g, out, Linear))
+			g = out
+		} else {
+			g = Resample(g, to, size, Linear)
+		}
+	}
+	if g.V == nil { // int16 kept, and no resampling read it: all of it, then
+		values, _, err := v.Values()
+		if err != nil {
+			return nil, err
+		}
+		g.V = values
 	}
 	// Normalize before padding so that the pad value is in the model's units.
 	switch {

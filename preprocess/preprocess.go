@@ -229,6 +229,37 @@ func ResampleMapsInto(g, out *Grid, m [3]AxisMap) {
 	})
 }
 
+// ResampleMapsIntoI16 is ResampleMapsInto from int16 stored values (nx by
+// ny by however many slices) read as v*slope + intercept: only the source
+// rows the maps touch are converted, into scratch rows, so a study kept
+// int16 is never converted whole. The arithmetic is ResampleMapsInto's on
+// the values DICOM decoding would have made, so the result is the same bit
+// for bit.
+func ResampleMapsIntoI16(src []int16, nx, ny int, slope, intercept float32, out *Grid, m [3]AxisMap) {
+	mx, my, mz := m[0], m[1], m[2]
+	parallel(out.NZ, func(lo, hi int) {
+		// Four scratch rows make a 2 x 2 grid of (y, z) rows for trilinearRow.
+		scratch := &Grid{NX: nx, NY: 2, NZ: 2, V: make([]float32, 4*nx)}
+		load := func(dst []float32, y, z int) {
+			row := src[(z*ny+y)*nx : (z*ny+y+1)*nx]
+			for i, v := range row {
+				dst[i] = float32(v)*slope + intercept
+			}
+		}
+		for k := lo; k < hi; k++ {
+			z0, z1, wz := int(mz.I0[k]), int(mz.I1[k]), mz.W[k]
+			for j := 0; j < out.NY; j++ {
+				y0, y1, wy := int(my.I0[j]), int(my.I1[j]), my.W[j]
+				load(scratch.row(0, 0), y0, z0)
+				load(scratch.row(1, 0), y1, z0)
+				load(scratch.row(0, 1), y0, z1)
+				load(scratch.row(1, 1), y1, z1)
+				trilinearRow(out.row(j, k), scratch, 0, 1, 0, 1, mx, nil, wy, wz)
+			}
+		}
+	})
+}
+
 // row is the x row (j, k) of g.
 func (g *Grid) row(j, k int) []float32 { return g.V[(k*g.NY+j)*g.NX : (k*g.NY+j+1)*g.NX] }
 

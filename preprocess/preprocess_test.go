@@ -454,9 +454,23 @@ func (a refAccelI16) WindowResampleI16(src []int16, dims [3]int, slope, icpt flo
 	return a.refAccel.WindowResample(v, dims, maps, ws, out)
 }
 
-// ctStored is ctVolume kept as int16 stored values with a rescale.
-func ctStored(dir [9]float64) *volume.Volume {
+// randomCT is ctVolume's geometry with random whole HU values, so that
+// every interpolation weight matters.
+func randomCT(dir [9]float64) *volume.Volume {
 	v := ctVolume()
+	r := rand.New(rand.NewPCG(3, 4))
+	f := make([]float32, 6*16*20)
+	for i := range f {
+		f[i] = float32(r.IntN(3000) - 1000)
+	}
+	v.Voxels = *tensorOf(f, []int64{6, 16, 20})
+	v.Geometry.Direction = dir
+	return v
+}
+
+// ctStored is randomCT kept as int16 stored values with a rescale.
+func ctStored(dir [9]float64) *volume.Volume {
+	v := randomCT(dir)
 	f, _ := v.Float32()
 	s := make([]int16, len(f))
 	for i, x := range f {
@@ -470,17 +484,15 @@ func ctStored(dir [9]float64) *volume.Volume {
 
 // An int16 volume with a rescale goes to an accelerator's int16 entry as
 // it is, and gives the float32 path's input bit for bit; a volume that
-// must be reoriented first, or an accelerator that fails, takes the
-// float32 path.
+// must be reoriented first takes the float32 path, and a failing
+// accelerator falls back to the CPU, which reads the int16 rows it needs.
 func TestPrepareWithAcceleratorI16(t *testing.T) {
 	spec := Spec{Windows: []Window{{Center: 40, Width: 80}, {Center: 80, Width: 200}}, Layout: LayoutSlabs, SlabRadius: 1,
 		TargetSpacing: [3]float64{0.7, 0.9, 2}, InPlaneSize: [2]int{10, 12}, Orientation: "LPS"}
 	identity := [9]float64{1, 0, 0, 0, 1, 0, 0, 0, 1}
 	flipped := [9]float64{-1, 0, 0, 0, 1, 0, 0, 0, 1}
 	for _, dir := range [][9]float64{identity, flipped} {
-		plain := ctVolume()
-		plain.Geometry.Direction = dir
-		want, err := Prepare(plain, spec, "image")
+		want, err := Prepare(randomCT(dir), spec, "image")
 		require.NoError(t, err)
 		var f32, i16 int
 		got, err := PrepareWith(ctStored(dir), spec, "image", refAccelI16{f32: &f32, i16: &i16})
@@ -493,10 +505,23 @@ func TestPrepareWithAcceleratorI16(t *testing.T) {
 			assert.Equal(t, [2]int{1, 0}, [2]int{f32, i16}, "reoriented first, as float32")
 		}
 	}
+	// Without an accelerator the CPU resamples straight from the int16
+	// rows it needs; without resampling it converts the volume whole.
+	// Either way the input is the float32 path's, bit for bit.
+	noResample := spec
+	noResample.TargetSpacing, noResample.InPlaneSize = [3]float64{}, [2]int{}
+	for _, sp := range []Spec{spec, noResample} {
+		want, err := Prepare(randomCT(identity), sp, "image")
+		require.NoError(t, err)
+		got, err := Prepare(ctStored(identity), sp, "image")
+		require.NoError(t, err)
+		assert.Equal(t, want.Input.Data, got.Input.Data)
+		assert.Equal(t, want.Model, got.Model)
+	}
 	var f32, i16 int
 	fell, err := PrepareWith(ctStored(identity), spec, "image", refAccelI16{refAccel: refAccel{fail: true}, f32: &f32, i16: &i16})
 	require.NoError(t, err)
-	want, err := Prepare(ctVolume(), spec, "image")
+	want, err := Prepare(randomCT(identity), spec, "image")
 	require.NoError(t, err)
 	assert.Equal(t, want.Input.Data, fell.Input.Data)
 	assert.Contains(t, fell.Warnings[0], "ran on the CPU")

@@ -390,20 +390,31 @@ type hostVolumes interface {
 	HostInt16s(n int) ([]int16, func())
 }
 
-// studyOptions are the DICOM options for a request to spec: when the
-// bundle's preprocessing runs on the accelerator, volumes are decoded
-// straight into its page-locked memory, as int16 stored values where the
-// series allows (half the bytes; the fused kernel rescales them), so that
-// the volume goes to the device in one asynchronous copy at full speed.
+// studyOptions are the DICOM options for a request to spec. When the
+// bundle's preprocessing windows the study:
+//   - on the accelerator: volumes are decoded straight into its page-locked
+//     memory, as int16 stored values where the series allows (half the
+//     bytes; the fused kernel rescales them), so that the volume goes to
+//     the device in one asynchronous copy at full speed;
+//   - on the CPU, when it also resamples: volumes stay int16 in Go memory,
+//     and resampling converts only the rows it reads (half the memory, and
+//     no float32 pass over the whole study).
 func (s *inference) studyOptions(spec *bundle.Spec) dicom.Options {
 	opts := s.dicomOpts
-	if hv, ok := s.acc.(hostVolumes); ok && spec.Preprocessing != nil {
-		if pp := spec.Preprocessing.Spec(); pp.Accelerates() {
-			opts.Voxels = hv.HostFloat32s
-			if _, i16 := s.acc.(preprocess.AcceleratorI16); i16 {
-				opts.Stored = hv.HostInt16s
-			}
+	if spec.Preprocessing == nil {
+		return opts
+	}
+	pp := spec.Preprocessing.Spec()
+	if !pp.Accelerates() {
+		return opts
+	}
+	if hv, ok := s.acc.(hostVolumes); ok {
+		opts.Voxels = hv.HostFloat32s
+		if _, i16 := s.acc.(preprocess.AcceleratorI16); i16 {
+			opts.Stored = hv.HostInt16s
 		}
+	} else if s.acc == nil && pp.TargetSpacing != ([3]float64{}) {
+		opts.Stored = func(n int) ([]int16, func()) { return make([]int16, n), func() {} }
 	}
 	return opts
 }
