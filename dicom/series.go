@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"runtime"
 	"sort"
 	"strings"
-	"sync"
 	"unsafe"
 
+	"github.com/voxserve/voxserve/internal/par"
 	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
 )
@@ -121,7 +120,7 @@ func IsDICOM(data []byte) bool {
 func ReadStudy(inputs []Input, opts Options) ([]*Series, []Skipped, error) {
 	instances := make([]*Instance, len(inputs))
 	errs := make([]error, len(inputs))
-	parallel(len(inputs), func(i int) {
+	par.Each(len(inputs), func(i int) {
 		instances[i], errs[i] = Read(inputs[i].Source, inputs[i].Data)
 	})
 	var skipped []Skipped
@@ -355,7 +354,7 @@ func decodeInto(s *Series, slices []slice, geo volume.Geometry, opts Options) er
 		vox = make([]float32, n*len(slices))
 	}
 	errs := make([]error, len(slices))
-	parallel(len(slices), func(i int) {
+	par.Each(len(slices), func(i int) {
 		errs[i] = slices[i].in.DecodeFrame(slices[i].frame, vox[i*n:(i+1)*n])
 	})
 	for _, err := range errs {
@@ -416,7 +415,7 @@ func decodeStored(s *Series, slices []slice, geo volume.Geometry, opts Options, 
 	n := slices[0].in.Pixels()
 	vox, release := opts.Stored(n * len(slices))
 	s.release = release
-	parallel(len(slices), func(i int) {
+	par.Each(len(slices), func(i int) {
 		in, k := slices[i].in, slices[i].frame
 		src := unsafe.Slice((*int16)(unsafe.Pointer(unsafe.SliceData(in.native[k*2*n:]))), n)
 		dst := vox[i*n : (i+1)*n]
@@ -431,33 +430,6 @@ func decodeStored(s *Series, slices []slice, geo volume.Geometry, opts Options, 
 	})
 	s.setVolume(slices, geo, tensor.Int16, unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(vox))), 2*len(vox)), rs)
 	return nil
-}
-
-// parallel runs f(0..n-1) on all cores.
-func parallel(n int, f func(i int)) {
-	workers := min(runtime.GOMAXPROCS(0), n)
-	if workers <= 1 {
-		for i := 0; i < n; i++ {
-			f(i)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				f(i)
-			}
-		}()
-	}
-	for i := 0; i < n; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
 }
 
 func dot(a, b [3]float64) float64 { return a[0]*b[0] + a[1]*b[1] + a[2]*b[2] }

@@ -3,11 +3,10 @@ package dicomout
 import (
 	"encoding/binary"
 	"fmt"
-	"runtime"
-	"sync"
-	"sync/atomic"
 
 	"github.com/suyashkumar/dicom/pkg/tag"
+
+	"github.com/voxserve/voxserve/internal/par"
 )
 
 // Segment is one label of a label map.
@@ -109,7 +108,7 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 				refs = append(refs, ref{mi, si + 1})
 			}
 		}
-		parallel(len(isEmpty), func(i int) {
+		par.Each(len(isEmpty), func(i int) {
 			r := refs[i/nz]
 			isEmpty[i] = empty(maps[r.m], r.value, i%nz)
 		})
@@ -160,7 +159,7 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 			packBits(pix, f*plane, maps[fr.m].Voxels[fr.k*plane:(fr.k+1)*plane], uint8(fr.value))
 		}
 		if plane%8 == 0 {
-			parallel(len(frames), pack) // frames start on byte boundaries: no shared bytes
+			par.Each(len(frames), pack) // frames start on byte boundaries: no shared bytes
 		} else {
 			for f := range frames {
 				pack(f)
@@ -339,23 +338,6 @@ func packBits(dst []byte, off int, vox []uint8, value uint8) {
 			dst[b>>3] |= 1 << (b & 7)
 		}
 	}
-}
-
-// parallel runs f(0..n-1) over the cores.
-func parallel(n int, f func(i int)) {
-	workers := min(runtime.GOMAXPROCS(0), n)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				f(i)
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 func anyNonZero(vox []uint8) bool { return !allValue(vox, 0) }

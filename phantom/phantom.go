@@ -18,11 +18,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 
 	"github.com/voxserve/voxserve/dicom/dicomwrite"
+	"github.com/voxserve/voxserve/internal/par"
 	"github.com/voxserve/voxserve/tensor"
 )
 
@@ -223,38 +222,25 @@ func (g grid) render(samples int, value func(p [3]float64) float64, label func(p
 	n := g.nx * g.ny * g.nz
 	hu := make([]float32, n)
 	lab := make([]uint8, n)
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := range next {
-				for j := 0; j < g.ny; j++ {
-					for i := 0; i < g.nx; i++ {
-						c := g.position(float64(i), float64(j), k)
-						sum := 0.0
-						for s := 0; s < samples; s++ {
-							off := (float64(s)+0.5)/float64(samples) - 0.5
-							var p [3]float64
-							for a := 0; a < 3; a++ {
-								p[a] = c[a] + off*g.thickness*g.normal[a]
-							}
-							sum += value(p)
-						}
-						idx := (k*g.ny+j)*g.nx + i
-						hu[idx] = float32(sum / float64(samples))
-						lab[idx] = label(c)
+	par.Each(g.nz, func(k int) {
+		for j := 0; j < g.ny; j++ {
+			for i := 0; i < g.nx; i++ {
+				c := g.position(float64(i), float64(j), k)
+				sum := 0.0
+				for s := 0; s < samples; s++ {
+					off := (float64(s)+0.5)/float64(samples) - 0.5
+					var p [3]float64
+					for a := 0; a < 3; a++ {
+						p[a] = c[a] + off*g.thickness*g.normal[a]
 					}
+					sum += value(p)
 				}
+				idx := (k*g.ny+j)*g.nx + i
+				hu[idx] = float32(sum / float64(samples))
+				lab[idx] = label(c)
 			}
-		}()
-	}
-	for k := 0; k < g.nz; k++ {
-		next <- k
-	}
-	close(next)
-	wg.Wait()
+		}
+	})
 	return hu, lab
 }
 

@@ -7,12 +7,11 @@ import (
 	"bytes"
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
 
 	"github.com/klauspost/compress/zlib"
 
 	"github.com/voxserve/voxserve/bundle"
+	"github.com/voxserve/voxserve/internal/par"
 	"github.com/voxserve/voxserve/tensor"
 )
 
@@ -236,18 +235,9 @@ func labelMap(spec *bundle.Spec, decl bundle.Output, out *tensor.Tensor) (*Mask,
 // a single channel is activated only by a sigmoid.
 func LabelVoxels(v []float32, batch, channels, n int, activation string, thresholds []float64, out []uint8) {
 	// Voxels are independent: split them across the cores.
-	total := batch * n
-	workers := max(1, min(runtime.GOMAXPROCS(0), total/(1<<16)))
-	chunk := (total + workers - 1) / workers
-	var wg sync.WaitGroup
-	for lo := 0; lo < total; lo += chunk {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			labelRange(v, channels, n, activation, thresholds, out, lo, hi)
-		}(lo, min(lo+chunk, total))
-	}
-	wg.Wait()
+	par.RangeGrain(batch*n, 1<<16, func(lo, hi int) {
+		labelRange(v, channels, n, activation, thresholds, out, lo, hi)
+	})
 }
 
 // labelRange labels voxels [lo, hi) of the flattened batch.

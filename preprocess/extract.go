@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/voxserve/voxserve/internal/par"
 	"github.com/voxserve/voxserve/volume"
 )
 
@@ -20,7 +21,7 @@ func (c *Channels) vox() int { return c.NX * c.NY * c.NZ }
 func SlicesTensor(ch *Channels, out []float32) {
 	plane := ch.NX * ch.NY
 	n := ch.vox()
-	parallel(ch.NZ, func(lo, hi int) {
+	par.Range(ch.NZ, func(lo, hi int) {
 		for k := lo; k < hi; k++ {
 			for c := 0; c < ch.C; c++ {
 				copy(out[(k*ch.C+c)*plane:(k*ch.C+c+1)*plane], ch.V[c*n+k*plane:c*n+(k+1)*plane])
@@ -36,7 +37,7 @@ func SlabsTensor(ch *Channels, r int, out []float32) {
 	plane := ch.NX * ch.NY
 	n := ch.vox()
 	depth := 2*r + 1
-	parallel(ch.NZ, func(lo, hi int) {
+	par.Range(ch.NZ, func(lo, hi int) {
 		for k := lo; k < hi; k++ {
 			for c := 0; c < ch.C; c++ {
 				for o := -r; o <= r; o++ {
@@ -231,7 +232,7 @@ func CropOrPad(g *Grid, rows, cols int, pad float32) *Grid {
 	for c := 0; c < 3; c++ {
 		out.Geometry.Origin[c] += float64(offX)*g.Geometry.Spacing[0]*d[c] + float64(offY)*g.Geometry.Spacing[1]*d[3+c]
 	}
-	parallel(g.NZ, func(lo, hi int) {
+	par.Range(g.NZ, func(lo, hi int) {
 		for k := lo; k < hi; k++ {
 			for j := 0; j < rows; j++ {
 				sy := j + offY
@@ -272,7 +273,7 @@ func ToGridInto(src, out *Grid, interp Interp) {
 		toGridSeparable(src, out, t)
 		return
 	}
-	parallel(size[2], func(lo, hi int) {
+	par.Range(size[2], func(lo, hi int) {
 		for k := lo; k < hi; k++ {
 			for j := 0; j < size[1]; j++ {
 				for i := 0; i < size[0]; i++ {
@@ -396,7 +397,7 @@ func separableMap(off [3]float64, m [3][3]float64, size, n [3]int, interp Interp
 
 func toGridSeparable(src, out *Grid, t [3]axisTable) {
 	tx, ty, tz := t[0], t[1], t[2]
-	parallel(out.NZ, func(lo, hi int) {
+	par.Range(out.NZ, func(lo, hi int) {
 		for k := lo; k < hi; k++ {
 			if !tz.inside[k] {
 				continue

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/voxserve/voxserve/internal/par"
 	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
 )
@@ -228,7 +229,7 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 		p.Patches = Patches(p.ModelSize, ps, spec.Overlap)
 		per := ch.C * ps[0] * ps[1] * ps[2]
 		data = make([]float32, len(p.Patches)*per)
-		parallel(len(p.Patches), func(lo, hi int) {
+		par.Range(len(p.Patches), func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				ExtractPatch(ch, p.Patches[i], ps, spec.PadValue, data[i*per:(i+1)*per])
 			}
@@ -419,7 +420,7 @@ func SourceLabelsBelow(ch *Channels, model, source volume.Geometry, size [3]int,
 	tx, ty, tz := t[0], t[1], t[2]
 	// Rows are independent: split them (not just the slices, so that a
 	// single radiograph uses every core too).
-	parallel(size[1]*size[2], func(lo, hi int) {
+	par.Range(size[1]*size[2], func(lo, hi int) {
 		vals := make([]float32, ch.C*size[0])
 		for r := lo; r < hi; r++ {
 			k, j := r/size[1], r%size[1]

@@ -11,9 +11,8 @@ package preprocess
 import (
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
 
+	"github.com/voxserve/voxserve/internal/par"
 	"github.com/voxserve/voxserve/volume"
 )
 
@@ -50,25 +49,6 @@ func (g *Grid) Len() int { return g.NX * g.NY * g.NZ }
 
 func (g *Grid) at(i, j, k int) float32 { return g.V[(k*g.NY+j)*g.NX+i] }
 
-// parallel runs f over [0, n) split across the machine's cores.
-func parallel(n int, f func(lo, hi int)) {
-	workers := min(runtime.GOMAXPROCS(0), n)
-	if workers <= 1 {
-		f(0, n)
-		return
-	}
-	var wg sync.WaitGroup
-	chunk := (n + workers - 1) / workers
-	for lo := 0; lo < n; lo += chunk {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			f(lo, hi)
-		}(lo, min(lo+chunk, n))
-	}
-	wg.Wait()
-}
-
 // Window maps Hounsfield units to [0, 1]: center - width/2 -> 0,
 // center + width/2 -> 1, clipped (MONAI's ScaleIntensityRange with clip).
 type Window struct {
@@ -88,7 +68,7 @@ func (w Window) Apply(v float32) float32 {
 // c*Len() + voxel. out must have len(ws)*g.Len() values.
 func Windows(g *Grid, ws []Window, out []float32) {
 	n := g.Len()
-	parallel(n, func(lo, hi int) {
+	par.Range(n, func(lo, hi int) {
 		for c, w := range ws {
 			dst := out[c*n : (c+1)*n]
 			low, scale := float32(w.Center-w.Width/2), 1/float32(w.Width)
@@ -103,7 +83,7 @@ func Windows(g *Grid, ws []Window, out []float32) {
 // ClipScale maps [aMin, aMax] to [bMin, bMax] linearly, clipping outside, in place.
 func ClipScale(v []float32, aMin, aMax, bMin, bMax float32) {
 	scale := (bMax - bMin) / (aMax - aMin)
-	parallel(len(v), func(lo, hi int) {
+	par.Range(len(v), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			x := min(max(v[i], aMin), aMax)
 			v[i] = (x-aMin)*scale + bMin
@@ -128,7 +108,7 @@ func ZScore(v []float32) (mean, std float64) {
 	if std > 0 {
 		inv = float32(1 / std)
 	}
-	parallel(len(v), func(lo, hi int) {
+	par.Range(len(v), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			v[i] = (v[i] - m) * inv
 		}
@@ -218,7 +198,7 @@ func ResampleInto(g, out *Grid, interp Interp) {
 // ResampleMapsInto fills out from g through precomputed axis maps.
 func ResampleMapsInto(g, out *Grid, m [3]AxisMap) {
 	mx, my, mz := m[0], m[1], m[2]
-	parallel(out.NZ, func(lo, hi int) {
+	par.Range(out.NZ, func(lo, hi int) {
 		for k := lo; k < hi; k++ {
 			z0, z1, wz := int(mz.I0[k]), int(mz.I1[k]), mz.W[k]
 			for j := 0; j < out.NY; j++ {
@@ -237,7 +217,7 @@ func ResampleMapsInto(g, out *Grid, m [3]AxisMap) {
 // for bit.
 func ResampleMapsIntoI16(src []int16, nx, ny int, slope, intercept float32, out *Grid, m [3]AxisMap) {
 	mx, my, mz := m[0], m[1], m[2]
-	parallel(out.NZ, func(lo, hi int) {
+	par.Range(out.NZ, func(lo, hi int) {
 		// Four scratch rows make a 2 x 2 grid of (y, z) rows for trilinearRow.
 		scratch := &Grid{NX: nx, NY: 2, NZ: 2, V: make([]float32, 4*nx)}
 		load := func(dst []float32, y, z int) {
@@ -352,7 +332,7 @@ func reorient(g *Grid, perm [3]int, flip [3]bool) *Grid {
 	}
 	out.Geometry = geo
 	strides := [3]int{1, g.NX, g.NX * g.NY}
-	parallel(out.NZ, func(lo, hi int) {
+	par.Range(out.NZ, func(lo, hi int) {
 		for k := lo; k < hi; k++ {
 			for j := 0; j < out.NY; j++ {
 				for i := 0; i < out.NX; i++ {

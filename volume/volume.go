@@ -5,10 +5,9 @@ package volume
 import (
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
 	"unsafe"
 
+	"github.com/voxserve/voxserve/internal/par"
 	"github.com/voxserve/voxserve/tensor"
 )
 
@@ -93,7 +92,7 @@ func (v *Volume) Values() (values []float32, shared bool, err error) {
 	}
 	out := make([]float32, len(s))
 	slope, icpt := v.Rescale.Slope, v.Rescale.Intercept
-	parallel(len(s), func(lo, hi int) {
+	par.Range(len(s), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			out[i] = float32(s[i])*slope + icpt
 		}
@@ -107,20 +106,6 @@ func (v *Volume) Int16() ([]int16, bool) {
 		return nil, false
 	}
 	return unsafe.Slice((*int16)(unsafe.Pointer(unsafe.SliceData(v.Voxels.Data))), len(v.Voxels.Data)/2), true
-}
-
-// parallel runs f over [0, n) split across the machine's cores.
-func parallel(n int, f func(lo, hi int)) {
-	workers := min(runtime.GOMAXPROCS(0), max(n/(1<<20), 1))
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			f(lo, hi)
-		}(w*n/workers, (w+1)*n/workers)
-	}
-	wg.Wait()
 }
 
 // MaxVoxels bounds a volume's size: 2048 x 2048 x 2048 is far beyond any CT.
