@@ -92,7 +92,7 @@ func (v *Volume) Values() (values []float32, shared bool, err error) {
 	}
 	out := make([]float32, len(s))
 	slope, icpt := v.Rescale.Slope, v.Rescale.Intercept
-	par.Range(len(s), func(lo, hi int) {
+	par.RangeGrain(len(s), 1<<20, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			out[i] = float32(s[i])*slope + icpt
 		}
