@@ -63,7 +63,11 @@ const hostPoolBytes = 2 << 30
 // idle; the rest stays free for ONNX Runtime's arena.
 const poolShare = 4
 
-var _ Ops = (*GPU)(nil)
+var (
+	_ Ops                       = (*GPU)(nil)
+	_ preprocess.AcceleratorI16 = (*GPU)(nil)
+	_ preprocess.HostMemory     = (*GPU)(nil) // the server decodes studies into it
+)
 
 // Open loads the kernels onto GPU ordinal; ErrUnavailable (wrapped) when
 // there is no driver or device.

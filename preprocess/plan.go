@@ -88,6 +88,14 @@ type AcceleratorI16 interface {
 	WindowResampleI16(src []int16, dims [3]int, slope, intercept float32, maps [3]AxisMap, ws []Window, out []float32) error
 }
 
+// HostMemory is implemented by accelerators whose uploads are fastest from
+// memory they lend (kernels.GPU: page-locked buffers, recycled): the
+// server decodes studies straight into it.
+type HostMemory interface {
+	HostFloat32s(n int) ([]float32, func())
+	HostInt16s(n int) ([]int16, func())
+}
+
 // Accelerates says whether PrepareWith hands spec's work to an accelerator:
 // when it declares windows (the fused pass covers resampling and windows).
 func (s *Spec) Accelerates() bool { return len(s.Windows) > 0 }

@@ -383,13 +383,6 @@ func (s *inference) UnloadModel(ctx context.Context, req *pb.UnloadModelRequest)
 }
 
 // sourceLabels labels a mask output on the study's grid through la.
-// hostVolumes is implemented by accelerators whose uploads are fastest
-// from memory they lend (kernels.GPU: page-locked buffers, recycled).
-type hostVolumes interface {
-	HostFloat32s(n int) ([]float32, func())
-	HostInt16s(n int) ([]int16, func())
-}
-
 // studyOptions are the DICOM options for a request to spec. When the
 // bundle's preprocessing windows the study:
 //   - on the accelerator: volumes are decoded straight into its page-locked
@@ -408,7 +401,7 @@ func (s *inference) studyOptions(spec *bundle.Spec) dicom.Options {
 	if !pp.Accelerates() {
 		return opts
 	}
-	if hv, ok := s.acc.(hostVolumes); ok {
+	if hv, ok := s.acc.(preprocess.HostMemory); ok {
 		opts.Voxels = hv.HostFloat32s
 		if _, i16 := s.acc.(preprocess.AcceleratorI16); i16 {
 			opts.Stored = hv.HostInt16s
