@@ -239,3 +239,30 @@ func countReference(v []uint8, l uint8) int {
 	}
 	return n
 }
+
+// The empty-study check over int16 stored values says what it says over
+// the values they stand for, whatever the rescale's sign.
+func TestEmptyStoredMatchesValues(t *testing.T) {
+	air := make([]int16, 5000)
+	late := append(append([]int16{}, air...), 1500)
+	for _, tc := range []struct {
+		stored           []int16
+		slope, intercept float32
+		modality         string
+	}{
+		{[]int16{7, 7, 7}, 1, -1024, "CT"},
+		{air, 1, -1024, "CT"},
+		{late, 1, -1024, "CT"},
+		{late, -1, 0, "CT"},
+		{[]int16{0, 100, 50}, 1, -1024, "CT"},
+		{[]int16{0, 100, 50}, 1, -1024, "MR"},
+		{[]int16{3, -3}, 0.5, 10, "CT"},
+	} {
+		values := make([]float32, len(tc.stored))
+		for i, s := range tc.stored {
+			values[i] = float32(s)*tc.slope + tc.intercept
+		}
+		st := &Study{Stored: tc.stored, Slope: tc.slope, Intercept: tc.intercept, Modality: tc.modality}
+		assert.Equal(t, EmptyStudy(values, tc.modality), st.Empty(), "%+v", tc)
+	}
+}

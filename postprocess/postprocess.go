@@ -292,31 +292,52 @@ func labelRange(v []float32, channels, n int, activation string, thresholds []fl
 // something: every voxel the same value, or a CT whose voxels are all air
 // (at most -900 HU).
 func EmptyStudy(values []float32, modality string) string {
-	return emptyValues(values, func(v float32) float32 { return v }, modality)
-}
-
-// Empty is EmptyStudy over the study's source values, float32 or stored.
-func (st *Study) Empty() string {
-	if st.Values != nil {
-		return EmptyStudy(st.Values, st.Modality)
-	}
-	slope, icpt := st.Slope, st.Intercept
-	return emptyValues(st.Stored, func(v int16) float32 { return float32(v)*slope + icpt }, st.Modality)
-}
-
-func emptyValues[T any](values []T, at func(T) float32, modality string) string {
 	if len(values) == 0 {
 		return "the study has no voxels"
 	}
-	lo, hi := at(values[0]), at(values[0])
-	for _, x := range values {
-		v := at(x)
+	lo, hi := values[0], values[0]
+	for _, v := range values {
 		lo, hi = min(lo, v), max(hi, v)
 		// Stop at the first proof of content: most studies give it early.
 		if lo != hi && (modality != "CT" || hi > -900) {
 			return ""
 		}
 	}
+	return emptyWhy(lo, hi)
+}
+
+// Empty is EmptyStudy over the study's source values, float32 or stored.
+// Stored values are scanned as they are: the rescale is monotonic, so the
+// extremes in HU are those of the stored values, converted when they move.
+func (st *Study) Empty() string {
+	if st.Values != nil {
+		return EmptyStudy(st.Values, st.Modality)
+	}
+	if len(st.Stored) == 0 {
+		return "the study has no voxels"
+	}
+	hu := func(lo, hi int16) (float32, float32) {
+		a, b := float32(lo)*st.Slope+st.Intercept, float32(hi)*st.Slope+st.Intercept
+		return min(a, b), max(a, b)
+	}
+	lo, hi := st.Stored[0], st.Stored[0]
+	for _, x := range st.Stored {
+		if x < lo {
+			lo = x
+		} else if x > hi {
+			hi = x
+		} else {
+			continue
+		}
+		if l, h := hu(lo, hi); l != h && (st.Modality != "CT" || h > -900) {
+			return ""
+		}
+	}
+	return emptyWhy(hu(lo, hi))
+}
+
+// emptyWhy says why a study whose values span [lo, hi] is empty.
+func emptyWhy(lo, hi float32) string {
 	if lo == hi {
 		return fmt.Sprintf("every voxel of the study is %g", lo)
 	}
