@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -215,4 +216,57 @@ func TestSharedMemoryTruncatedObject(t *testing.T) {
 	live, err := c.ServerLive(ctx, &kpb.ServerLiveRequest{})
 	require.NoError(t, err)
 	assert.True(t, live.GetLive())
+}
+
+// Requests reading a region while it is unregistered and registered again,
+// over and over, get an answer or NOT_FOUND, never a crash or a torn read
+// (run with -race).
+func TestSharedMemoryUnregisterUnderLoad(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{SharedMemory: true})
+	c := kpb.NewGRPCInferenceServiceClient(h.conn)
+	ctx := context.Background()
+	key, path := shmObject(t, 4096)
+	x := []float32{1, 2, 3, 4, 5, 6}
+	require.NoError(t, os.WriteFile(path, append(f32bytes(x...), make([]byte, 4096-24)...), 0o600))
+	reg := func() error {
+		_, err := c.SystemSharedMemoryRegister(ctx, &kpb.SystemSharedMemoryRegisterRequest{Name: "r", Key: key, ByteSize: 4096})
+		return err
+	}
+	require.NoError(t, reg())
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var answered, missing atomic.Int64
+	for w := 0; w < 4; w++ { // the affine bundle queues at most 4
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := c.ModelInfer(ctx, &kpb.ModelInferRequest{ModelName: "affine",
+					Inputs: []*kpb.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1, 2, 3}, Parameters: shmParams("r", 24, 0)}}})
+				switch status.Code(err) {
+				case codes.OK:
+					answered.Add(1)
+					assert.Equal(t, f32bytes(3, 5, 7, 9, 11, 13), resp.GetRawOutputContents()[0])
+				case codes.NotFound:
+					missing.Add(1)
+				default:
+					t.Errorf("unexpected %v", err)
+				}
+			}
+		}()
+	}
+	for i := 0; i < 100; i++ {
+		_, err := c.SystemSharedMemoryUnregister(ctx, &kpb.SystemSharedMemoryUnregisterRequest{Name: "r"})
+		require.NoError(t, err)
+		require.NoError(t, reg())
+	}
+	close(stop)
+	wg.Wait()
+	assert.Positive(t, answered.Load())
+	t.Logf("%d answered, %d found no region", answered.Load(), missing.Load())
 }
