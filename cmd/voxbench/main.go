@@ -25,6 +25,7 @@ import (
 	"github.com/voxserve/voxserve/bench"
 	"github.com/voxserve/voxserve/client"
 	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/kernels"
 	"github.com/voxserve/voxserve/phantom"
 	kpb "github.com/voxserve/voxserve/proto/inference"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
@@ -56,6 +57,7 @@ func run() int {
 	phantomMatrix := fs.Int("phantom-matrix", 0, "--phantom in-plane size (default: the generator's, 256 for CT)")
 	phantomSlice := fs.Float64("phantom-slice-mm", 0, "--phantom slice thickness in mm (default: drawn by the generator)")
 	phantomKind := fs.String("phantom", "", "send a whole phantom study as DICOM instead of a tensor: head-ct, chest-xr or abdomen-ct (seed 300000; voxserve protocol): the full pipeline under load")
+	gpu := fs.String("gpu", "auto", "in-process server: preprocessing and mask labelling on the GPU (auto, on or off; a binary built with the cuda tag)")
 	sharedMem := fs.Bool("shared-memory", false, "with --protocol kserve: pass the input and fixed-size outputs through a system shared memory region (Triton's extension; the server must run with --shared-memory, and on this host)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (the in-process server included) to this file, for go tool pprof")
 	protocol := fs.String("protocol", "voxserve", "voxserve (voxserve.v1.Inference) or kserve (KServe v2 ModelInfer, so the same sweep measures Triton or any KServe server)")
@@ -91,7 +93,12 @@ func run() int {
 		conn, err = client.Dial(*addr)
 	} else {
 		target = "in-process:" + *repo
-		conn, err = client.InProcessWith(*repo, []string{*model}, "", server.Options{SharedMemory: *sharedMem})
+		acc, closeAcc, _, aerr := kernels.ForPreprocessing(*gpu)
+		if aerr != nil {
+			return fail(1, "--gpu: %v", aerr)
+		}
+		defer func() { _ = closeAcc() }()
+		conn, err = client.InProcessWith(*repo, []string{*model}, "", server.Options{SharedMemory: *sharedMem, Accelerator: acc})
 	}
 	if err != nil {
 		return fail(1, "%v", err)
