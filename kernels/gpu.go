@@ -64,9 +64,10 @@ const hostPoolBytes = 2 << 30
 const poolShare = 4
 
 var (
-	_ Ops                       = (*GPU)(nil)
-	_ preprocess.AcceleratorI16 = (*GPU)(nil)
-	_ preprocess.HostMemory     = (*GPU)(nil) // the server decodes studies into it
+	_ Ops                            = (*GPU)(nil)
+	_ preprocess.AcceleratorI16      = (*GPU)(nil)
+	_ preprocess.HostMemory          = (*GPU)(nil) // the server decodes studies into it
+	_ preprocess.ResidentAccelerator = (*GPU)(nil)
 )
 
 // Open loads the kernels onto GPU ordinal; ErrUnavailable (wrapped) when
@@ -424,9 +425,49 @@ func (g *GPU) Slabs(ch *preprocess.Channels, r int, out []float32) error {
 	d := c.alloc(len(out) * 4)
 	plane := ch.NX * ch.NY
 	c.launch("vox_slabs", [3]int{ceil(plane, block), ch.C * (2*r + 1), ch.NZ},
-		(&cuda.Args{}).Ptr(upload(c, ch.V)).Int(ch.C).Int(ch.NX).Int(ch.NY).Int(ch.NZ).Int(r).Ptr(d))
+		(&cuda.Args{}).Ptr(upload(c, ch.V)).Int(ch.C).Int(ch.NX).Int(ch.NY).Int(ch.NZ).Int(r).
+			Int(ch.NX).Int(ch.NY).Int(0).Int(0).Float(0).Ptr(d))
 	download(c, out, d)
 	return c.end()
+}
+
+// ResidentMemory implements preprocess.ResidentAccelerator: the device's
+// memory, in the primary context ONNX Runtime's CUDA provider also uses.
+func (g *GPU) ResidentMemory() (string, int) { return "device", g.Dev.Ordinal }
+
+// PrepareSlabs implements preprocess.ResidentAccelerator: the fused pass
+// into channels on the device, then vox_slabs (with the crop or pad) into
+// a buffer from the pool that stays on the device for the model's bound
+// input; nothing comes back to the host.
+func (g *GPU) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, lay preprocess.SlabLayout) (preprocess.Resident, error) {
+	size := [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}
+	depth := 2*lay.R + 1
+	outBytes := size[2] * len(ws) * depth * lay.Rows * lay.Cols * 4
+	c := g.begin()
+	ch := c.alloc(len(ws) * size[0] * size[1] * size[2] * 4)
+	dm := &DeviceMaps{Size: size}
+	dm.args = c.maps(&cuda.Args{}, maps)
+	kernel, src := "vox_window_resample_f32", cuda.Ptr(0)
+	if src16 != nil {
+		kernel, src = "vox_window_resample_i16", upload(c, src16)
+	} else {
+		src, slope, intercept = upload(c, src32), 1, 0
+	}
+	if c.err == nil {
+		c.err = g.windowResample(c.s, kernel, src, dims, slope, intercept, dm, ws, ch)
+	}
+	out, class, err := g.mem.get(max(outBytes, 1))
+	if err != nil {
+		return preprocess.Resident{}, errors.Join(err, c.end())
+	}
+	c.launch("vox_slabs", [3]int{ceil(lay.Rows*lay.Cols, block), len(ws) * depth, size[2]},
+		(&cuda.Args{}).Ptr(ch).Int(len(ws)).Int(size[0]).Int(size[1]).Int(size[2]).Int(lay.R).
+			Int(lay.Cols).Int(lay.Rows).Int(lay.OffX).Int(lay.OffY).Float(lay.Pad).Ptr(out))
+	if err := c.end(); err != nil { // the stream is synced: out is written
+		_ = g.mem.put(out, class)
+		return preprocess.Resident{}, err
+	}
+	return preprocess.Resident{Addr: uintptr(out), Bytes: outBytes, Release: func() { _ = g.mem.put(out, class) }}, nil
 }
 
 // ExtractPatches implements Ops.

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"os"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/voxserve/voxserve/kernels/cuda"
 	"github.com/voxserve/voxserve/preprocess"
 )
 
@@ -89,4 +91,51 @@ func TestGPUHostFloat32s(t *testing.T) {
 	_, again := g.HostFloat32s(n)
 	again()
 	assert.Equal(t, int64(1), g.host.reuses)
+}
+
+// PrepareSlabs leaves on the device what the CPU makes of the same study
+// through WindowResample, CropOrPad and SlabsTensor, exactly: from int16
+// stored values and from float32, cropped on one axis and padded on the
+// other.
+func TestGPUPrepareSlabs(t *testing.T) {
+	g := openGPU(t)
+	defer g.Close()
+	dims := [3]int{70, 50, 12}
+	n := dims[0] * dims[1] * dims[2]
+	s16 := make([]int16, n)
+	f32 := make([]float32, n)
+	for i := range s16 {
+		s16[i] = int16((i*7919)%3000) - 1000 + 1024
+		f32[i] = float32(s16[i]) - 1024
+	}
+	var maps [3]preprocess.AxisMap
+	size := [3]int{dims[0] / 2, dims[1] / 2, dims[2] / 2}
+	for a := 0; a < 3; a++ {
+		maps[a] = preprocess.NewAxisMap(size[a], dims[a], 2, preprocess.Linear)
+	}
+	ws := []preprocess.Window{{Center: 40, Width: 80}, {Center: 600, Width: 2800}}
+	ch := &preprocess.Channels{C: len(ws), NX: size[0], NY: size[1], NZ: size[2], V: make([]float32, len(ws)*size[0]*size[1]*size[2])}
+	require.NoError(t, CPU{}.WindowResample(f32, dims, maps, ws, ch.V))
+	rows, cols := 31, 28 // pad rows, crop columns
+	lay := preprocess.SlabLayout{R: 1, Rows: rows, Cols: cols, OffX: (size[0] - cols) / 2, OffY: (size[1] - rows) / 2, Pad: -0.5}
+	want := preprocess.SlabsCropped(ch, lay)
+	for _, from16 := range []bool{true, false} {
+		var res preprocess.Resident
+		var err error
+		if from16 {
+			res, err = g.PrepareSlabs(s16, nil, dims, 1, -1024, maps, ws, lay)
+		} else {
+			res, err = g.PrepareSlabs(nil, f32, dims, 0, 0, maps, ws, lay)
+		}
+		require.NoError(t, err)
+		require.Equal(t, 4*len(want), res.Bytes)
+		got := make([]float32, len(want))
+		s, err := g.Dev.NewStream()
+		require.NoError(t, err)
+		require.NoError(t, g.Dev.CopyToHost(unsafe.Pointer(&got[0]), cuda.Ptr(res.Addr), res.Bytes, s))
+		require.NoError(t, g.Dev.Sync(s))
+		require.NoError(t, g.Dev.DestroyStream(s))
+		res.Release()
+		assert.Equal(t, want, got, "from int16: %v", from16)
+	}
 }

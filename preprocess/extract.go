@@ -50,6 +50,38 @@ func SlabsTensor(ch *Channels, r int, out []float32) {
 	})
 }
 
+// SlabsCropped is CropOrPad on every channel followed by SlabsTensor, as
+// lay describes them, in one pass: the reference of
+// ResidentAccelerator.PrepareSlabs. It returns [nz, C*(2R+1), Rows, Cols].
+func SlabsCropped(ch *Channels, lay SlabLayout) []float32 {
+	plane := lay.Rows * lay.Cols
+	depth := 2*lay.R + 1
+	out := make([]float32, ch.NZ*ch.C*depth*plane)
+	par.Range(ch.NZ, func(lo, hi int) {
+		for k := lo; k < hi; k++ {
+			for c := 0; c < ch.C; c++ {
+				for o := -lay.R; o <= lay.R; o++ {
+					s := min(max(k+o, 0), ch.NZ-1)
+					src := ch.V[(c*ch.NZ+s)*ch.NX*ch.NY : (c*ch.NZ+s+1)*ch.NX*ch.NY]
+					dst := out[(k*ch.C*depth+c*depth+o+lay.R)*plane:][:plane]
+					for j := 0; j < lay.Rows; j++ {
+						sy := j + lay.OffY
+						for i := 0; i < lay.Cols; i++ {
+							sx := i + lay.OffX
+							v := lay.Pad
+							if sy >= 0 && sy < ch.NY && sx >= 0 && sx < ch.NX {
+								v = src[sy*ch.NX+sx]
+							}
+							dst[j*lay.Cols+i] = v
+						}
+					}
+				}
+			}
+		}
+	})
+	return out
+}
+
 // PatchStarts returns the start indices of patches of size p covering n
 // voxels with the given overlap fraction (0 <= overlap < 1): evenly spaced,
 // the last one ending at n. A volume smaller than the patch gets one start

@@ -88,6 +88,41 @@ type AcceleratorI16 interface {
 	WindowResampleI16(src []int16, dims [3]int, slope, intercept float32, maps [3]AxisMap, ws []Window, out []float32) error
 }
 
+// SlabLayout is how PrepareResident lays the channels out as the model
+// input: slabs of radius R (0: 2D slices), cropped or padded in-plane to
+// Rows x Cols, output (i, j) reading channel voxel (i+OffX, j+OffY) and
+// Pad outside (CropOrPad's offsets: negative ones pad before).
+type SlabLayout struct {
+	R, Rows, Cols, OffX, OffY int
+	Pad                       float32
+}
+
+// Resident is a model input an accelerator left in its memory: Bytes at
+// Addr (a device address), and Release to give them back once the model
+// has read them. Host is the same bytes when that memory is the host's
+// (a test double of a device).
+type Resident struct {
+	Addr    uintptr
+	Bytes   int
+	Host    []byte
+	Release func()
+}
+
+// ResidentAccelerator is an accelerator that can leave the model input in
+// device memory, for a model whose inputs are bound there
+// (engine.Model.IOMemory): preprocessing, batching and the model then
+// never pass through the host.
+type ResidentAccelerator interface {
+	AcceleratorI16
+	// ResidentMemory names where PrepareSlabs leaves its output, as
+	// engine.Model.IOMemory names a model's bound memory.
+	ResidentMemory() (kind string, device int)
+	// PrepareSlabs runs the fused pass (int16 stored values with their
+	// rescale, or float32 values when src16 is nil) and lays the channels
+	// out as lay says, [nz, C*(2R+1), Rows, Cols] float32.
+	PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]AxisMap, ws []Window, lay SlabLayout) (Resident, error)
+}
+
 // HostMemory is implemented by accelerators whose uploads are fastest from
 // memory they lend (kernels.GPU: page-locked buffers, recycled): the
 // server decodes studies straight into it.

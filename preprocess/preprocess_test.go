@@ -526,3 +526,31 @@ func TestPrepareWithAcceleratorI16(t *testing.T) {
 	assert.Equal(t, want.Input.Data, fell.Input.Data)
 	assert.Contains(t, fell.Warnings[0], "ran on the CPU")
 }
+
+// SlabsCropped is CropOrPad on each channel, then SlabsTensor, exactly.
+func TestSlabsCroppedMatchesCropThenSlabs(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 9))
+	ch := &Channels{C: 2, NX: 9, NY: 7, NZ: 4}
+	ch.V = make([]float32, ch.C*ch.NX*ch.NY*ch.NZ)
+	for i := range ch.V {
+		ch.V[i] = r.Float32()
+	}
+	for _, size := range [][2]int{{5, 12}, {10, 4}, {7, 9}} { // rows, cols: crop, pad, both
+		rows, cols := size[0], size[1]
+		var cropped *Channels
+		for c := 0; c < ch.C; c++ {
+			one := &Grid{NX: ch.NX, NY: ch.NY, NZ: ch.NZ, V: ch.V[c*ch.vox() : (c+1)*ch.vox()]}
+			cp := CropOrPad(one, rows, cols, -1)
+			if cropped == nil {
+				cropped = &Channels{C: ch.C, NX: cp.NX, NY: cp.NY, NZ: cp.NZ, V: make([]float32, ch.C*cp.Len())}
+			}
+			copy(cropped.V[c*cp.Len():], cp.V)
+		}
+		for _, radius := range []int{0, 1} {
+			want := make([]float32, len(cropped.V)*(2*radius+1))
+			SlabsTensor(cropped, radius, want)
+			lay := SlabLayout{R: radius, Rows: rows, Cols: cols, OffX: (ch.NX - cols) / 2, OffY: (ch.NY - rows) / 2, Pad: -1}
+			assert.Equal(t, want, SlabsCropped(ch, lay), "%dx%d r %d", rows, cols, radius)
+		}
+	}
+}

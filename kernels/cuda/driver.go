@@ -248,6 +248,8 @@ type Device struct {
 	Name       string
 	SMs        int
 	Capability int
+	// Ordinal is the device's index, as Open took it.
+	Ordinal int
 }
 
 // Open retains GPU ordinal's primary context.
@@ -261,7 +263,7 @@ func Open(ordinal int) (*Device, error) {
 	if err := check("open device", C.vox_open(C.int(ordinal), &d.dev, &d.ctx, &name[0], &sms, &cc)); err != nil {
 		return nil, err
 	}
-	d.Name, d.SMs, d.Capability = C.GoString(&name[0]), int(sms), int(cc)
+	d.Name, d.SMs, d.Capability, d.Ordinal = C.GoString(&name[0]), int(sms), int(cc), ordinal
 	return d, nil
 }
 

@@ -207,19 +207,26 @@ __global__ void vox_shift_scale(float *v, long long n, float m, float inv) {
 }
 
 // vox_slabs lays channels [C, nz, ny, nx] out as 2.5D slabs
-// [nz, C*(2r+1), ny, nx], clamping slice indices at the ends
-// (preprocess.SlabsTensor; r = 0 gives 2D slices).
-// Launch: grid (ceil(nx*ny/block), C*(2r+1), nz).
+// [nz, C*(2r+1), oy, ox], clamping slice indices at the ends
+// (preprocess.SlabsTensor; r = 0 gives 2D slices), cropped or padded
+// in-plane on the way: output (i, j) reads channel voxel (i+offx, j+offy),
+// pad outside (preprocess.CropOrPad). ox = nx, oy = ny and no offsets give
+// the slabs alone. Launch: grid (ceil(ox*oy/block), C*(2r+1), nz).
 __global__ void vox_slabs(const float *__restrict__ ch, int C, int nx, int ny, int nz, int r,
+                          int ox, int oy, int offx, int offy, float pad,
                           float *__restrict__ out) {
-	long long plane = (long long)nx * ny;
+	long long plane = (long long)ox * oy;
 	long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
 	if (p >= plane) return;
 	int depth = 2 * r + 1;
 	int cd = blockIdx.y, k = blockIdx.z;
 	int c = cd / depth, o = cd % depth - r;
 	int s = min(max(k + o, 0), nz - 1);
-	out[((long long)k * C * depth + cd) * plane + p] = ch[((long long)c * nz + s) * plane + p];
+	int i = (int)(p % ox) + offx, j = (int)(p / ox) + offy;
+	float v = pad;
+	if (i >= 0 && i < nx && j >= 0 && j < ny)
+		v = ch[((long long)c * nz + s) * nx * ny + (long long)j * nx + i];
+	out[((long long)k * C * depth + cd) * plane + p] = v;
 }
 
 // vox_extract_patches copies patches ([P][C][pz][py][px]) out of channels
