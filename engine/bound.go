@@ -204,10 +204,17 @@ func (b *boundIO) run(sess *session, live []*request, total int64) (outs []*tens
 		t := &b.ins[i]
 		off := 0
 		for _, r := range live {
-			if err := b.mem.put(t.buf, off, r.inputs[i].Data); err != nil {
+			in := r.inputs[i]
+			var err error
+			if in.Device != nil {
+				err = b.mem.putDevice(t.buf, off, in.Device)
+			} else {
+				err = b.mem.put(t.buf, off, in.Data)
+			}
+			if err != nil {
 				return nil, 0, fmt.Errorf("input %q: %w", t.name, err)
 			}
-			off += len(r.inputs[i].Data)
+			off += in.ByteLen()
 		}
 		if off != int(total)*t.item {
 			return nil, 0, status.Errorf(codes.Internal, "input %q: batch of %d items has %d bytes, want %d", t.name, total, off, int(total)*t.item)

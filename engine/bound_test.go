@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
 
 	"github.com/voxserve/voxserve/bundle"
 	"github.com/voxserve/voxserve/internal/testrepo"
@@ -149,4 +150,74 @@ func TestBoundIOMatchesReferenceModels(t *testing.T) {
 			}
 		})
 	}
+}
+
+// resident moves a tensor's bytes into "device" memory: host memory here,
+// standing in for a GPU's, as the preprocessing kernels would leave them.
+func resident(t *testing.T, in *tensor.Tensor) *tensor.Tensor {
+	mem, err := hostMemory{}.alloc(len(in.Data))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = hostMemory{}.free(mem) })
+	copy(mem.host, in.Data)
+	return &tensor.Tensor{Name: in.Name, DType: in.DType, Shape: in.Shape, Device: &tensor.DeviceBytes{Addr: mem.addr, Len: len(in.Data), Host: mem.host}}
+}
+
+// Inputs already in the memory a model binds (a GPU's preprocessing
+// output) are copied into the batch there, alone, batched with host
+// inputs, and in chunks beyond max_batch_size; a model whose inputs are
+// not bound refuses them.
+func TestResidentInputs(t *testing.T) {
+	b := affineBatching("dynamic_batching:\n  max_queue_delay_microseconds: 20000\n")
+	b.YAML = withIOBinding(b.YAML, "on")
+	r := NewRegistry(testrepo.Write(t, b), quietLog())
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("affine", "")
+	require.NoError(t, err)
+	defer done()
+	kind, _ := m.IOMemory()
+	assert.Equal(t, "host", kind)
+
+	check := func(in, out *tensor.Tensor) {
+		x, _ := in.Float32s()
+		y, err := out.Float32s()
+		require.NoError(t, err)
+		require.Len(t, y, len(x))
+		for i := range x {
+			require.Equal(t, 2*x[i]+1, y[i], "item %d", i)
+		}
+	}
+	var wg sync.WaitGroup
+	for c := 0; c < 8; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			in := affineInput(float32(100*c), int64(1+c%3))
+			send := in
+			if c%2 == 0 {
+				send = resident(t, in)
+			}
+			outs, _, err := m.Infer(context.Background(), []*tensor.Tensor{send})
+			if assert.NoError(t, err) {
+				check(in, outs[0])
+			}
+		}(c)
+	}
+	wg.Wait()
+	assert.Less(t, m.Stats().Executions, int64(8), "resident and host inputs batched together")
+
+	big := affineInput(-7, 19) // max_batch_size 8: three chunks
+	outs, _, err := m.InferAll(context.Background(), []*tensor.Tensor{resident(t, big)})
+	require.NoError(t, err)
+	check(big, outs[0])
+
+	plain := NewRegistry(testrepo.Write(t, testrepo.Affine()), quietLog())
+	require.NoError(t, plain.LoadAll())
+	pm, pdone, err := plain.Acquire("affine", "")
+	require.NoError(t, err)
+	defer pdone()
+	kind, _ = pm.IOMemory()
+	assert.Empty(t, kind)
+	_, _, err = pm.Infer(context.Background(), []*tensor.Tensor{resident(t, affineInput(0, 1))})
+	assert.Equal(t, codes.FailedPrecondition, codeOf(err), "%v", err)
+	assert.ErrorContains(t, err, "not bound")
 }

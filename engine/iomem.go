@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"syscall"
 	"unsafe"
+
+	"github.com/voxserve/voxserve/tensor"
 )
 
 // ioMemory is where a model instance's bound inputs and outputs live:
@@ -16,9 +18,14 @@ type ioMemory interface {
 	device() int
 	alloc(n int) (ioBuffer, error)
 	free(ioBuffer) error
+	// kind is "host" or "device" (Model.IOMemory).
+	kind() string
 	// put copies src into b at off; get copies len(dst) bytes at off in b
 	// into dst. Copies may run asynchronously until wait returns.
 	put(b ioBuffer, off int, src []byte) error
+	// putDevice copies bytes already in this memory (a GPU's preprocessing
+	// output) into b at off: device to device, no host round trip.
+	putDevice(b ioBuffer, off int, src *tensor.DeviceBytes) error
 	get(dst []byte, b ioBuffer, off int) error
 	wait() error
 	close() error
@@ -40,6 +47,7 @@ type ioBuffer struct {
 type hostMemory struct{}
 
 func (hostMemory) ortName() string { return "Cpu" }
+func (hostMemory) kind() string    { return "host" }
 func (hostMemory) device() int     { return 0 }
 func (hostMemory) String() string  { return "host memory" }
 
@@ -64,6 +72,13 @@ func (hostMemory) put(b ioBuffer, off int, src []byte) error {
 	}
 	copy(b.host[off:], src)
 	return nil
+}
+
+func (m hostMemory) putDevice(b ioBuffer, off int, src *tensor.DeviceBytes) error {
+	if src.Host == nil || len(src.Host) != src.Len {
+		return fmt.Errorf("input of %d bytes is in device memory, and the model's inputs are bound in host memory", src.Len)
+	}
+	return m.put(b, off, src.Host)
 }
 
 func (hostMemory) get(dst []byte, b ioBuffer, off int) error {

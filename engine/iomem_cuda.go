@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/voxserve/voxserve/kernels/cuda"
+	"github.com/voxserve/voxserve/tensor"
 )
 
 // deviceMemory is one model instance's bound I/O on a GPU: buffers in
@@ -33,6 +34,7 @@ func newDeviceMemory(ordinal int) (ioMemory, error) {
 }
 
 func (m *deviceMemory) ortName() string { return "Cuda" }
+func (m *deviceMemory) kind() string    { return "device" }
 func (m *deviceMemory) device() int     { return m.ordinal }
 func (m *deviceMemory) String() string {
 	return fmt.Sprintf("device memory (cuda:%d, %s)", m.ordinal, m.dev.Name)
@@ -59,6 +61,16 @@ func (m *deviceMemory) put(b ioBuffer, off int, src []byte) error {
 	}
 	// src stays referenced by the caller until wait returns.
 	return m.dev.CopyToDevice(cuda.Ptr(b.addr)+cuda.Ptr(off), unsafe.Pointer(unsafe.SliceData(src)), len(src), m.stream)
+}
+
+func (m *deviceMemory) putDevice(b ioBuffer, off int, src *tensor.DeviceBytes) error {
+	if off+src.Len > b.n {
+		return fmt.Errorf("copy of %d bytes at %d overruns a %d-byte buffer", src.Len, off, b.n)
+	}
+	if src.Host != nil { // a host-memory stand-in: upload it
+		return m.put(b, off, src.Host)
+	}
+	return m.dev.Copy(cuda.Ptr(b.addr)+cuda.Ptr(off), cuda.Ptr(src.Addr), src.Len, m.stream)
 }
 
 func (m *deviceMemory) get(dst []byte, b ioBuffer, off int) error {

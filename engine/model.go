@@ -27,10 +27,12 @@ type Model struct {
 	slots chan struct{} // one token per free instance
 	// io holds each instance's bound inputs and outputs (bound.go); nil
 	// when runs go through onnxruntime_go's tensors. ioWhere says which.
-	io      chan *boundIO
-	ioWhere string
-	sched   *scheduler
-	stats   stats
+	io       chan *boundIO
+	ioWhere  string
+	ioKind   string
+	ioDevice int
+	sched    *scheduler
+	stats    stats
 	// inflight lets Unload wait for requests that hold the model.
 	inflight sync.WaitGroup
 }
@@ -44,6 +46,11 @@ func (m *Model) Provider() string { return m.sess.provider }
 // IOBinding says where the instances' inputs and outputs are bound ("device
 // memory (cuda:0, …)", "host memory"), or "off: " and why they are not.
 func (m *Model) IOBinding() string { return m.ioWhere }
+
+// IOMemory names the memory the instances' inputs are bound in: "device"
+// and its ordinal, "host", or "" when they are not bound. Inputs already
+// in that memory (tensor.Tensor.Device) are copied into a batch there.
+func (m *Model) IOMemory() (kind string, device int) { return m.ioKind, m.ioDevice }
 
 // Timings splits a request's time in the engine.
 type Timings struct {
@@ -91,7 +98,10 @@ func (m *Model) infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*ten
 		r.n, r.key = ordered[0].Shape[0], itemKey(ordered)
 	}
 	for _, in := range ordered {
-		r.bytes += int64(len(in.Data))
+		r.bytes += int64(in.ByteLen())
+		if in.Device != nil && m.io == nil {
+			return nil, tm, status.Errorf(codes.FailedPrecondition, "model %s: input %q is in device memory, and the model's inputs are not bound (execution.io_binding)", m, in.Name)
+		}
 	}
 	if err := m.sched.submit(r); err != nil {
 		return nil, tm, err
@@ -216,9 +226,19 @@ func (m *Model) InferAll(ctx context.Context, inputs []*tensor.Tensor) (outs []*
 	return outs, total, nil
 }
 
-// batchSlice views items [lo, hi) of a tensor's batch axis without copying.
+// batchSlice views items [lo, hi) of a tensor's batch axis without copying,
+// wherever its bytes are.
 func batchSlice(t *tensor.Tensor, lo, hi int64) *tensor.Tensor {
-	per := int64(len(t.Data)) / t.Shape[0]
+	per := int64(t.ByteLen()) / t.Shape[0]
 	shape := append([]int64{hi - lo}, t.Shape[1:]...)
-	return &tensor.Tensor{Name: t.Name, DType: t.DType, Shape: shape, Data: t.Data[lo*per : hi*per]}
+	out := &tensor.Tensor{Name: t.Name, DType: t.DType, Shape: shape}
+	if d := t.Device; d != nil {
+		out.Device = &tensor.DeviceBytes{Addr: d.Addr + uintptr(lo*per), Len: int((hi - lo) * per)}
+		if d.Host != nil {
+			out.Device.Host = d.Host[lo*per : hi*per]
+		}
+		return out
+	}
+	out.Data = t.Data[lo*per : hi*per]
+	return out
 }

@@ -142,6 +142,11 @@ func (r *Registry) loadVersion(b *bundle.Bundle, v int64) (*Model, error) {
 	}
 	m := newModel(b.Spec, v, path, sess)
 	m.io, m.ioWhere = ios, where
+	if ios != nil {
+		b := <-ios
+		m.ioKind, m.ioDevice = b.mem.kind(), b.mem.device()
+		ios <- b
+	}
 	return m, nil
 }
 

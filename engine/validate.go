@@ -174,7 +174,7 @@ func checkInput(spec *bundle.Spec, d declTensor, t *tensor.Tensor, capBatch bool
 	if capBatch && spec.MaxBatchSize > 0 && t.Shape[0] > spec.MaxBatchSize {
 		return bad("batch of %d exceeds max_batch_size %d", t.Shape[0], spec.MaxBatchSize)
 	}
-	if len(t.Data) == 0 {
+	if len(t.Data) == 0 && t.Device == nil {
 		return bad("data is empty")
 	}
 	if err := t.Check(); err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/voxserve/voxserve/kernels/cuda"
 	"github.com/voxserve/voxserve/preprocess"
+	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
 )
 
@@ -467,7 +468,8 @@ func (g *GPU) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, i
 		_ = g.mem.put(out, class)
 		return preprocess.Resident{}, err
 	}
-	return preprocess.Resident{Addr: uintptr(out), Bytes: outBytes, Release: func() { _ = g.mem.put(out, class) }}, nil
+	return preprocess.Resident{DeviceBytes: tensor.DeviceBytes{Addr: uintptr(out), Len: outBytes},
+		Release: func() { _ = g.mem.put(out, class) }}, nil
 }
 
 // ExtractPatches implements Ops.

@@ -128,11 +128,11 @@ func TestGPUPrepareSlabs(t *testing.T) {
 			res, err = g.PrepareSlabs(nil, f32, dims, 0, 0, maps, ws, lay)
 		}
 		require.NoError(t, err)
-		require.Equal(t, 4*len(want), res.Bytes)
+		require.Equal(t, 4*len(want), res.Len)
 		got := make([]float32, len(want))
 		s, err := g.Dev.NewStream()
 		require.NoError(t, err)
-		require.NoError(t, g.Dev.CopyToHost(unsafe.Pointer(&got[0]), cuda.Ptr(res.Addr), res.Bytes, s))
+		require.NoError(t, g.Dev.CopyToHost(unsafe.Pointer(&got[0]), cuda.Ptr(res.Addr), res.Len, s))
 		require.NoError(t, g.Dev.Sync(s))
 		require.NoError(t, g.Dev.DestroyStream(s))
 		res.Release()

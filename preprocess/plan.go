@@ -97,14 +97,10 @@ type SlabLayout struct {
 	Pad                       float32
 }
 
-// Resident is a model input an accelerator left in its memory: Bytes at
-// Addr (a device address), and Release to give them back once the model
-// has read them. Host is the same bytes when that memory is the host's
-// (a test double of a device).
+// Resident is a model input an accelerator left in its memory, and
+// Release to give it back once the model has read it.
 type Resident struct {
-	Addr    uintptr
-	Bytes   int
-	Host    []byte
+	tensor.DeviceBytes
 	Release func()
 }
 

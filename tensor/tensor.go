@@ -60,6 +60,26 @@ type Tensor struct {
 	DType DType
 	Shape []int64
 	Data  []byte
+	// Device, when set, holds the bytes in an accelerator's memory instead
+	// of Data (then nil): a model input the GPU's preprocessing left where
+	// the model's bound inputs are copied from.
+	Device *DeviceBytes
+}
+
+// DeviceBytes are Len bytes at Addr in an accelerator's memory. Host is
+// the same bytes when that memory is the host's (a test double of a GPU).
+type DeviceBytes struct {
+	Addr uintptr
+	Len  int
+	Host []byte
+}
+
+// ByteLen is the length of the tensor's bytes, wherever they are.
+func (t *Tensor) ByteLen() int {
+	if t.Device != nil {
+		return t.Device.Len
+	}
+	return len(t.Data)
 }
 
 // MaxElements caps any shape's element count so that size arithmetic never
@@ -96,8 +116,8 @@ func (t *Tensor) Check() error {
 	if n == 0 {
 		return fmt.Errorf("shape %v has no elements", t.Shape)
 	}
-	if want := n * int64(size); int64(len(t.Data)) != want {
-		return fmt.Errorf("data is %d bytes but shape %v of %s needs %d", len(t.Data), t.Shape, t.DType, want)
+	if want := n * int64(size); int64(t.ByteLen()) != want {
+		return fmt.Errorf("data is %d bytes but shape %v of %s needs %d", t.ByteLen(), t.Shape, t.DType, want)
 	}
 	return nil
 }
@@ -134,6 +154,9 @@ func ShapeString(shape []int64) string {
 
 // ToFloat32 converts a tensor of any numeric type to float32 values.
 func ToFloat32(t *Tensor) ([]float32, error) {
+	if t.Device != nil {
+		return nil, fmt.Errorf("tensor %q is in an accelerator's memory", t.Name)
+	}
 	if err := t.Check(); err != nil {
 		return nil, err
 	}
@@ -179,7 +202,7 @@ func ToFloat32(t *Tensor) ([]float32, error) {
 // when its bytes are 4-byte aligned (Go allocations are), else a copy. The
 // view aliases t.Data: callers must not write to it unless they own t.
 func Float32View(t *Tensor) ([]float32, bool, error) {
-	if t.DType != Float32 {
+	if t.DType != Float32 || t.Device != nil {
 		v, err := ToFloat32(t)
 		return v, false, err
 	}
