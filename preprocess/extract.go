@@ -50,6 +50,19 @@ func SlabsTensor(ch *Channels, r int, out []float32) {
 	})
 }
 
+// cropGeometry is where CropOrPad takes an nx by ny plane of geometry geo
+// to rows by cols: centred, offsets negative where it pads before, and the
+// origin moved to the new first voxel.
+func cropGeometry(geo volume.Geometry, nx, ny, rows, cols int) (offX, offY int, out volume.Geometry) {
+	offX, offY = (nx-cols)/2, (ny-rows)/2
+	out = geo
+	d := geo.Direction
+	for c := 0; c < 3; c++ {
+		out.Origin[c] += float64(offX)*geo.Spacing[0]*d[c] + float64(offY)*geo.Spacing[1]*d[3+c]
+	}
+	return offX, offY, out
+}
+
 // SlabsCropped is CropOrPad on every channel followed by SlabsTensor, as
 // lay describes them, in one pass: the reference of
 // ResidentAccelerator.PrepareSlabs. It returns [nz, C*(2R+1), Rows, Cols].
@@ -258,12 +271,8 @@ func CropOrPad(g *Grid, rows, cols int, pad float32) *Grid {
 	if g.NY == rows && g.NX == cols {
 		return g
 	}
-	offX, offY := (g.NX-cols)/2, (g.NY-rows)/2 // negative: padding before
-	out := &Grid{NX: cols, NY: rows, NZ: g.NZ, Geometry: g.Geometry, V: make([]float32, cols*rows*g.NZ)}
-	d := g.Geometry.Direction
-	for c := 0; c < 3; c++ {
-		out.Geometry.Origin[c] += float64(offX)*g.Geometry.Spacing[0]*d[c] + float64(offY)*g.Geometry.Spacing[1]*d[3+c]
-	}
+	offX, offY, geo := cropGeometry(g.Geometry, g.NX, g.NY, rows, cols)
+	out := &Grid{NX: cols, NY: rows, NZ: g.NZ, Geometry: geo, V: make([]float32, cols*rows*g.NZ)}
 	par.Range(g.NZ, func(lo, hi int) {
 		for k := lo; k < hi; k++ {
 			for j := 0; j < rows; j++ {

@@ -69,6 +69,8 @@ type Prepared struct {
 	Device string
 	// Warnings are what the caller should pass on.
 	Warnings []string
+	// release gives back a resident input's memory (PrepareResident).
+	release func()
 }
 
 // Accelerator runs the fused resample + window pass somewhere faster than
@@ -166,15 +168,7 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 		}
 	}
 	n := [3]int{g.NX, g.NY, g.NZ}
-	to, size := g.Geometry.Spacing, n
-	if spec.TargetSpacing != ([3]float64{}) {
-		for a := 0; a < 3; a++ {
-			if spec.TargetSpacing[a] != 0 {
-				to[a] = spec.TargetSpacing[a]
-			}
-			size[a] = ResampleSize(n[a], g.Geometry.Spacing[a], to[a])
-		}
-	}
+	to, size := targetGrid(g, spec)
 	var ch *Channels
 	a16, _ := acc.(AcceleratorI16)
 	if acc != nil && spec.Accelerates() && (!keep || a16 != nil) {
@@ -279,6 +273,81 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 	}
 	p.Input = tensor.ViewFloat32(inputName, shape, data) // data belongs to this request
 	return p, nil
+}
+
+// targetGrid is the spacing and size spec resamples g to.
+func targetGrid(g *Grid, spec Spec) (to [3]float64, size [3]int) {
+	n := [3]int{g.NX, g.NY, g.NZ}
+	to, size = g.Geometry.Spacing, n
+	if spec.TargetSpacing != ([3]float64{}) {
+		for a := 0; a < 3; a++ {
+			if spec.TargetSpacing[a] != 0 {
+				to[a] = spec.TargetSpacing[a]
+			}
+			size[a] = ResampleSize(n[a], g.Geometry.Spacing[a], to[a])
+		}
+	}
+	return to, size
+}
+
+// PrepareResident is PrepareWith for an accelerator that leaves the model
+// input in its memory, for a model whose inputs are bound there
+// (engine.Model.IOMemory): the study goes up once, and the model reads
+// its input where the kernels wrote it. It takes windowed studies laid out
+// as slices or slabs that need no reorientation; for anything else ok is
+// false and the caller runs PrepareWith. The input is the one PrepareWith
+// makes, bit for bit; Release gives its memory back once the model ran.
+func PrepareResident(v *volume.Volume, spec Spec, inputName string, acc ResidentAccelerator) (p *Prepared, ok bool, err error) {
+	if !spec.Accelerates() || (spec.Layout != LayoutSlices && spec.Layout != LayoutSlabs) ||
+		(spec.Orientation == "LPS" && NeedsReorient(v.Geometry)) {
+		return nil, false, nil
+	}
+	g := &Grid{NX: int(v.Dims[2]), NY: int(v.Dims[1]), NZ: int(v.Dims[0]), Geometry: v.Geometry}
+	n := [3]int{g.NX, g.NY, g.NZ}
+	to, size := targetGrid(g, spec)
+	out := &Grid{NX: size[0], NY: size[1], NZ: size[2], Geometry: g.Geometry}
+	out.Geometry.Spacing = to
+	lay := SlabLayout{Rows: size[1], Cols: size[0], Pad: spec.PadValue}
+	model := out.Geometry
+	if rows, cols := spec.InPlaneSize[0], spec.InPlaneSize[1]; rows > 0 && cols > 0 && (rows != size[1] || cols != size[0]) {
+		lay.Rows, lay.Cols = rows, cols
+		lay.OffX, lay.OffY, model = cropGeometry(out.Geometry, size[0], size[1], rows, cols)
+	}
+	if spec.Layout == LayoutSlabs {
+		lay.R = spec.SlabRadius
+	}
+	var res Resident
+	if stored, i16 := v.Int16(); i16 {
+		slope, icpt := float32(1), float32(0)
+		if v.Rescale != nil {
+			slope, icpt = v.Rescale.Slope, v.Rescale.Intercept
+		}
+		res, err = acc.PrepareSlabs(stored, nil, n, slope, icpt, ResampleMaps(g, out, Linear), spec.Windows, lay)
+	} else {
+		values, _, verr := v.Values()
+		if verr != nil {
+			return nil, false, verr
+		}
+		res, err = acc.PrepareSlabs(nil, values, n, 1, 0, ResampleMaps(g, out, Linear), spec.Windows, lay)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	p = &Prepared{Spec: spec, Source: v.Geometry, SourceSize: n, Model: model, ModelSize: [3]int{lay.Cols, lay.Rows, size[2]},
+		Device: acc.Name(), release: res.Release}
+	depth := 2*lay.R + 1
+	p.Input = &tensor.Tensor{Name: inputName, DType: tensor.Float32, Device: &res.DeviceBytes,
+		Shape: []int64{int64(size[2]), int64(len(spec.Windows) * depth), int64(lay.Rows), int64(lay.Cols)}}
+	return p, true, nil
+}
+
+// Release gives back the memory of a resident input (PrepareResident),
+// once the model has read it; it does nothing otherwise, or twice.
+func (p *Prepared) Release() {
+	if p != nil && p.release != nil {
+		p.release()
+		p.release = nil
+	}
 }
 
 // ModelChannels reads a per-voxel model output (in the layout's batch form)

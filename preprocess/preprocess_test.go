@@ -554,3 +554,74 @@ func TestSlabsCroppedMatchesCropThenSlabs(t *testing.T) {
 		}
 	}
 }
+
+// residentRef is a ResidentAccelerator over host memory: the CPU reference
+// of the fused pass and of SlabsCropped, its output left in a "device"
+// buffer (host bytes) as a GPU leaves it in device memory.
+type residentRef struct {
+	refAccelI16
+	released *int
+}
+
+func (residentRef) ResidentMemory() (string, int) { return "host", 0 }
+
+func (a residentRef) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, icpt float32, maps [3]AxisMap, ws []Window, lay SlabLayout) (Resident, error) {
+	size := [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}
+	ch := &Channels{C: len(ws), NX: size[0], NY: size[1], NZ: size[2], V: make([]float32, len(ws)*size[0]*size[1]*size[2])}
+	var err error
+	if src16 != nil {
+		err = a.WindowResampleI16(src16, dims, slope, icpt, maps, ws, ch.V)
+	} else {
+		err = a.WindowResample(src32, dims, maps, ws, ch.V)
+	}
+	if err != nil {
+		return Resident{}, err
+	}
+	v := SlabsCropped(ch, lay)
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+	return Resident{DeviceBytes: tensor.DeviceBytes{Addr: uintptr(unsafe.Pointer(&b[0])), Len: len(b), Host: b},
+		Release: func() { *a.released++ }}, nil
+}
+
+// PrepareResident leaves in the accelerator's memory exactly the input
+// PrepareWith makes, for slices and slabs, cropped or padded, from int16
+// or float32 volumes; other layouts and reoriented volumes are not taken.
+func TestPrepareResidentMatchesPrepareWith(t *testing.T) {
+	identity := [9]float64{1, 0, 0, 0, 1, 0, 0, 0, 1}
+	windows := []Window{{Center: 40, Width: 80}, {Center: 80, Width: 200}}
+	var f32, i16, released int
+	acc := residentRef{refAccelI16{f32: &f32, i16: &i16}, &released}
+	for _, spec := range []Spec{
+		{Windows: windows, Layout: LayoutSlabs, SlabRadius: 1, TargetSpacing: [3]float64{0.7, 0.9, 2}, InPlaneSize: [2]int{10, 12}, PadValue: -0.25},
+		{Windows: windows, Layout: LayoutSlices, TargetSpacing: [3]float64{1, 1, 0}, InPlaneSize: [2]int{6, 14}},
+		{Windows: windows[:1], Layout: LayoutSlabs, SlabRadius: 2, Orientation: "LPS"},
+	} {
+		for _, v := range []*volume.Volume{randomCT(identity), ctStored(identity)} {
+			want, err := Prepare(randomCT(identity), spec, "image")
+			require.NoError(t, err)
+			got, ok, err := PrepareResident(v, spec, "image", acc)
+			require.NoError(t, err)
+			require.True(t, ok)
+			assert.Nil(t, got.Input.Data)
+			assert.Equal(t, want.Input.Shape, got.Input.Shape)
+			assert.Equal(t, want.Input.Data, got.Input.Device.Host)
+			assert.Equal(t, want.Model, got.Model)
+			assert.Equal(t, want.ModelSize, got.ModelSize)
+			assert.Equal(t, want.Source, got.Source)
+			got.Release()
+			got.Release()
+		}
+	}
+	assert.Equal(t, 6, released)
+	for _, spec := range []Spec{
+		{Windows: windows, Layout: LayoutPatches, PatchSize: [3]int{8, 8, 4}},
+		{Normalize: "zscore", Layout: LayoutSlices},
+	} {
+		_, ok, err := PrepareResident(randomCT(identity), spec, "image", acc)
+		assert.NoError(t, err)
+		assert.False(t, ok)
+	}
+	_, ok, err := PrepareResident(randomCT([9]float64{-1, 0, 0, 0, 1, 0, 0, 0, 1}), Spec{Windows: windows, Layout: LayoutSlices, Orientation: "LPS"}, "image", acc)
+	assert.NoError(t, err)
+	assert.False(t, ok, "needs reorienting first")
+}
