@@ -97,10 +97,14 @@ func (m *Model) infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*ten
 	if m.Spec.MaxBatchSize > 0 {
 		r.n, r.key = ordered[0].Shape[0], itemKey(ordered)
 	}
+	resident := false
 	for _, in := range ordered {
 		r.bytes += int64(in.ByteLen())
-		if in.Device != nil && m.io == nil {
-			return nil, tm, status.Errorf(codes.FailedPrecondition, "model %s: input %q is in device memory, and the model's inputs are not bound (execution.io_binding)", m, in.Name)
+		if in.Device != nil {
+			if m.io == nil {
+				return nil, tm, status.Errorf(codes.FailedPrecondition, "model %s: input %q is in device memory, and the model's inputs are not bound (execution.io_binding)", m, in.Name)
+			}
+			resident = true
 		}
 	}
 	if err := m.sched.submit(r); err != nil {
@@ -119,6 +123,11 @@ func (m *Model) infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*ten
 		case <-ctx.Done():
 			if m.sched.withdraw(r) {
 				return nil, tm, ctxStatus(ctx.Err(), "while queued")
+			}
+			if resident {
+				// The running batch still reads the caller's device
+				// memory, which it frees once we return: wait for it.
+				<-r.done
 			}
 			return nil, tm, ctxStatus(ctx.Err(), "during inference")
 		case <-timeout:

@@ -25,6 +25,7 @@ import (
 	"github.com/voxserve/voxserve/kernels"
 	"github.com/voxserve/voxserve/preprocess"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
 )
 
@@ -489,4 +490,65 @@ func TestLentMemoryOfSeveralSeries(t *testing.T) {
 	defer acc.mu.Unlock()
 	assert.Equal(t, 4, acc.lent)
 	assert.Equal(t, 4, acc.back)
+}
+
+// residentAccel also leaves the model input in "device" memory (host
+// memory standing in for a GPU's), as kernels.GPU.PrepareSlabs does.
+type residentAccel struct {
+	lendingAccel
+	prepared, released atomic.Int32
+	failPrepare        bool
+}
+
+func (*residentAccel) ResidentMemory() (string, int) { return "host", 0 }
+
+func (a *residentAccel) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, icpt float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, lay preprocess.SlabLayout) (preprocess.Resident, error) {
+	if a.failPrepare {
+		return preprocess.Resident{}, errors.New("device lost")
+	}
+	a.prepared.Add(1)
+	size := [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}
+	ch := &preprocess.Channels{C: len(ws), NX: size[0], NY: size[1], NZ: size[2], V: make([]float32, len(ws)*size[0]*size[1]*size[2])}
+	var err error
+	if src16 != nil {
+		err = kernels.CPU{}.WindowResampleI16(src16, dims, slope, icpt, maps, ws, ch.V)
+	} else {
+		err = kernels.CPU{}.WindowResample(src32, dims, maps, ws, ch.V)
+	}
+	if err != nil {
+		return preprocess.Resident{}, err
+	}
+	v := preprocess.SlabsCropped(ch, lay)
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+	return preprocess.Resident{DeviceBytes: tensor.DeviceBytes{Addr: uintptr(unsafe.Pointer(&b[0])), Len: len(b), Host: b},
+		Release: func() { a.released.Add(1) }}, nil
+}
+
+// With the model's inputs bound in the accelerator's memory, the study is
+// preprocessed into that memory and the model reads it there: the answer
+// is the CPU path's, and the input's memory goes back after the request.
+// A failure there falls back through the host, with a warning.
+func TestInferResidentInput(t *testing.T) {
+	_, req, want := acceleratorCase(t)
+	bound := testrepo.Bundle{Name: "windowed", YAML: windowedYAML + "execution:\n  io_binding: on\n",
+		Versions: map[int64][]byte{1: onnxbuild.Threshold2D(0.75, 40).Marshal()}}
+	repo := testrepo.Write(t, bound)
+	acc := &residentAccel{}
+	h := start(t, repo, Options{Accelerator: acc})
+	got, err := h.client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Equal(t, int32(1), acc.prepared.Load())
+	assert.Equal(t, int32(1), acc.released.Load())
+	assert.Equal(t, want.GetFindings()[0].GetProbability(), got.GetFindings()[0].GetProbability())
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	assert.Empty(t, got.GetWarnings())
+	info, err := h.client.GetModel(ctxT(t), &pb.GetModelRequest{Name: "windowed"})
+	require.NoError(t, err)
+	assert.Equal(t, "host memory", info.GetIoBinding())
+
+	failing := &residentAccel{failPrepare: true}
+	got, err = start(t, repo, Options{Accelerator: failing}).client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	assert.Contains(t, strings.Join(got.GetWarnings(), "\n"), "preprocessing into the model's memory on test accelerator failed (device lost); ran through the host")
 }

@@ -95,9 +95,10 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			resp.Warnings = append(resp.Warnings, "the study has no modality; the model's modality check was skipped")
 		}
 		if pp := m.Spec.Preprocessing; pp != nil {
-			if plan, err = preprocess.PrepareWith(vol, pp.Spec(), m.Spec.Inputs[0].Name, s.acc); err != nil {
+			if plan, err = s.prepare(vol, pp.Spec(), m); err != nil {
 				return nil, invalid("preprocessing the study: %v", err)
 			}
+			defer plan.Release() // after the model has read a resident input
 			inputs = []*tensor.Tensor{plan.Input}
 			resp.Warnings = append(resp.Warnings, plan.Warnings...)
 		} else {
@@ -383,6 +384,32 @@ func (s *inference) UnloadModel(ctx context.Context, req *pb.UnloadModelRequest)
 }
 
 // sourceLabels labels a mask output on the study's grid through la.
+// prepare runs the bundle's preprocessing. When the accelerator can leave
+// the model input in the memory the model's inputs are bound in (a GPU
+// with device-bound I/O), it does: the study goes to the device once and
+// the model reads its input where the kernels wrote it. Otherwise, or if
+// that fails, PrepareWith.
+func (s *inference) prepare(vol *volume.Volume, spec preprocess.Spec, m *engine.Model) (*preprocess.Prepared, error) {
+	var warning string
+	if ra, ok := s.acc.(preprocess.ResidentAccelerator); ok {
+		kind, dev := m.IOMemory()
+		if rk, rd := ra.ResidentMemory(); kind != "" && kind == rk && dev == rd {
+			p, ok, err := preprocess.PrepareResident(vol, spec, m.Spec.Inputs[0].Name, ra)
+			if ok {
+				return p, nil
+			}
+			if err != nil {
+				warning = fmt.Sprintf("preprocessing into the model's memory on %s failed (%v); ran through the host", ra.Name(), err)
+			}
+		}
+	}
+	p, err := preprocess.PrepareWith(vol, spec, m.Spec.Inputs[0].Name, s.acc)
+	if err == nil && warning != "" {
+		p.Warnings = append([]string{warning}, p.Warnings...)
+	}
+	return p, err
+}
+
 // studyOptions are the DICOM options for a request to spec. When the
 // bundle's preprocessing windows the study:
 //   - on the accelerator: volumes are decoded straight into its page-locked
