@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -53,17 +54,24 @@ func TestIOBindingPlan(t *testing.T) {
 	}
 }
 
-// Bound inputs and outputs give every request exactly its own rows back,
-// batched across concurrent requests, over two instances.
-func TestBoundIOBatches(t *testing.T) {
+// boundAffine loads the batching affine bundle with its inputs and
+// outputs bound (host memory) over the given number of instances.
+func boundAffine(t *testing.T, instances int) (*Registry, *Model, func()) {
 	b := affineBatching("dynamic_batching:\n  max_queue_delay_microseconds: 20000\n")
-	b.YAML = strings.Replace(b.YAML, "instance_count: 1\n", "instance_count: 2\n", 1)
+	b.YAML = strings.Replace(b.YAML, "instance_count: 1\n", fmt.Sprintf("instance_count: %d\n", instances), 1)
 	b.YAML = withIOBinding(b.YAML, "on")
 	r := NewRegistry(testrepo.Write(t, b), quietLog())
-	defer r.Close()
 	require.NoError(t, r.LoadAll())
 	m, done, err := r.Acquire("affine", "")
 	require.NoError(t, err)
+	return r, m, done
+}
+
+// Bound inputs and outputs give every request exactly its own rows back,
+// batched across concurrent requests, over two instances.
+func TestBoundIOBatches(t *testing.T) {
+	r, m, done := boundAffine(t, 2)
+	defer r.Close()
 	assert.Equal(t, "host memory", m.IOBinding())
 
 	const clients = 24
@@ -95,7 +103,7 @@ func TestBoundIOBatches(t *testing.T) {
 	assert.Less(t, st.Executions, int64(clients*5), "requests were batched: %v", st.BatchSizes)
 	done()
 	// Unloading frees the instances' buffers and bindings with the session.
-	_, err = r.Unload("affine", 0)
+	_, err := r.Unload("affine", 0)
 	require.NoError(t, err)
 }
 
@@ -170,13 +178,8 @@ func resident(t *testing.T, in *tensor.Tensor) *tensor.Tensor {
 // inputs, and in chunks beyond max_batch_size; a model whose inputs are
 // not bound refuses them.
 func TestResidentInputs(t *testing.T) {
-	b := affineBatching("dynamic_batching:\n  max_queue_delay_microseconds: 20000\n")
-	b.YAML = withIOBinding(b.YAML, "on")
-	r := NewRegistry(testrepo.Write(t, b), quietLog())
+	r, m, done := boundAffine(t, 1)
 	defer r.Close()
-	require.NoError(t, r.LoadAll())
-	m, done, err := r.Acquire("affine", "")
-	require.NoError(t, err)
 	defer done()
 	kind, _ := m.IOMemory()
 	assert.Equal(t, "host", kind)
