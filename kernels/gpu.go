@@ -256,11 +256,7 @@ func (c *call) maps(a *cuda.Args, maps [3]preprocess.AxisMap) []cuda.Ptr {
 func (g *GPU) WindowResampleI16(src []int16, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
 	c := g.begin()
 	d := c.alloc(len(out) * 4)
-	dm := &DeviceMaps{Size: [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}}
-	dm.args = c.maps(&cuda.Args{}, maps)
-	if c.err == nil {
-		c.err = g.windowResample(c.s, "vox_window_resample_i16", upload(c, src), dims, slope, intercept, dm, ws, d)
-	}
+	c.fused(src, nil, dims, slope, intercept, maps, ws, d)
 	download(c, out, d)
 	return c.end()
 }
@@ -269,13 +265,25 @@ func (g *GPU) WindowResampleI16(src []int16, dims [3]int, slope, intercept float
 func (g *GPU) WindowResample(src []float32, dims [3]int, maps [3]preprocess.AxisMap, ws []preprocess.Window, out []float32) error {
 	c := g.begin()
 	d := c.alloc(len(out) * 4)
-	dm := &DeviceMaps{Size: [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}}
-	dm.args = c.maps(&cuda.Args{}, maps)
-	if c.err == nil {
-		c.err = g.windowResample(c.s, "vox_window_resample_f32", upload(c, src), dims, 1, 0, dm, ws, d)
-	}
+	c.fused(nil, src, dims, 1, 0, maps, ws, d)
 	download(c, out, d)
 	return c.end()
+}
+
+// fused uploads the study (int16 stored values, or float32 when src16 is
+// nil) and its axis maps, and queues the fused pass into out.
+func (c *call) fused(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, out cuda.Ptr) {
+	dm := &DeviceMaps{Size: [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}}
+	dm.args = c.maps(&cuda.Args{}, maps)
+	kernel, src := "vox_window_resample_i16", cuda.Ptr(0)
+	if src16 != nil {
+		src = upload(c, src16)
+	} else {
+		kernel, src, slope, intercept = "vox_window_resample_f32", upload(c, src32), 1, 0
+	}
+	if c.err == nil {
+		c.err = c.g.windowResample(c.s, kernel, src, dims, slope, intercept, dm, ws, out)
+	}
 }
 
 func windowParams(ws []preprocess.Window) (C.vox_windows, error) {
@@ -446,17 +454,7 @@ func (g *GPU) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, i
 	outBytes := size[2] * len(ws) * depth * lay.Rows * lay.Cols * 4
 	c := g.begin()
 	ch := c.alloc(len(ws) * size[0] * size[1] * size[2] * 4)
-	dm := &DeviceMaps{Size: size}
-	dm.args = c.maps(&cuda.Args{}, maps)
-	kernel, src := "vox_window_resample_f32", cuda.Ptr(0)
-	if src16 != nil {
-		kernel, src = "vox_window_resample_i16", upload(c, src16)
-	} else {
-		src, slope, intercept = upload(c, src32), 1, 0
-	}
-	if c.err == nil {
-		c.err = g.windowResample(c.s, kernel, src, dims, slope, intercept, dm, ws, ch)
-	}
+	c.fused(src16, src32, dims, slope, intercept, maps, ws, ch)
 	out, class, err := g.mem.get(max(outBytes, 1))
 	if err != nil {
 		return preprocess.Resident{}, errors.Join(err, c.end())
