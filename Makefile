@@ -105,15 +105,9 @@ build: deps ## build bin/voxserve, bin/voxctl, bin/voxbench
 run: build ## build and serve the bundled models (CPU when there is no GPU)
 	bin/voxserve --model-repository $(MODELS) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-# The resident-memory check of load/unload cycles runs on its own, after
-# the rest: beside other test packages, glibc opens malloc arenas for the
-# busy ONNX Runtime threads, a one-off step as large as the leak it looks for.
-MEMORY_TEST := ^TestLoadUnloadCyclesReturnMemory$$
-
 test: deps lint check-cuda lint-docker $(VENV)/.ok $(DCIODVFY) $(PERF_ANALYZER) ## the whole test suite
-	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(RACE) $(TEST_FLAGS) -skip '$(MEMORY_TEST)' $$($(GO) list ./... | grep -v -e '/phantom$$')
+	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(RACE) $(TEST_FLAGS) $$($(GO) list ./... | grep -v -e '/phantom$$')
 	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(TEST_FLAGS) $(NORACE_PKGS)
-	$(GO) test $(TEST_FLAGS) -run '$(MEMORY_TEST)' ./engine/
 
 test-short: deps ## tests without -race and lint, for a quick loop
 	$(GO) test -count=1 ./...
