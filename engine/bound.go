@@ -176,8 +176,11 @@ func (b *boundIO) shape(t *boundTensor, n int64) []int64 {
 }
 
 // run executes the batch live (total items): its inputs copied into the
-// bound buffers, the model run over them, the outputs copied out whole
-// (the scheduler splits them). input is the time the assembly took.
+// bound buffers, the model run over them. Each output goes to the memory
+// its requests asked for (request.into), device to device, and to the
+// host whole (the scheduler splits it) only when some request wants it
+// there; otherwise the output tensor has no bytes. input is the time the
+// assembly took.
 func (b *boundIO) run(sess *session, live []*request, total int64) (outs []*tensor.Tensor, input time.Duration, err error) {
 	start := time.Now()
 	var tensors []*ortbind.Tensor
@@ -238,11 +241,25 @@ func (b *boundIO) run(sess *session, live []*request, total int64) (outs []*tens
 	outs = make([]*tensor.Tensor, len(b.outs))
 	for i := range b.outs {
 		t := &b.outs[i]
-		data := make([]byte, int(total)*t.item)
-		if err := b.mem.get(data, t.buf, 0); err != nil {
-			return nil, input, fmt.Errorf("output %q: %w", t.name, err)
+		outs[i] = &tensor.Tensor{Name: t.name, DType: t.dtype, Shape: b.shape(t, total)}
+		host, off := false, 0
+		for _, r := range live {
+			n := int(r.n) * t.item
+			if d := r.intoOf(i); d != nil {
+				if err := b.mem.getDevice(d, t.buf, off); err != nil {
+					return nil, input, fmt.Errorf("output %q: %w", t.name, err)
+				}
+			} else {
+				host = true
+			}
+			off += n
 		}
-		outs[i] = &tensor.Tensor{Name: t.name, DType: t.dtype, Shape: b.shape(t, total), Data: data}
+		if host {
+			outs[i].Data = make([]byte, int(total)*t.item)
+			if err := b.mem.get(outs[i].Data, t.buf, 0); err != nil {
+				return nil, input, fmt.Errorf("output %q: %w", t.name, err)
+			}
+		}
 	}
 	return outs, input, b.mem.wait()
 }

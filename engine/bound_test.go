@@ -166,11 +166,32 @@ func TestBoundIOMatchesReferenceModels(t *testing.T) {
 // resident moves a tensor's bytes into "device" memory: host memory here,
 // standing in for a GPU's, as the preprocessing kernels would leave them.
 func resident(t *testing.T, in *tensor.Tensor) *tensor.Tensor {
-	mem, err := hostMemory{}.alloc(len(in.Data))
+	d := standIn(t, len(in.Data))
+	copy(d.Host, in.Data)
+	return &tensor.Tensor{Name: in.Name, DType: in.DType, Shape: in.Shape, Device: d}
+}
+
+// standIn is n bytes of "device" memory (host memory standing in),
+// poisoned so that bytes never written show.
+func standIn(t *testing.T, n int) *tensor.DeviceBytes {
+	mem, err := hostMemory{}.alloc(n)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = hostMemory{}.free(mem) })
-	copy(mem.host, in.Data)
-	return &tensor.Tensor{Name: in.Name, DType: in.DType, Shape: in.Shape, Device: &tensor.DeviceBytes{Addr: mem.addr, Len: len(in.Data), Host: mem.host}}
+	for i := range mem.host {
+		mem.host[i] = 0xff // a float32 NaN
+	}
+	return &tensor.DeviceBytes{Addr: mem.addr, Len: n, Host: mem.host}
+}
+
+// unboundAffine loads the affine bundle with its I/O not bound.
+func unboundAffine(t *testing.T) *Model {
+	plain := NewRegistry(testrepo.Write(t, testrepo.Affine()), quietLog())
+	t.Cleanup(plain.Close)
+	require.NoError(t, plain.LoadAll())
+	pm, pdone, err := plain.Acquire("affine", "")
+	require.NoError(t, err)
+	t.Cleanup(pdone)
+	return pm
 }
 
 // Inputs already in the memory a model binds (a GPU's preprocessing
@@ -217,15 +238,82 @@ func TestResidentInputs(t *testing.T) {
 	require.NoError(t, err)
 	check(big, outs[0])
 
-	plain := NewRegistry(testrepo.Write(t, testrepo.Affine()), quietLog())
-	defer plain.Close()
-	require.NoError(t, plain.LoadAll())
-	pm, pdone, err := plain.Acquire("affine", "")
-	require.NoError(t, err)
-	defer pdone()
+	pm := unboundAffine(t)
 	kind, _ = pm.IOMemory()
 	assert.Empty(t, kind)
 	_, _, err = pm.Infer(context.Background(), []*tensor.Tensor{resident(t, affineInput(0, 1))})
 	assert.Equal(t, codes.FailedPrecondition, codeOf(err), "%v", err)
 	assert.ErrorContains(t, err, "not bound")
+}
+
+// Outputs a request asks for in the memory the model's outputs are bound
+// in (the GPU's postprocessing reads them there) are copied there and
+// never to the host: alone, batched with requests that want theirs on the
+// host, and in chunks beyond max_batch_size. Bad destinations are refused
+// before anything runs.
+func TestResidentOutputs(t *testing.T) {
+	r, m, done := boundAffine(t, 1)
+	defer r.Close()
+	defer done()
+
+	check := func(in *tensor.Tensor, y []float32) {
+		x, _ := in.Float32s()
+		require.Len(t, y, len(x))
+		for i := range x {
+			require.Equal(t, 2*x[i]+1, y[i], "item %d", i)
+		}
+	}
+	deviceValues := func(out *tensor.Tensor, into *tensor.DeviceBytes) []float32 {
+		require.Nil(t, out.Data, "nothing came to the host")
+		require.Same(t, into, out.Device)
+		v, err := (&tensor.Tensor{DType: tensor.Float32, Shape: out.Shape, Data: into.Host}).Float32s()
+		require.NoError(t, err)
+		return v
+	}
+	var wg sync.WaitGroup
+	for c := 0; c < 8; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			in := affineInput(float32(100*c), int64(1+c%3))
+			if c%2 == 1 {
+				outs, _, err := m.Infer(context.Background(), []*tensor.Tensor{in})
+				if assert.NoError(t, err) {
+					y, _ := outs[0].Float32s()
+					check(in, y)
+				}
+				return
+			}
+			n, err := m.OutputBytes(0, in.Shape[0])
+			require.NoError(t, err)
+			into := standIn(t, n)
+			outs, _, err := m.InferAllTo(context.Background(), []*tensor.Tensor{in}, []*tensor.DeviceBytes{into})
+			if assert.NoError(t, err) {
+				assert.Equal(t, in.Shape, outs[0].Shape)
+				check(in, deviceValues(outs[0], into))
+			}
+		}(c)
+	}
+	wg.Wait()
+	assert.Less(t, m.Stats().Executions, int64(8), "requests with outputs in device memory and on the host batched together")
+
+	big := affineInput(-7, 19) // max_batch_size 8: three chunks
+	n, err := m.OutputBytes(0, 19)
+	require.NoError(t, err)
+	into := standIn(t, n)
+	outs, _, err := m.InferAllTo(context.Background(), []*tensor.Tensor{resident(t, big)}, []*tensor.DeviceBytes{into})
+	require.NoError(t, err)
+	assert.Equal(t, big.Shape, outs[0].Shape)
+	check(big, deviceValues(outs[0], into))
+
+	_, _, err = m.InferAllTo(context.Background(), []*tensor.Tensor{big}, []*tensor.DeviceBytes{standIn(t, n-4)})
+	assert.Equal(t, codes.InvalidArgument, codeOf(err), "%v", err)
+	assert.ErrorContains(t, err, `output "y" needs 456 bytes for 19 items; the destination has 452`)
+	_, _, err = m.InferAllTo(context.Background(), []*tensor.Tensor{big}, []*tensor.DeviceBytes{nil, into})
+	assert.Equal(t, codes.InvalidArgument, codeOf(err), "%v", err)
+
+	pm := unboundAffine(t)
+	_, _, err = pm.InferAllTo(context.Background(), []*tensor.Tensor{affineInput(0, 1)}, []*tensor.DeviceBytes{standIn(t, 24)})
+	assert.Equal(t, codes.FailedPrecondition, codeOf(err), "%v", err)
+	assert.ErrorContains(t, err, "outputs are not bound")
 }

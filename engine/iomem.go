@@ -27,6 +27,9 @@ type ioMemory interface {
 	// output) into b at off: device to device, no host round trip.
 	putDevice(b ioBuffer, off int, src *tensor.DeviceBytes) error
 	get(dst []byte, b ioBuffer, off int) error
+	// getDevice copies dst.Len bytes at off in b to memory of the same
+	// kind the caller owns (an output the GPU's postprocessing reads).
+	getDevice(dst *tensor.DeviceBytes, b ioBuffer, off int) error
 	wait() error
 	close() error
 	// String says what the memory is, for logs and GetModel.
@@ -87,6 +90,13 @@ func (hostMemory) get(dst []byte, b ioBuffer, off int) error {
 	}
 	copy(dst, b.host[off:])
 	return nil
+}
+
+func (m hostMemory) getDevice(dst *tensor.DeviceBytes, b ioBuffer, off int) error {
+	if dst.Host == nil || len(dst.Host) != dst.Len {
+		return fmt.Errorf("destination of %d bytes is in device memory, and the model's outputs are bound in host memory", dst.Len)
+	}
+	return m.get(dst.Host, b, off)
 }
 
 func (hostMemory) wait() error  { return nil }

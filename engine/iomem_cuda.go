@@ -83,6 +83,16 @@ func (m *deviceMemory) get(dst []byte, b ioBuffer, off int) error {
 	return m.dev.CopyToHost(unsafe.Pointer(unsafe.SliceData(dst)), cuda.Ptr(b.addr)+cuda.Ptr(off), len(dst), m.stream)
 }
 
+func (m *deviceMemory) getDevice(dst *tensor.DeviceBytes, b ioBuffer, off int) error {
+	if off+dst.Len > b.n {
+		return fmt.Errorf("copy of %d bytes at %d overruns a %d-byte buffer", dst.Len, off, b.n)
+	}
+	if dst.Host != nil { // a host-memory stand-in: download into it
+		return m.get(dst.Host, b, off)
+	}
+	return m.dev.Copy(cuda.Ptr(dst.Addr), cuda.Ptr(b.addr)+cuda.Ptr(off), dst.Len, m.stream)
+}
+
 func (m *deviceMemory) wait() error { return m.dev.Sync(m.stream) }
 
 func (m *deviceMemory) close() error {

@@ -71,7 +71,7 @@ var ErrQueueFull = errors.New("queue full")
 // dynamic batching, bounded by the queue size and the context's deadline.
 func (m *Model) Infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*tensor.Tensor, tm Timings, err error) {
 	defer m.count(time.Now(), &tm, &err)
-	return m.infer(ctx, inputs)
+	return m.infer(ctx, inputs, nil)
 }
 
 // count records one request's outcome in the model's statistics.
@@ -84,7 +84,7 @@ func (m *Model) count(start time.Time, tm *Timings, err *error) {
 
 // infer is Infer without the statistics, so that InferAll counts a
 // request once however many chunks it takes.
-func (m *Model) infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*tensor.Tensor, tm Timings, err error) {
+func (m *Model) infer(ctx context.Context, inputs []*tensor.Tensor, into []*tensor.DeviceBytes) (outs []*tensor.Tensor, tm Timings, err error) {
 	ordered, err := orderInputs(m.Spec, inputs)
 	if err != nil {
 		return nil, tm, err
@@ -97,7 +97,11 @@ func (m *Model) infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*ten
 	if m.Spec.MaxBatchSize > 0 {
 		r.n, r.key = ordered[0].Shape[0], itemKey(ordered)
 	}
-	resident := false
+	resident, err := m.checkInto(into, r.n)
+	if err != nil {
+		return nil, tm, err
+	}
+	r.into = into
 	for _, in := range ordered {
 		r.bytes += int64(in.ByteLen())
 		if in.Device != nil {
@@ -125,8 +129,8 @@ func (m *Model) infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*ten
 				return nil, tm, ctxStatus(ctx.Err(), "while queued")
 			}
 			if resident {
-				// The running batch still reads the caller's device
-				// memory, which it frees once we return: wait for it.
+				// The running batch still reads or writes the caller's
+				// device memory, which it frees once we return: wait for it.
 				<-r.done
 			}
 			return nil, tm, ctxStatus(ctx.Err(), "during inference")
@@ -137,6 +141,52 @@ func (m *Model) infer(ctx context.Context, inputs []*tensor.Tensor) (outs []*ten
 			timeout = nil // already running: wait for it
 		}
 	}
+}
+
+// checkInto validates a request's output destinations (InferAllTo) for a
+// batch of n items, and says whether the request has memory of its own in
+// a batch's hands (resident inputs or outputs).
+func (m *Model) checkInto(into []*tensor.DeviceBytes, n int64) (resident bool, err error) {
+	if len(into) > len(m.Spec.Outputs) {
+		return false, status.Errorf(codes.InvalidArgument, "model %s: %d output destinations for %d outputs", m, len(into), len(m.Spec.Outputs))
+	}
+	for i, d := range into {
+		if d == nil {
+			continue
+		}
+		name := m.Spec.Outputs[i].Name
+		if m.io == nil {
+			return false, status.Errorf(codes.FailedPrecondition, "model %s: output %q asked for in device memory, and the model's outputs are not bound (execution.io_binding)", m, name)
+		}
+		want, err := m.OutputBytes(i, n)
+		if err != nil {
+			return false, err
+		}
+		if d.Len != want {
+			return false, status.Errorf(codes.InvalidArgument, "model %s: output %q needs %d bytes for %d items; the destination has %d", m, name, want, n, d.Len)
+		}
+		resident = true
+	}
+	return resident, nil
+}
+
+// OutputBytes is the size of output i for a request of n items (n is 1
+// for a model without a batch axis). Bound outputs have fixed dims.
+func (m *Model) OutputBytes(i int, n int64) (int, error) {
+	o := m.Spec.Outputs[i]
+	dt, err := tensor.ParseDType(o.DataType)
+	if err != nil {
+		return 0, err
+	}
+	dims := o.Dims
+	if m.Spec.MaxBatchSize > 0 {
+		dims = append([]int64{n}, dims...)
+	}
+	count, err := tensor.NumElements(dims) // a dynamic dim (-1) is an error
+	if err != nil {
+		return 0, status.Errorf(codes.FailedPrecondition, "model %s: output %q has no fixed size: %v", m, o.Name, err)
+	}
+	return int(count) * dt.Size(), nil
 }
 
 // Queued is the number of requests waiting for an instance.
@@ -187,10 +237,22 @@ func (m *Model) BundleDir() string { return filepath.Dir(filepath.Dir(m.Path)) }
 // chunks of at most max_batch_size, and concatenates the outputs along the
 // batch axis. A study's slices or patches are one request's batch.
 func (m *Model) InferAll(ctx context.Context, inputs []*tensor.Tensor) (outs []*tensor.Tensor, total Timings, err error) {
+	return m.InferAllTo(ctx, inputs, nil)
+}
+
+// InferAllTo is InferAll with output i written to into[i] where that is
+// not nil: memory the caller owns, of the kind the model's outputs are
+// bound in (IOMemory), sized for the whole request (OutputBytes). Such an
+// output is copied there from the bound buffer, device to device on a GPU,
+// and comes back as a tensor over it (tensor.Tensor.Device) that never
+// passed through the host: what the GPU's postprocessing reads. into[i]
+// must stay valid until InferAllTo returns, which it does, even when ctx
+// is cancelled, only once no batch writes there.
+func (m *Model) InferAllTo(ctx context.Context, inputs []*tensor.Tensor, into []*tensor.DeviceBytes) (outs []*tensor.Tensor, total Timings, err error) {
 	defer m.count(time.Now(), &total, &err)
 	maxB := m.Spec.MaxBatchSize
 	if maxB <= 0 || len(inputs) == 0 || len(inputs[0].Shape) == 0 || inputs[0].Shape[0] <= maxB {
-		return m.infer(ctx, inputs)
+		return m.infer(ctx, inputs, into)
 	}
 	// Validate the whole request first, so errors describe it, not a chunk.
 	inputs, err = orderInputsBatch(m.Spec, inputs, false)
@@ -203,13 +265,25 @@ func (m *Model) InferAll(ctx context.Context, inputs []*tensor.Tensor) (outs []*
 			return nil, Timings{}, status.Errorf(codes.InvalidArgument, "inputs disagree on the batch size (%d and %d)", n, in.Shape[0])
 		}
 	}
+	if _, err := m.checkInto(into, n); err != nil {
+		return nil, Timings{}, err
+	}
 	for lo := int64(0); lo < n; lo += maxB {
 		hi := min(lo+maxB, n)
 		chunk := make([]*tensor.Tensor, len(inputs))
 		for i, in := range inputs {
 			chunk[i] = batchSlice(in, lo, hi)
 		}
-		res, tm, err := m.infer(ctx, chunk)
+		var chunkInto []*tensor.DeviceBytes
+		for i, d := range into {
+			if chunkInto == nil {
+				chunkInto = make([]*tensor.DeviceBytes, len(into))
+			}
+			if d != nil {
+				chunkInto[i] = deviceSlice(d, lo, hi, n)
+			}
+		}
+		res, tm, err := m.infer(ctx, chunk, chunkInto)
 		if err != nil {
 			return nil, total, err
 		}
@@ -222,14 +296,21 @@ func (m *Model) InferAll(ctx context.Context, inputs []*tensor.Tensor) (outs []*
 			outs = make([]*tensor.Tensor, len(res))
 			for i, r := range res {
 				shape := append([]int64{n}, r.Shape[1:]...)
-				outs[i] = &tensor.Tensor{Name: r.Name, DType: r.DType, Shape: shape, Data: make([]byte, 0, int(n)*len(r.Data)/int(max(r.Shape[0], 1)))}
+				outs[i] = &tensor.Tensor{Name: r.Name, DType: r.DType, Shape: shape}
+				if i < len(into) && into[i] != nil {
+					outs[i].Device = into[i] // each chunk wrote its part
+				} else {
+					outs[i].Data = make([]byte, 0, int(n)*len(r.Data)/int(max(r.Shape[0], 1)))
+				}
 			}
 		}
 		for i, r := range res {
 			if len(r.Shape) == 0 || r.Shape[0] != hi-lo {
 				return nil, total, status.Errorf(codes.Internal, "output %q has no batch axis of %d", r.Name, hi-lo)
 			}
-			outs[i].Data = append(outs[i].Data, r.Data...)
+			if outs[i].Device == nil {
+				outs[i].Data = append(outs[i].Data, r.Data...)
+			}
 		}
 	}
 	return outs, total, nil
@@ -242,12 +323,19 @@ func batchSlice(t *tensor.Tensor, lo, hi int64) *tensor.Tensor {
 	shape := append([]int64{hi - lo}, t.Shape[1:]...)
 	out := &tensor.Tensor{Name: t.Name, DType: t.DType, Shape: shape}
 	if d := t.Device; d != nil {
-		out.Device = &tensor.DeviceBytes{Addr: d.Addr + uintptr(lo*per), Len: int((hi - lo) * per)}
-		if d.Host != nil {
-			out.Device.Host = d.Host[lo*per : hi*per]
-		}
+		out.Device = deviceSlice(d, lo, hi, t.Shape[0])
 		return out
 	}
 	out.Data = t.Data[lo*per : hi*per]
+	return out
+}
+
+// deviceSlice is items [lo, hi) of n items' bytes at d.
+func deviceSlice(d *tensor.DeviceBytes, lo, hi, n int64) *tensor.DeviceBytes {
+	per := int64(d.Len) / n
+	out := &tensor.DeviceBytes{Addr: d.Addr + uintptr(lo*per), Len: int((hi - lo) * per)}
+	if d.Host != nil {
+		out.Host = d.Host[lo*per : hi*per]
+	}
 	return out
 }

@@ -48,6 +48,17 @@ type request struct {
 	lane   int
 	enq    time.Time
 	done   chan result // buffered: the runner never blocks on a gone caller
+	// into[i], when set, is where output i goes: memory the caller owns,
+	// of the kind the outputs are bound in (Model.InferAllTo).
+	into []*tensor.DeviceBytes
+}
+
+// intoOf is where output i of r goes, nil for the host.
+func (r *request) intoOf(i int) *tensor.DeviceBytes {
+	if i < len(r.into) {
+		return r.into[i]
+	}
+	return nil
 }
 
 type result struct {
@@ -311,11 +322,22 @@ func (s *scheduler) run(batch []*request) {
 	var off int64
 	for k, r := range live {
 		res := result{err: err, tm: Timings{Queue: start.Sub(r.enq), Compute: compute, Input: input, Infer: infer}}
-		if err == nil && len(live) == 1 {
+		if err == nil && len(live) == 1 && r.into == nil {
 			res.outs = outs // the batch is the request's own
 		} else if err == nil {
 			res.outs = make([]*tensor.Tensor, len(outs))
 			for i, o := range outs {
+				if d := r.intoOf(i); d != nil { // the bound run copied it there
+					res.outs[i] = &tensor.Tensor{Name: o.Name, DType: o.DType, Shape: o.Shape, Device: d}
+					if len(live) > 1 {
+						res.outs[i].Shape = append([]int64{r.n}, o.Shape[1:]...)
+					}
+					continue
+				}
+				if len(live) == 1 {
+					res.outs[i] = o
+					continue
+				}
 				if len(o.Shape) == 0 || o.Shape[0] != total {
 					res.err = status.Errorf(codes.Internal, "model %s: output %q has no batch axis of %d", s.m, o.Name, total)
 					break
