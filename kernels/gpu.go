@@ -65,10 +65,11 @@ const hostPoolBytes = 2 << 30
 const poolShare = 4
 
 var (
-	_ Ops                            = (*GPU)(nil)
-	_ preprocess.AcceleratorI16      = (*GPU)(nil)
-	_ preprocess.HostMemory          = (*GPU)(nil) // the server decodes studies into it
-	_ preprocess.ResidentAccelerator = (*GPU)(nil)
+	_ Ops                                 = (*GPU)(nil)
+	_ preprocess.AcceleratorI16           = (*GPU)(nil)
+	_ preprocess.HostMemory               = (*GPU)(nil) // the server decodes studies into it
+	_ preprocess.ResidentAccelerator      = (*GPU)(nil)
+	_ preprocess.ResidentLabelAccelerator = (*GPU)(nil) // masks labelled where the model wrote them
 )
 
 // Open loads the kernels onto GPU ordinal; ErrUnavailable (wrapped) when
@@ -374,7 +375,7 @@ func (g *GPU) ToGrid(src, out *preprocess.Grid, interp preprocess.Interp) error 
 	}
 	c := g.begin()
 	d := upload(c, out.V) // Nearest leaves outside voxels as they are
-	a := (&cuda.Args{}).Ptr(upload(c, src.V)).Int(src.NX).Int(src.NY).Int(src.NZ).
+	a := (&cuda.Args{}).Ptr(upload(c, src.V)).Int(src.NX).Int(src.NY).Int(src.NZ).Int64(int64(src.NX*src.NY)).
 		Struct(unsafe.Pointer(&t), int(unsafe.Sizeof(t)), 8)
 	nearest := 0
 	if interp == preprocess.Nearest {
@@ -588,8 +589,30 @@ func thresholdParams(thresholds []float64) C.vox_thresholds {
 // label map and the component cleanup run there, and only the labels come
 // back.
 func (g *GPU) SourceLabels(ch *preprocess.Channels, model, source volume.Geometry, size [3]int, activation string, thresholds []float64, minVoxels int) ([]uint8, error) {
-	if ch.C > C.VOX_MAX_LABELS || len(thresholds) != ch.C {
-		return nil, fmt.Errorf("kernels: %d channels with %d thresholds; the GPU takes up to %d", ch.C, len(thresholds), C.VOX_MAX_LABELS)
+	c := g.begin()
+	rc := preprocess.ResidentChannels{C: ch.C, NX: ch.NX, NY: ch.NY, NZ: ch.NZ, CStride: ch.NX * ch.NY * ch.NZ, ZStride: ch.NX * ch.NY}
+	return c.sourceLabels(upload(c, ch.V), rc, model, source, size, activation, thresholds, minVoxels)
+}
+
+// SourceLabelsResident implements preprocess.ResidentLabelAccelerator:
+// SourceLabels over a model output where the model wrote it (device memory
+// the server lent it, engine.Model.InferAllTo), read through its strides:
+// nothing goes up, and only the labels come back.
+func (g *GPU) SourceLabelsResident(rc preprocess.ResidentChannels, model, source volume.Geometry, size [3]int, activation string, thresholds []float64, minVoxels int) ([]uint8, error) {
+	if rc.Bytes.Host != nil || rc.Bytes.Addr == 0 {
+		return nil, errors.New("kernels: the channels are not in device memory")
+	}
+	if need := 4 * ((rc.C-1)*rc.CStride + (rc.NZ-1)*rc.ZStride + rc.NX*rc.NY); rc.C < 1 || rc.Bytes.Len < need {
+		return nil, fmt.Errorf("kernels: %d bytes of channels; their strides read %d", rc.Bytes.Len, need)
+	}
+	c := g.begin()
+	return c.sourceLabels(cuda.Ptr(rc.Bytes.Addr), rc, model, source, size, activation, thresholds, minVoxels)
+}
+
+// sourceLabels queues SourceLabels over the channels at src and ends c.
+func (c *call) sourceLabels(src cuda.Ptr, rc preprocess.ResidentChannels, model, source volume.Geometry, size [3]int, activation string, thresholds []float64, minVoxels int) ([]uint8, error) {
+	if rc.C > C.VOX_MAX_LABELS || len(thresholds) != rc.C {
+		return nil, errors.Join(fmt.Errorf("kernels: %d channels with %d thresholds; the GPU takes up to %d", rc.C, len(thresholds), C.VOX_MAX_LABELS), c.end())
 	}
 	n := size[0] * size[1] * size[2]
 	off, m := preprocess.GridMap(model, source)
@@ -601,22 +624,40 @@ func (g *GPU) SourceLabels(ch *preprocess.Channels, model, source volume.Geometr
 		}
 	}
 	th := thresholdParams(thresholds)
-	c := g.begin()
-	src := upload(c, ch.V)
-	probs := c.alloc(4 * ch.C * n)
+	probs := c.alloc(4 * rc.C * n)
 	lab := c.alloc(n)
-	vox := ch.NX * ch.NY * ch.NZ
-	for k := 0; k < ch.C; k++ {
-		a := (&cuda.Args{}).Ptr(src+cuda.Ptr(4*k*vox)).Int(ch.NX).Int(ch.NY).Int(ch.NZ).
+	for k := 0; k < rc.C; k++ {
+		a := (&cuda.Args{}).Ptr(src+cuda.Ptr(4*k*rc.CStride)).Int(rc.NX).Int(rc.NY).Int(rc.NZ).Int64(int64(rc.ZStride)).
 			Struct(unsafe.Pointer(&t), int(unsafe.Sizeof(t)), 8).Int(0).Int(size[0]).Int(size[1]).Ptr(probs + cuda.Ptr(4*k*n))
 		c.launch("vox_to_grid_f32", [3]int{ceil(size[0], block), size[1], size[2]}, a)
 	}
-	c.launch("vox_label_map", c.linear(n), (&cuda.Args{}).Ptr(probs).Int(1).Int(ch.C).Int64(int64(n)).
-		Int(labelMode(activation, ch.C)).Struct(unsafe.Pointer(&th), int(unsafe.Sizeof(th)), 8).Ptr(lab))
+	c.launch("vox_label_map", c.linear(n), (&cuda.Args{}).Ptr(probs).Int(1).Int(rc.C).Int64(int64(n)).
+		Int(labelMode(activation, rc.C)).Struct(unsafe.Pointer(&th), int(unsafe.Sizeof(th)), 8).Ptr(lab))
 	removeSmall(c, lab, [3]int{size[2], size[1], size[0]}, n, minVoxels)
 	out := make([]uint8, n)
 	download(c, out, lab)
 	return out, c.end()
+}
+
+// ResidentBuffer implements preprocess.ResidentLabelAccelerator: n bytes
+// from the device-buffer cache, for a model to write an output into.
+func (g *GPU) ResidentBuffer(n int) (preprocess.Resident, error) {
+	p, class, err := g.mem.get(max(n, 1))
+	if err != nil {
+		return preprocess.Resident{}, err
+	}
+	return preprocess.Resident{DeviceBytes: tensor.DeviceBytes{Addr: uintptr(p), Len: n},
+		Release: func() { _ = g.mem.put(p, class) }}, nil
+}
+
+// ReadResident implements preprocess.ResidentLabelAccelerator.
+func (g *GPU) ReadResident(dst []byte, src tensor.DeviceBytes) error {
+	if len(dst) != src.Len {
+		return fmt.Errorf("kernels: reading %d device bytes into %d", src.Len, len(dst))
+	}
+	c := g.begin()
+	download(c, dst, cuda.Ptr(src.Addr))
+	return c.end()
 }
 
 // LabelStats implements Ops.

@@ -13,6 +13,8 @@ import (
 
 	"github.com/voxserve/voxserve/kernels/cuda"
 	"github.com/voxserve/voxserve/preprocess"
+	"github.com/voxserve/voxserve/tensor"
+	"github.com/voxserve/voxserve/volume"
 )
 
 // openGPU opens device 0, or skips where there is none; VOXSERVE_REQUIRE_GPU=1
@@ -137,5 +139,52 @@ func TestGPUPrepareSlabs(t *testing.T) {
 		require.NoError(t, g.Dev.DestroyStream(s))
 		res.Release()
 		assert.Equal(t, want, got, "from int16: %v", from16)
+	}
+}
+
+// SourceLabelsResident labels a model output where the model wrote it, a
+// [z, C, y, x] batch of slices read through its strides, exactly as the
+// CPU labels the same channels gathered on the host; ReadResident gives
+// the bytes back.
+func TestGPUSourceLabelsResident(t *testing.T) {
+	g := openGPU(t)
+	r := newRand(t)
+	for _, tc := range []struct {
+		act string
+		c   int
+	}{{"sigmoid", 1}, {"sigmoid", 2}, {"softmax", 3}} {
+		p := &preprocess.Prepared{Spec: preprocess.Spec{Layout: preprocess.LayoutSlices}, ModelSize: [3]int{24, 20, 9}}
+		v := randF32(r, tc.c*24*20*9, -3, 3)
+		buf, err := g.ResidentBuffer(4 * len(v))
+		require.NoError(t, err)
+		s, err := g.Dev.NewStream()
+		require.NoError(t, err)
+		require.NoError(t, g.Dev.CopyToDevice(cuda.Ptr(buf.Addr), unsafe.Pointer(&v[0]), buf.Len, s))
+		require.NoError(t, g.Dev.Sync(s))
+		require.NoError(t, g.Dev.DestroyStream(s))
+		out := &tensor.Tensor{Name: "mask", DType: tensor.Float32, Shape: []int64{9, int64(tc.c), 20, 24}, Device: &buf.DeviceBytes}
+		rc, err := p.ResidentChannels(out)
+		require.NoError(t, err)
+
+		model := volume.Identity()
+		model.Spacing = [3]float64{1.8, 1.8, 5}
+		source := volume.Identity()
+		source.Spacing = [3]float64{0.45, 0.5, 1.25}
+		source.Origin = [3]float64{-1, 2, 0.5}
+		size := [3]int{90, 70, 33}
+		th := make([]float64, tc.c)
+		for i := range th {
+			th[i] = 0.3 + 0.4*r.Float64()
+		}
+		want, err := CPU{}.SourceLabels(rc.Gather(v), model, source, size, tc.act, th, 30)
+		require.NoError(t, err)
+		got, err := g.SourceLabelsResident(rc, model, source, size, tc.act, th, 30)
+		require.NoError(t, err)
+		assert.Equal(t, want, got, "%s x%d", tc.act, tc.c)
+
+		back := make([]byte, buf.Len)
+		require.NoError(t, g.ReadResident(back, buf.DeviceBytes))
+		assert.Equal(t, unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v)), back)
+		buf.Release()
 	}
 }

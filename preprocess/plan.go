@@ -357,26 +357,20 @@ func (p *Prepared) ModelChannels(out *tensor.Tensor) (*Channels, error) {
 	if err != nil {
 		return nil, err
 	}
-	mx, my, mz := p.ModelSize[0], p.ModelSize[1], p.ModelSize[2]
 	var ch *Channels
 	switch p.Spec.Layout {
 	case LayoutVolume, "":
-		if len(out.Shape) != 5 || out.Shape[0] != 1 || out.Shape[2] != int64(mz) || out.Shape[3] != int64(my) || out.Shape[4] != int64(mx) {
-			return nil, fmt.Errorf("output %q has shape %v; want [1, C, %d, %d, %d]", out.Name, out.Shape, mz, my, mx)
+		if err := p.checkOutput(out); err != nil {
+			return nil, err
 		}
+		mx, my, mz := p.ModelSize[0], p.ModelSize[1], p.ModelSize[2]
 		ch = &Channels{C: int(out.Shape[1]), NX: mx, NY: my, NZ: mz, V: v}
 	case LayoutSlices, LayoutSlabs:
-		if len(out.Shape) != 4 || out.Shape[0] != int64(mz) || out.Shape[2] != int64(my) || out.Shape[3] != int64(mx) {
-			return nil, fmt.Errorf("output %q has shape %v; want [%d, C, %d, %d]", out.Name, out.Shape, mz, my, mx)
+		rc, err := p.strides(out)
+		if err != nil {
+			return nil, err
 		}
-		c := int(out.Shape[1])
-		ch = &Channels{C: c, NX: mx, NY: my, NZ: mz, V: make([]float32, len(v))}
-		plane := mx * my
-		for k := 0; k < mz; k++ {
-			for cc := 0; cc < c; cc++ {
-				copy(ch.V[cc*mz*plane+k*plane:cc*mz*plane+(k+1)*plane], v[(k*c+cc)*plane:(k*c+cc+1)*plane])
-			}
-		}
+		ch = rc.Gather(v)
 	case LayoutPatches:
 		ps := p.Spec.PatchSize
 		if len(out.Shape) != 5 || out.Shape[0] != int64(len(p.Patches)) || out.Shape[2] != int64(ps[2]) || out.Shape[3] != int64(ps[1]) || out.Shape[4] != int64(ps[0]) {

@@ -2,6 +2,7 @@ package preprocess
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -624,4 +625,65 @@ func TestPrepareResidentMatchesPrepareWith(t *testing.T) {
 	_, ok, err := PrepareResident(randomCT([9]float64{-1, 0, 0, 0, 1, 0, 0, 0, 1}), Spec{Windows: windows, Layout: LayoutSlices, Orientation: "LPS"}, "image", acc)
 	assert.NoError(t, err)
 	assert.False(t, ok, "needs reorienting first")
+}
+
+// A model output in device memory is read where it lies through strides:
+// gathered on the host, they give the channels ModelChannels gives, for
+// volumes, slices and slabs, one channel and several. Patches are
+// stitched on the host.
+func TestResidentChannels(t *testing.T) {
+	nx, ny, nz := 5, 4, 3
+	plane, vox := nx*ny, nx*ny*nz
+	for _, tt := range []struct {
+		layout string
+		c      int
+	}{{LayoutVolume, 1}, {LayoutVolume, 2}, {LayoutSlices, 1}, {LayoutSlices, 3}, {LayoutSlabs, 2}} {
+		t.Run(fmt.Sprintf("%s/%d", tt.layout, tt.c), func(t *testing.T) {
+			p := &Prepared{Spec: Spec{Layout: tt.layout}, ModelSize: [3]int{nx, ny, nz}}
+			v := make([]float32, tt.c*vox)
+			for i := range v {
+				v[i] = float32(i)
+			}
+			shape := []int64{int64(nz), int64(tt.c), int64(ny), int64(nx)}
+			if tt.layout == LayoutVolume {
+				shape = []int64{1, int64(tt.c), int64(nz), int64(ny), int64(nx)}
+			}
+			// Channel-major, by the layout's own index formula.
+			want := make([]float32, len(v))
+			for c := 0; c < tt.c; c++ {
+				for k := 0; k < nz; k++ {
+					for j := 0; j < plane; j++ {
+						src := (k*tt.c+c)*plane + j
+						if tt.layout == LayoutVolume {
+							src = c*vox + k*plane + j
+						}
+						want[c*vox+k*plane+j] = v[src]
+					}
+				}
+			}
+			host := tensor.ViewFloat32("mask", shape, v)
+			ch, err := p.ModelChannels(host)
+			require.NoError(t, err)
+			assert.Equal(t, want, ch.V)
+
+			b := unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+			dev := &tensor.Tensor{Name: "mask", DType: tensor.Float32, Shape: shape,
+				Device: &tensor.DeviceBytes{Addr: uintptr(unsafe.Pointer(&b[0])), Len: len(b), Host: b}}
+			rc, err := p.ResidentChannels(dev)
+			require.NoError(t, err)
+			assert.Equal(t, dev.Device.Addr, rc.Bytes.Addr)
+			assert.Equal(t, want, rc.Gather(v).V)
+
+			_, err = p.ResidentChannels(host)
+			assert.ErrorContains(t, err, "not in device memory")
+			bad := *dev
+			bad.Shape = append([]int64{}, shape...)
+			bad.Shape[len(shape)-1]++
+			_, err = p.ResidentChannels(&bad)
+			assert.ErrorContains(t, err, "has shape")
+		})
+	}
+	p := &Prepared{Spec: Spec{Layout: LayoutPatches}, ModelSize: [3]int{nx, ny, nz}}
+	_, err := p.ResidentChannels(&tensor.Tensor{Name: "mask", DType: tensor.Float32, Shape: []int64{2, 1, 2, 2, 2}, Device: &tensor.DeviceBytes{Len: 64}})
+	assert.ErrorContains(t, err, "stitched on the host")
 }

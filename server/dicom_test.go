@@ -498,6 +498,33 @@ type residentAccel struct {
 	lendingAccel
 	prepared, released atomic.Int32
 	failPrepare        bool
+	// Outputs lent to the model and labelled where it wrote them.
+	buffers, buffersBack, residentLabels atomic.Int32
+	failLabels                           bool
+}
+
+func (a *residentAccel) ResidentBuffer(n int) (preprocess.Resident, error) {
+	a.buffers.Add(1)
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = 0xff // NaN: bytes the model never wrote show
+	}
+	return preprocess.Resident{DeviceBytes: tensor.DeviceBytes{Addr: uintptr(unsafe.Pointer(&b[0])), Len: n, Host: b},
+		Release: func() { a.buffersBack.Add(1) }}, nil
+}
+
+func (a *residentAccel) ReadResident(dst []byte, src tensor.DeviceBytes) error {
+	copy(dst, src.Host)
+	return nil
+}
+
+func (a *residentAccel) SourceLabelsResident(rc preprocess.ResidentChannels, model, source volume.Geometry, size [3]int, act string, th []float64, minVoxels int) ([]uint8, error) {
+	a.residentLabels.Add(1)
+	if a.failLabels {
+		return nil, errors.New("device lost")
+	}
+	v := unsafe.Slice((*float32)(unsafe.Pointer(&rc.Bytes.Host[0])), len(rc.Bytes.Host)/4)
+	return kernels.CPU{}.SourceLabels(rc.Gather(v), model, source, size, act, th, minVoxels)
 }
 
 func (*residentAccel) ResidentMemory() (string, int) { return "host", 0 }
@@ -524,15 +551,21 @@ func (a *residentAccel) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int
 		Release: func() { a.released.Add(1) }}, nil
 }
 
+// boundWindowed is acceleratorCase's windowed bundle with its inputs and
+// outputs bound (host memory on the CPU, as a GPU binds device memory).
+func boundWindowed(t *testing.T) (string, *pb.InferRequest, *pb.InferResponse) {
+	_, req, want := acceleratorCase(t)
+	bound := testrepo.Bundle{Name: "windowed", YAML: windowedYAML + "execution:\n  io_binding: on\n",
+		Versions: map[int64][]byte{1: onnxbuild.Threshold2D(0.75, 40).Marshal()}}
+	return testrepo.Write(t, bound), req, want
+}
+
 // With the model's inputs bound in the accelerator's memory, the study is
 // preprocessed into that memory and the model reads it there: the answer
 // is the CPU path's, and the input's memory goes back after the request.
 // A failure there falls back through the host, with a warning.
 func TestInferResidentInput(t *testing.T) {
-	_, req, want := acceleratorCase(t)
-	bound := testrepo.Bundle{Name: "windowed", YAML: windowedYAML + "execution:\n  io_binding: on\n",
-		Versions: map[int64][]byte{1: onnxbuild.Threshold2D(0.75, 40).Marshal()}}
-	repo := testrepo.Write(t, bound)
+	repo, req, want := boundWindowed(t)
 	acc := &residentAccel{}
 	h := start(t, repo, Options{Accelerator: acc})
 	got, err := h.client.Infer(ctxT(t), req)
@@ -551,4 +584,42 @@ func TestInferResidentInput(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
 	assert.Contains(t, strings.Join(got.GetWarnings(), "\n"), "preprocessing into the model's memory on test accelerator failed (device lost); ran through the host")
+}
+
+// With the model's outputs bound in the accelerator's memory, the mask
+// output is written into memory the accelerator lends and labelled there:
+// the answer is the CPU path's, nothing is labelled from the host, and
+// the memory goes back. If labelling there fails, the output is read back
+// and labelled through the host, with a warning. Raw tensors asked for
+// keep the outputs on the host.
+func TestInferResidentOutputs(t *testing.T) {
+	repo, req, want := boundWindowed(t)
+	acc := &residentAccel{}
+	h := start(t, repo, Options{Accelerator: acc})
+	got, err := h.client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Empty(t, got.GetWarnings())
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	assert.Equal(t, want.GetFindings()[0].GetProbability(), got.GetFindings()[0].GetProbability())
+	assert.Equal(t, int32(1), acc.buffers.Load(), "one mask output")
+	assert.Equal(t, int32(1), acc.buffersBack.Load())
+	assert.Equal(t, int32(1), acc.residentLabels.Load())
+	assert.Equal(t, int32(0), acc.labels.Load(), "nothing labelled from the host")
+
+	failing := &residentAccel{failLabels: true}
+	got, err = start(t, repo, Options{Accelerator: failing}).client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	assert.Contains(t, strings.Join(got.GetWarnings(), "\n"), "labelling probability_map where the model wrote it on test accelerator failed (device lost); ran through the host")
+	assert.Equal(t, int32(1), failing.labels.Load(), "labelled from the host instead")
+	assert.Equal(t, failing.buffers.Load(), failing.buffersBack.Load())
+
+	raw := &residentAccel{}
+	withTensors := &pb.InferRequest{Model: "windowed", Input: req.Input,
+		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_MASK, pb.OutputKind_OUTPUT_KIND_TENSORS}}
+	got, err = start(t, repo, Options{Accelerator: raw}).client.Infer(ctxT(t), withTensors)
+	require.NoError(t, err)
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	assert.NotEmpty(t, got.GetTensors())
+	assert.Equal(t, int32(0), raw.buffers.Load())
 }

@@ -126,21 +126,30 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		s.prep.WithLabelValues(m.Spec.Name, m.VersionString()).Observe(prepTime.Seconds())
 	}
 
-	// STAT (1) and ROUTINE (2) are the scheduler's priority levels;
-	// unspecified (0) takes the bundle's default.
-	outs, tm, err := m.InferAll(engine.WithPriority(ctx, int(req.GetPriority())), inputs)
-	if err != nil {
-		return nil, err
-	}
 	// The SR reports the measurements, which are taken on the masks.
 	needMasks := want[pb.OutputKind_OUTPUT_KIND_MASK] || want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS] ||
 		want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] || (want[pb.OutputKind_OUTPUT_KIND_DICOM_SR] && hasMeasurements(m.Spec))
-	post := time.Now() // postprocessing includes mapping outputs back to the study
-	var premade map[int]*postprocess.Mask
-	fractions := map[string][][]uint8{} // fractional SEG content by output
 	fractional := func(decl bundle.Output) bool {
 		return want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] && decl.SEGType == "fractional"
 	}
+	var into []*tensor.DeviceBytes
+	if plan != nil && needMasks && !want[pb.OutputKind_OUTPUT_KIND_TENSORS] {
+		var release func()
+		into, release, err = s.residentOutputs(m, plan, fractional)
+		if err != nil {
+			resp.Warnings = append(resp.Warnings, err.Error())
+		}
+		defer release() // after the labels are read
+	}
+	// STAT (1) and ROUTINE (2) are the scheduler's priority levels;
+	// unspecified (0) takes the bundle's default.
+	outs, tm, err := m.InferAllTo(engine.WithPriority(ctx, int(req.GetPriority())), inputs, into)
+	if err != nil {
+		return nil, err
+	}
+	post := time.Now() // postprocessing includes mapping outputs back to the study
+	var premade map[int]*postprocess.Mask
+	fractions := map[string][][]uint8{} // fractional SEG content by output
 	if plan != nil && needMasks {
 		// Per-voxel outputs go back onto the study's own grid (measurements
 		// are taken there too), labelled there directly: on the GPU when
@@ -155,6 +164,23 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		for i, decl := range m.Spec.Outputs {
 			if decl.Kind != "mask" {
 				continue
+			}
+			if outs[i].Device != nil { // where the model wrote it (residentOutputs)
+				rla := s.acc.(preprocess.ResidentLabelAccelerator)
+				mk, err := sourceLabelsResident(rla, plan, outs[i], decl, study)
+				if err == nil {
+					if premade == nil {
+						premade = map[int]*postprocess.Mask{}
+					}
+					premade[i] = mk
+					continue
+				}
+				resp.Warnings = append(resp.Warnings, fmt.Sprintf("labelling %s where the model wrote it on %s failed (%v); ran through the host", decl.Name, rla.Name(), err))
+				data := make([]byte, outs[i].Device.Len)
+				if err := rla.ReadResident(data, *outs[i].Device); err != nil {
+					return nil, status.Errorf(codes.Internal, "reading %s from %s: %v", decl.Name, rla.Name(), err)
+				}
+				outs[i] = &tensor.Tensor{Name: outs[i].Name, DType: outs[i].DType, Shape: outs[i].Shape, Data: data}
 			}
 			if la != nil && !fractional(decl) {
 				if mk, err := sourceLabels(la, plan, outs[i], decl, study); err == nil {
@@ -444,8 +470,29 @@ func sourceLabels(la preprocess.LabelAccelerator, plan *preprocess.Prepared, out
 	if err != nil {
 		return nil, err
 	}
-	if ch.C != len(decl.Labels) {
-		return nil, fmt.Errorf("%d channels for %d labels", ch.C, len(decl.Labels))
+	return labelMask(plan, decl, study, ch.C, func(th []float64, minVoxels int) ([]uint8, error) {
+		return la.SourceLabels(ch, plan.Model, plan.Source, plan.SourceSize, decl.Activation, th, minVoxels)
+	})
+}
+
+// sourceLabelsResident is sourceLabels for a mask output the model left in
+// the accelerator's memory (residentOutputs): labelled where it is.
+func sourceLabelsResident(la preprocess.ResidentLabelAccelerator, plan *preprocess.Prepared, out *tensor.Tensor, decl bundle.Output, study *postprocess.Study) (*postprocess.Mask, error) {
+	rc, err := plan.ResidentChannels(out)
+	if err != nil {
+		return nil, err
+	}
+	return labelMask(plan, decl, study, rc.C, func(th []float64, minVoxels int) ([]uint8, error) {
+		return la.SourceLabelsResident(rc, plan.Model, plan.Source, plan.SourceSize, decl.Activation, th, minVoxels)
+	})
+}
+
+// labelMask makes the mask of output decl, of c channels, on the study's
+// grid with label, given the labels' thresholds and the speck size.
+func labelMask(plan *preprocess.Prepared, decl bundle.Output, study *postprocess.Study, c int,
+	label func(thresholds []float64, minVoxels int) ([]uint8, error)) (*postprocess.Mask, error) {
+	if c != len(decl.Labels) {
+		return nil, fmt.Errorf("%d channels for %d labels", c, len(decl.Labels))
 	}
 	th := make([]float64, len(decl.Labels))
 	mk := &postprocess.Mask{Output: decl.Name}
@@ -453,10 +500,59 @@ func sourceLabels(la preprocess.LabelAccelerator, plan *preprocess.Prepared, out
 		th[i] = l.Threshold
 		mk.Labels = append(mk.Labels, l.Name)
 	}
-	size := plan.SourceSize
-	if mk.Voxels, err = la.SourceLabels(ch, plan.Model, plan.Source, size, decl.Activation, th, postprocess.MinVoxels(decl, study)); err != nil {
+	var err error
+	if mk.Voxels, err = label(th, postprocess.MinVoxels(decl, study)); err != nil {
 		return nil, err
 	}
+	size := plan.SourceSize
 	mk.Dims = []int64{int64(size[2]), int64(size[1]), int64(size[0])}
 	return mk, nil
+}
+
+// residentOutputs lends the model memory for the mask outputs the
+// accelerator can label where the model writes them: when it is a GPU
+// with device-bound outputs on the same device, for masks of a layout it
+// reads in place (volume, slices, slabs) and not wanted as fractional
+// SEGs. The model's output then goes from the model to the label map
+// without passing through the host. into is InferAllTo's, nil where an
+// output goes to the host; release gives the memory back. An error is a
+// warning: the outputs it names go through the host.
+func (s *inference) residentOutputs(m *engine.Model, plan *preprocess.Prepared, fractional func(bundle.Output) bool) (into []*tensor.DeviceBytes, release func(), err error) {
+	var lent []func()
+	release = func() {
+		for _, f := range lent {
+			f()
+		}
+	}
+	rla, ok := s.acc.(preprocess.ResidentLabelAccelerator)
+	if !ok || plan.Spec.Layout == preprocess.LayoutPatches {
+		return nil, release, nil
+	}
+	kind, dev := m.IOMemory()
+	if rk, rd := rla.ResidentMemory(); kind == "" || kind != rk || dev != rd {
+		return nil, release, nil
+	}
+	items := int64(1)
+	if m.Spec.MaxBatchSize > 0 {
+		items = plan.Input.Shape[0]
+	}
+	for i, decl := range m.Spec.Outputs {
+		if decl.Kind != "mask" || fractional(decl) || decl.DataType != string(tensor.Float32) {
+			continue
+		}
+		n, err := m.OutputBytes(i, items)
+		if err != nil {
+			return into, release, fmt.Errorf("output %s goes through the host: %v", decl.Name, err)
+		}
+		buf, err := rla.ResidentBuffer(n)
+		if err != nil {
+			return into, release, fmt.Errorf("output %s goes through the host: no memory on %s for it (%v)", decl.Name, rla.Name(), err)
+		}
+		lent = append(lent, buf.Release)
+		if into == nil {
+			into = make([]*tensor.DeviceBytes, len(m.Spec.Outputs))
+		}
+		into[i] = &buf.DeviceBytes
+	}
+	return into, release, nil
 }

@@ -114,8 +114,10 @@ __global__ void vox_resample_f32(const float *__restrict__ src, int sx, int sy,
 // vox_to_grid_f32 maps a float32 volume onto another grid through an
 // affine index map (preprocess.ToGridInto): trilinear with edge clamping,
 // or nearest leaving outside voxels as they are. Launch as vox_resample_f32.
+// Source slices are zs values apart (sx*sy when contiguous; more for one
+// channel of a [z, C, y, x] batch of slices read where the model left it).
 __global__ void vox_to_grid_f32(const float *__restrict__ src, int sx, int sy, int sz,
-                                vox_affine t, int nearest, int ox, int oy,
+                                long long zs, vox_affine t, int nearest, int ox, int oy,
                                 float *__restrict__ out) {
 	int i = blockIdx.x * blockDim.x + threadIdx.x;
 	int j = blockIdx.y, k = blockIdx.z;
@@ -143,7 +145,7 @@ __global__ void vox_to_grid_f32(const float *__restrict__ src, int sx, int sy, i
 			w[a] = (float)(x - (double)f);
 		}
 	}
-#define AT(x, y, z) __ldg(src + ((long long)(z) * sy + (y)) * sx + (x))
+#define AT(x, y, z) __ldg(src + (long long)(z) * zs + (long long)(y) * sx + (x))
 	float c00 = lerp(AT(lo[0], lo[1], lo[2]), AT(hi[0], lo[1], lo[2]), w[0]);
 	float c01 = lerp(AT(lo[0], hi[1], lo[2]), AT(hi[0], hi[1], lo[2]), w[0]);
 	float c10 = lerp(AT(lo[0], lo[1], hi[2]), AT(hi[0], lo[1], hi[2]), w[0]);
