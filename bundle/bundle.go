@@ -65,6 +65,8 @@ type Spec struct {
 	Provenance      Provenance       `yaml:"provenance"`
 	// Triage rules; absent means the response carries no triage.
 	Triage *Triage `yaml:"triage"`
+	// ModelWarmup are requests run at load, before the version is ready.
+	ModelWarmup []Warmup `yaml:"model_warmup"`
 }
 
 // Input declares one model input tensor.
@@ -383,6 +385,15 @@ func (s *Spec) applyDefaults() {
 	if s.Execution.GraphOptimization == "" {
 		s.Execution.GraphOptimization = "all"
 	}
+	for i := range s.ModelWarmup {
+		w := &s.ModelWarmup[i]
+		if w.BatchSize == 0 && s.MaxBatchSize > 0 {
+			w.BatchSize = 1
+		}
+		if w.Count == 0 {
+			w.Count = 1
+		}
+	}
 	for i := range s.Outputs {
 		o := &s.Outputs[i]
 		if o.Activation == "" {
@@ -626,6 +637,7 @@ func (s *Spec) validate(file string) error {
 			bad("execution.io_binding", "on needs fixed dims, and %s has a dynamic one", where)
 		}
 	}
+	s.validateWarmup(bad)
 	if !oneOf(s.Execution.GraphOptimization, optimization) {
 		bad("execution.graph_optimization", "%q must be one of %s", s.Execution.GraphOptimization, strings.Join(optimization, ", "))
 	}

@@ -62,6 +62,10 @@ func TestParseValid(t *testing.T) {
 	assert.Equal(t, 1, s.VersionPolicy.Latest)
 	assert.Equal(t, 0.3, s.Outputs[0].Labels[0].Threshold)
 	assert.Equal(t, DefaultThreshold, s.Outputs[0].Labels[1].Threshold)
+	w, err := Parse("demo/bundle.yaml", []byte(valid+"model_warmup:\n  - {name: one}\n  - {name: full, batch_size: 8, count: 2, inputs: {image: {random_data: true}}}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, []Warmup{{Name: "one", BatchSize: 1, Count: 1},
+		{Name: "full", BatchSize: 8, Count: 2, Inputs: map[string]WarmupInput{"image": {RandomData: true}}}}, w.ModelWarmup)
 }
 
 func TestParseErrorsNameFileAndField(t *testing.T) {
@@ -147,6 +151,22 @@ func TestParseErrorsNameFileAndField(t *testing.T) {
 		}, []string{"execution.io_binding: on needs fixed dims, and inputs[0].dims has a dynamic one"}},
 		{"bad provider", func(s string) string { return s + "execution:\n  providers: [tpu]\n" },
 			[]string{"execution.providers[0]: \"tpu\""}},
+		{"warm-up batch too big", func(s string) string { return s + "model_warmup: [{name: full, batch_size: 9}]\n" },
+			[]string{"model_warmup[0].batch_size: 9 must be between 1 and max_batch_size 8"}},
+		{"warm-up of an unknown input", func(s string) string {
+			return s + "model_warmup: [{name: x, inputs: {scan: {zero_data: true}}, count: 101}]\n"
+		}, []string{`model_warmup[0].count: 101 must be between 1 and 100`, `model_warmup[0].inputs.scan: no input "scan" is declared`}},
+		{"warm-up input", func(s string) string {
+			return s + "model_warmup: [{name: x, inputs: {image: {data_type: int16, dims: [1, 64, 32], zero_data: true, random_data: true}}}]\n"
+		}, []string{`model_warmup[0].inputs.image.data_type: "int16" differs from the declared "float32"`,
+			"model_warmup[0].inputs.image: set one of zero_data and random_data",
+			"model_warmup[0].inputs.image.dims[2]: 32 must be the declared 64"}},
+		{"warm-up of a dynamic dim", func(s string) string {
+			return strings.Replace(s, "[1, 64, 64]", "[1, -1, 64]", 1) + "model_warmup: [{name: x}]\n"
+		}, []string{"model_warmup[0].inputs.image.dims: required: the input has a dynamic dim"}},
+		{"warm-up dims", func(s string) string {
+			return strings.Replace(s, "[1, 64, 64]", "[1, -1, 64]", 1) + "model_warmup: [{name: x, inputs: {image: {dims: [1, 0]}}}]\n"
+		}, []string{"model_warmup[0].inputs.image.dims: [1 0] has 2 dims; the input declares 3"}},
 		{"two version policies", func(s string) string { return s + "version_policy:\n  latest: 2\n  all: true\n" },
 			[]string{"version_policy: set exactly one of latest, all, specific"}},
 		{"wrong type", func(s string) string { return strings.Replace(s, "max_batch_size: 8", "max_batch_size: eight", 1) },

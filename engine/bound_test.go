@@ -115,16 +115,10 @@ func TestBoundIOMatchesReferenceModels(t *testing.T) {
 	}
 	for _, name := range []string{"ich", "pneumothorax", "psoas"} {
 		t.Run(name, func(t *testing.T) {
-			repo := t.TempDir()
-			require.NoError(t, os.CopyFS(filepath.Join(repo, name), os.DirFS(filepath.Join("..", "models", name))))
-			yamlPath := filepath.Join(repo, name, "bundle.yaml")
-			y, err := os.ReadFile(yamlPath)
-			require.NoError(t, err)
-			require.NoError(t, os.WriteFile(yamlPath, []byte(withIOBinding(string(y), "on")), 0o644))
-
+			repo := copyBundle(t, name, func(y string) string { return withIOBinding(y, "on") })
 			plain := NewRegistry("../models", quietLog())
 			defer plain.Close()
-			_, err = plain.Load(name, nil)
+			_, err := plain.Load(name, nil)
 			require.NoError(t, err)
 			bound := NewRegistry(repo, quietLog())
 			defer bound.Close()
@@ -161,6 +155,18 @@ func TestBoundIOMatchesReferenceModels(t *testing.T) {
 			}
 		})
 	}
+}
+
+// copyBundle copies reference bundle name into a new repository, its
+// bundle.yaml rewritten by edit, and returns the repository.
+func copyBundle(t *testing.T, name string, edit func(string) string) string {
+	repo := t.TempDir()
+	require.NoError(t, os.CopyFS(filepath.Join(repo, name), os.DirFS(filepath.Join("..", "models", name))))
+	yamlPath := filepath.Join(repo, name, "bundle.yaml")
+	y, err := os.ReadFile(yamlPath)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(yamlPath, []byte(edit(string(y))), 0o644))
+	return repo
 }
 
 // resident moves a tensor's bytes into "device" memory: host memory here,

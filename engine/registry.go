@@ -147,6 +147,10 @@ func (r *Registry) loadVersion(b *bundle.Bundle, v int64) (*Model, error) {
 		m.ioKind, m.ioDevice = b.mem.kind(), b.mem.device()
 		ios <- b
 	}
+	if err := m.warmup(log); err != nil {
+		m.close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	return m, nil
 }
 
