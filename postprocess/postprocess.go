@@ -4,14 +4,12 @@
 package postprocess
 
 import (
-	"bytes"
 	"fmt"
 	"math"
 
-	"github.com/klauspost/compress/zlib"
-
 	"github.com/voxserve/voxserve/bundle"
 	"github.com/voxserve/voxserve/internal/par"
+	"github.com/voxserve/voxserve/internal/pzlib"
 	"github.com/voxserve/voxserve/tensor"
 )
 
@@ -35,21 +33,11 @@ type Mask struct {
 	Voxels []uint8
 }
 
-// Compressed returns the mask's voxels zlib-compressed (klauspost/compress:
-// the same format, about twice as fast as compress/zlib on a 71 MB mask).
-func (m *Mask) Compressed() ([]byte, error) {
-	var buf bytes.Buffer
-	w, err := zlib.NewWriterLevel(&buf, zlib.BestSpeed)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := w.Write(m.Voxels); err != nil {
-		return nil, err
-	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+// Compressed returns the mask's voxels zlib-compressed, on every core
+// (internal/pzlib): a 512 x 512 x 271 head CT's mask is 71 MB, which one
+// core takes about 40 ms to deflate.
+func (m *Mask) Compressed() []byte {
+	return pzlib.Compress(m.Voxels)
 }
 
 // Result is everything derived from one run.

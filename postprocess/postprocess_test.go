@@ -44,9 +44,7 @@ func TestFindingsActivationsAndBatchMax(t *testing.T) {
 }
 
 func inflate(t *testing.T, m *Mask) []byte {
-	z, err := m.Compressed()
-	require.NoError(t, err)
-	r, err := zlib.NewReader(bytes.NewReader(z))
+	r, err := zlib.NewReader(bytes.NewReader(m.Compressed()))
 	require.NoError(t, err)
 	b, err := io.ReadAll(r)
 	require.NoError(t, err)

@@ -232,11 +232,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		}
 	}
 	for i := range res.Masks {
-		pm, err := maskToProto(&res.Masks[i], geometry)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "compressing mask: %v", err)
-		}
-		resp.Masks = append(resp.Masks, pm)
+		resp.Masks = append(resp.Masks, maskToProto(&res.Masks[i], geometry))
 	}
 	if want[pb.OutputKind_OUTPUT_KIND_TENSORS] {
 		for _, o := range outs {
@@ -285,12 +281,8 @@ func codeToProto(c *bundle.Code) *pb.Code {
 	return &pb.Code{Scheme: c.Scheme, Value: c.Value, Meaning: c.Meaning}
 }
 
-func maskToProto(m *postprocess.Mask, g *pb.Geometry) (*pb.Mask, error) {
-	z, err := m.Compressed()
-	if err != nil {
-		return nil, err
-	}
-	return &pb.Mask{Output: m.Output, Labels: m.Labels, Dims: m.Dims, Geometry: g, DataZlib: z}, nil
+func maskToProto(m *postprocess.Mask, g *pb.Geometry) *pb.Mask {
+	return &pb.Mask{Output: m.Output, Labels: m.Labels, Dims: m.Dims, Geometry: g, DataZlib: m.Compressed()}
 }
 
 // InferStream gathers a header and DICOM instances, then answers once.
