@@ -44,7 +44,7 @@ func TestLoadUnloadCyclesReturnDeviceMemory(t *testing.T) {
 	}
 	defer dev.Close()
 
-	r := NewRegistry(cudaRepo(t, src, ""), quietLog())
+	r := NewRegistry(cudaRepo(t, src, "", false), quietLog())
 	defer r.Close()
 	if _, err := r.Load("pneumothorax", nil); err != nil {
 		skip("the CUDA provider does not load here: %v", err)
@@ -77,7 +77,7 @@ func TestCUDAOutOfMemoryFailsTheRequest(t *testing.T) {
 		}
 		t.Skip("needs models/pneumothorax and a CUDA driver")
 	}
-	r := NewRegistry(cudaRepo(t, src, "  cuda: {gpu_mem_limit: 1048576}\n"), quietLog())
+	r := NewRegistry(cudaRepo(t, src, "  cuda: {gpu_mem_limit: 1048576}\n", false), quietLog())
 	defer r.Close()
 	if _, err := r.Load("pneumothorax", nil); err != nil {
 		if codeOf(err) == codes.ResourceExhausted {
@@ -95,17 +95,31 @@ func TestCUDAOutOfMemoryFailsTheRequest(t *testing.T) {
 	_, _, err = m.Infer(context.Background(), []*tensor.Tensor{x})
 	assert.Equal(t, codes.ResourceExhausted, codeOf(err), "%v", err)
 	assert.Contains(t, r.Names(), "pneumothorax", "the model stays loaded")
+
+	// With its warm-up (a batch of 32), the same bundle fails its load
+	// instead: RESOURCE_EXHAUSTED, naming the warm-up.
+	warm := NewRegistry(cudaRepo(t, src, "  cuda: {gpu_mem_limit: 1048576}\n", true), quietLog())
+	defer warm.Close()
+	_, err = warm.Load("pneumothorax", nil)
+	assert.Equal(t, codes.ResourceExhausted, codeOf(err), "%v", err)
+	assert.ErrorContains(t, err, "model_warmup[")
 }
 
 // cudaRepo is a repository holding the bundle at src (its model linked)
-// asking for the CUDA provider only, with extra execution options.
-func cudaRepo(t *testing.T, src, extra string) string {
+// asking for the CUDA provider only, with extra execution options, and
+// without its model_warmup unless warm: these tests count on what the
+// requests they send do.
+func cudaRepo(t *testing.T, src, extra string, warm bool) string {
 	repo := t.TempDir()
 	dst := filepath.Join(repo, filepath.Base(src))
 	mustT(t, os.MkdirAll(filepath.Join(dst, "1"), 0o755))
 	y, err := os.ReadFile(filepath.Join(src, "bundle.yaml"))
 	mustT(t, err)
-	yaml := strings.Replace(string(y), "\nprovenance:", "\nexecution:\n  providers: [cuda]\n"+extra+"provenance:", 1)
+	yaml := string(y)
+	if !warm {
+		yaml = dropWarmup(yaml)
+	}
+	yaml = strings.Replace(yaml, "\nprovenance:", "\nexecution:\n  providers: [cuda]\n"+extra+"provenance:", 1)
 	mustT(t, os.WriteFile(filepath.Join(dst, "bundle.yaml"), []byte(yaml), 0o644))
 	abs, _ := filepath.Abs(filepath.Join(src, "1", "model.onnx"))
 	mustT(t, os.Symlink(abs, filepath.Join(dst, "1", "model.onnx")))
@@ -135,7 +149,7 @@ func TestDeviceBoundIOMatchesCPU(t *testing.T) {
 	for _, name := range []string{"ich", "pneumothorax", "psoas"} {
 		t.Run(name, func(t *testing.T) {
 			src := filepath.Join("..", "models", name)
-			r := NewRegistry(cudaRepo(t, src, "  io_binding: on\n  cuda: {tf32: false}\n"), quietLog())
+			r := NewRegistry(cudaRepo(t, src, "  io_binding: on\n  cuda: {tf32: false}\n", false), quietLog())
 			defer r.Close()
 			if _, err := r.Load(name, nil); err != nil {
 				if mustHave {
