@@ -3,11 +3,14 @@ package bundle
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/voxserve/voxserve/tensor"
 )
 
 const valid = `name: demo
@@ -167,6 +170,9 @@ func TestParseErrorsNameFileAndField(t *testing.T) {
 		{"warm-up dims", func(s string) string {
 			return strings.Replace(s, "[1, 64, 64]", "[1, -1, 64]", 1) + "model_warmup: [{name: x, inputs: {image: {dims: [1, 0]}}}]\n"
 		}, []string{"model_warmup[0].inputs.image.dims: [1 0] has 2 dims; the input declares 3"}},
+		{"warm-up too large", func(s string) string {
+			return strings.Replace(s, "[1, 64, 64]", "[1, -1, 64]", 1) + "model_warmup: [{name: x, batch_size: 8, inputs: {image: {dims: [1, 9000000, 64]}}}]\n"
+		}, []string{"model_warmup[0]: its inputs take more than the 1073741824 bytes a warm-up may"}},
 		{"two version policies", func(s string) string { return s + "version_policy:\n  latest: 2\n  all: true\n" },
 			[]string{"version_policy: set exactly one of latest, all, specific"}},
 		{"wrong type", func(s string) string { return strings.Replace(s, "max_batch_size: 8", "max_batch_size: eight", 1) },
@@ -265,6 +271,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("name: x\ntask: both\n"))
 	f.Add([]byte("inputs: [{name: a, dims: [-1, 99999999999999]}]"))
 	f.Add([]byte("&a [*a, *a]"))
+	f.Add([]byte(valid + "model_warmup: [{name: w, batch_size: 8, count: 2, inputs: {image: {random_data: true, dims: [1, 64, 64]}}}]\n"))
 	if b, err := os.ReadFile("../models/hyperdensity/bundle.yaml"); err == nil {
 		f.Add(b)
 	}
@@ -279,6 +286,19 @@ func FuzzParse(f *testing.F) {
 		// Whatever parses must satisfy the invariants the engine relies on.
 		if s.Name == "" || len(s.Inputs) == 0 || len(s.Outputs) == 0 || s.InstanceCount < 1 || s.Queue.MaxQueueSize < 1 {
 			t.Fatalf("accepted an invalid spec: %+v", s)
+		}
+		for _, w := range s.ModelWarmup { // made in memory at load
+			var total int64
+			for _, in := range s.Inputs {
+				n, err := tensor.NumElements(append([]int64{max(w.BatchSize, 1)}, w.WarmupDims(in)...))
+				if err != nil || slices.Contains(w.WarmupDims(in), -1) {
+					t.Fatalf("accepted warm-up %q with dims %v: %v", w.Name, w.WarmupDims(in), err)
+				}
+				total += n * int64(tensor.DType(in.DataType).Size())
+			}
+			if total > MaxWarmupBytes || w.Count < 1 {
+				t.Fatalf("accepted warm-up %+v (%d bytes)", w, total)
+			}
 		}
 	})
 }

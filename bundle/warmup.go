@@ -2,8 +2,15 @@ package bundle
 
 import (
 	"fmt"
+	"slices"
 	"sort"
+
+	"github.com/voxserve/voxserve/tensor"
 )
+
+// MaxWarmupBytes caps a warm-up request's inputs, which are made in memory
+// at load: a bundle must not be able to take the server down with one.
+const MaxWarmupBytes = 1 << 30
 
 // Warmup is one of Triton's model_warmup entries: a synthetic request run
 // when a version loads, before it is ready. The first runs of a session
@@ -90,13 +97,23 @@ func (s *Spec) validateWarmup(bad func(field, format string, args ...any)) {
 				}
 			}
 		}
+		var total int64 // bytes: the warm-up's inputs are made in memory at load
 		for _, in := range s.Inputs {
-			for _, d := range w.WarmupDims(in) {
-				if d < 0 {
-					bad(f+".inputs."+in.Name+".dims", "required: the input has a dynamic dim")
-					break
-				}
+			dims := w.WarmupDims(in)
+			if slices.ContainsFunc(dims, func(d int64) bool { return d < 0 }) {
+				bad(f+".inputs."+in.Name+".dims", "required: the input has a dynamic dim")
+				continue
 			}
+			dt, _ := tensor.ParseDType(in.DataType) // checked with the inputs
+			n, err := tensor.NumElements(append([]int64{max(w.BatchSize, 1)}, dims...))
+			if err != nil || n > MaxWarmupBytes {
+				total = MaxWarmupBytes + 1
+				continue
+			}
+			total += n * int64(max(dt.Size(), 1))
+		}
+		if total > MaxWarmupBytes {
+			bad(f, "its inputs take more than the %d bytes a warm-up may", int64(MaxWarmupBytes))
 		}
 	}
 }
