@@ -104,22 +104,36 @@ func RemoveSmallComponents(lab []uint8, dims [3]int, minVoxels int) int {
 	return removed
 }
 
-// measure computes an output's declared measurements on its label map.
+// measure computes an output's declared measurements on its label map,
+// from one pass over it (gather).
 func measure(decl bundle.Output, m *Mask, st *Study) ([]Measurement, error) {
 	dims := maskDims(m)
 	if n := dims[0] * dims[1] * dims[2]; n != len(m.Voxels) {
 		return nil, fmt.Errorf("mask %q has %d voxels for dims %v", decl.Name, len(m.Voxels), m.Dims)
 	}
 	g := st.Geometry
-	value := func(name string) (uint8, error) {
+	value := func(name string) (int, error) {
 		for i, l := range decl.Labels {
 			if l.Name == name {
-				return uint8(i + 1), nil
+				return i + 1, nil
 			}
 		}
 		return 0, fmt.Errorf("output %q has no label %q", decl.Name, name)
 	}
-	nx, ny, nz := dims[2], dims[1], dims[0]
+	var values func(int) float32
+	extent := false
+	for _, ms := range decl.Measurements {
+		switch ms.Type {
+		case "mean_intensity":
+			if st.voxels() != len(m.Voxels) {
+				return nil, fmt.Errorf("measurement %q needs the source values on the mask's grid", ms.Name)
+			}
+			values = st.value
+		case "craniocaudal_length":
+			extent = true
+		}
+	}
+	stats := gather(m.Voxels, dims, len(decl.Labels), values, st, extent)
 	var out []Measurement
 	for _, ms := range decl.Measurements {
 		lab, err := value(ms.Label)
@@ -127,50 +141,24 @@ func measure(decl bundle.Output, m *Mask, st *Study) ([]Measurement, error) {
 			return nil, err
 		}
 		res := Measurement{Name: ms.Name, Label: ms.Label, Type: ms.Type}
+		t := stats.total(lab)
 		switch ms.Type {
 		case "volume":
-			n := count(m.Voxels, lab)
-			res.Value, res.Unit = float64(n)*g.Spacing[0]*g.Spacing[1]*g.Spacing[2]/1000, "mL"
+			res.Value, res.Unit = float64(t.count)*g.Spacing[0]*g.Spacing[1]*g.Spacing[2]/1000, "mL"
 		case "max_axial_area":
-			best := 0
-			for k := 0; k < nz; k++ {
-				best = max(best, count(m.Voxels[k*nx*ny:(k+1)*nx*ny], lab))
-			}
-			res.Value, res.Unit = float64(best)*g.Spacing[0]*g.Spacing[1]/100, "cm2"
+			res.Value, res.Unit = float64(stats.maxSlice(lab))*g.Spacing[0]*g.Spacing[1]/100, "cm2"
 		case "craniocaudal_length":
 			// Extent along the patient's S axis of the voxels, each voxel
 			// contributing its own extent along S.
-			lo, hi := math.Inf(1), math.Inf(-1)
-			d := g.Direction
-			for k := 0; k < nz; k++ {
-				for j := 0; j < ny; j++ {
-					for i := 0; i < nx; i++ {
-						if m.Voxels[(k*ny+j)*nx+i] != lab {
-							continue
-						}
-						s := g.Origin[2] + float64(i)*g.Spacing[0]*d[2] + float64(j)*g.Spacing[1]*d[5] + float64(k)*g.Spacing[2]*d[8]
-						lo, hi = math.Min(lo, s), math.Max(hi, s)
-					}
-				}
-			}
-			if hi >= lo {
+			if t.hi >= t.lo {
+				d := g.Direction
 				ext := g.Spacing[0]*math.Abs(d[2]) + g.Spacing[1]*math.Abs(d[5]) + g.Spacing[2]*math.Abs(d[8])
-				res.Value = (hi - lo + ext) / 10
+				res.Value = (t.hi - t.lo + ext) / 10
 			}
 			res.Unit = "cm"
 		case "mean_intensity":
-			if st.voxels() != len(m.Voxels) {
-				return nil, fmt.Errorf("measurement %q needs the source values on the mask's grid", ms.Name)
-			}
-			sum, n := 0.0, 0
-			for i, l := range m.Voxels {
-				if l == lab {
-					sum += float64(st.value(i))
-					n++
-				}
-			}
-			if n > 0 {
-				res.Value = sum / float64(n)
+			if t.count > 0 {
+				res.Value = t.sum / float64(t.count)
 			}
 			res.Unit = "{intensity}"
 			if st.Modality == "CT" {
@@ -185,7 +173,7 @@ func measure(decl bundle.Output, m *Mask, st *Study) ([]Measurement, error) {
 			if err != nil {
 				return nil, err
 			}
-			res.Value, res.Unit = sideFraction(m.Voxels, nx, ny, lab, right, left), "1"
+			res.Value, res.Unit = sideFraction(t, stats.total(right), stats.total(left)), "1"
 		default:
 			return nil, fmt.Errorf("unknown measurement type %q", ms.Type)
 		}
@@ -194,54 +182,24 @@ func measure(decl bundle.Output, m *Mask, st *Study) ([]Measurement, error) {
 	return out, nil
 }
 
-func count(v []uint8, l uint8) int {
-	n := 0
-	if l != 0 { // masks are mostly background: skip it eight voxels at a time
-		for len(v) >= 8 {
-			if binary.LittleEndian.Uint64(v) != 0 {
-				for _, x := range v[:8] {
-					if x == l {
-						n++
-					}
-				}
-			}
-			v = v[8:]
-		}
-	}
-	for _, x := range v {
-		if x == l {
-			n++
-		}
-	}
-	return n
-}
-
 // sideFraction is |num| / (|num| + |lung on num's side|): the side is the
 // lung label whose centroid is nearer the numerator's.
-func sideFraction(v []uint8, nx, ny int, num, right, left uint8) float64 {
-	var c [3][3]float64 // num, right, left: sum x, sum y, count
-	for i, l := range v {
-		x, y := float64(i%nx), float64((i/nx)%ny)
-		for s, want := range []uint8{num, right, left} {
-			if l == want {
-				c[s][0] += x
-				c[s][1] += y
-				c[s][2]++
-			}
-		}
-	}
-	if c[0][2] == 0 {
+func sideFraction(num, right, left sliceStats) float64 {
+	if num.count == 0 {
 		return 0
 	}
-	centroid := func(s int) (float64, float64) { return c[s][0] / math.Max(c[s][2], 1), c[s][1] / math.Max(c[s][2], 1) }
-	nxc, nyc := centroid(0)
-	rx, ry := centroid(1)
-	lx, ly := centroid(2)
-	side := c[1][2]
-	if c[2][2] > 0 && (c[1][2] == 0 || math.Hypot(nxc-lx, nyc-ly) < math.Hypot(nxc-rx, nyc-ry)) {
-		side = c[2][2]
+	centroid := func(s sliceStats) (float64, float64) {
+		n := math.Max(float64(s.count), 1)
+		return float64(s.sumX) / n, float64(s.sumY) / n
 	}
-	return c[0][2] / (c[0][2] + side)
+	nxc, nyc := centroid(num)
+	rx, ry := centroid(right)
+	lx, ly := centroid(left)
+	side := float64(right.count)
+	if left.count > 0 && (right.count == 0 || math.Hypot(nxc-lx, nyc-ly) < math.Hypot(nxc-rx, nyc-ry)) {
+		side = float64(left.count)
+	}
+	return float64(num.count) / (float64(num.count) + side)
 }
 
 // maskDims is the mask's [z, y, x]; a 2D mask is one slice.
