@@ -15,5 +15,5 @@ study=$(ls -d "$CT"/*/ | head -1)
 $V inspect "$study" 2>/dev/null | head -3 | tee "$OUT/e2e.txt"
 for g in off on off on off on; do
   echo "== --gpu $g" | tee -a "$OUT/e2e.txt"
-  $V infer --model ich --dicom "$study" --gpu "$g" --onnxruntime-lib "$LIB" 2>&1 | grep -E "timings|intracranial|volume|warning" | tee -a "$OUT/e2e.txt"
+  $V infer --model ich --dicom "$study" --gpu "$g" --onnxruntime-lib "$LIB" 2>&1 | grep -E "timings|stages|intracranial|volume|warning" | tee -a "$OUT/e2e.txt"
 done

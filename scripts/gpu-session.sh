@@ -61,7 +61,7 @@ PY
   for run in 1 2; do
     echo "== voxctl, run $run" | tee -a "$OUT/stage-e2e-cuda.log"
     bin/cuda/voxctl infer --model ich --model-repository "$repo" --dicom "$study" --gpu on --sr "$OUT/ich-$run.sr.dcm" \
-      --onnxruntime-lib "$ORT/libonnxruntime.so.1" 2>&1 | grep -E "timings|provider|intracranial|volume|warning" | tee -a "$OUT/stage-e2e-cuda.log"
+      --onnxruntime-lib "$ORT/libonnxruntime.so.1" 2>&1 | grep -E "timings|stages|provider|intracranial|volume|warning" | tee -a "$OUT/stage-e2e-cuda.log"
     rm -f "$OUT/ich-$run.sr.dcm"
   done
   # ...and warm latency: the same kind of study (voxbench's phantom, seed

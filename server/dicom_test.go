@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/voxserve/voxserve/dicom/dicomwrite"
 	"github.com/voxserve/voxserve/internal/onnxbuild"
@@ -622,4 +623,34 @@ func TestInferResidentOutputs(t *testing.T) {
 	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
 	assert.NotEmpty(t, got.GetTensors())
 	assert.Equal(t, int32(0), raw.buffers.Load())
+}
+
+// A response names the steps of its phases in the order they ran, each
+// within its phase's time.
+func TestInferReportsStages(t *testing.T) {
+	repo, req, _ := acceleratorCase(t)
+	resp, err := start(t, repo, Options{}).client.Infer(ctxT(t), req)
+	require.NoError(t, err)
+	tm := resp.GetTimings()
+	var names []string
+	us := map[string]int64{}
+	for _, st := range tm.GetStages() {
+		names = append(names, st.GetName())
+		us[st.GetName()] = st.GetUs()
+		assert.GreaterOrEqual(t, st.GetUs(), int64(0), st.GetName())
+	}
+	assert.Equal(t, []string{"dicom", "prepare", "batch_input", "model", "batch_output", "labels", "measurements", "masks"}, names)
+	assert.LessOrEqual(t, us["dicom"]+us["prepare"], tm.GetPreprocessUs())
+	assert.LessOrEqual(t, us["labels"]+us["measurements"]+us["masks"], tm.GetPostprocessUs())
+	assert.LessOrEqual(t, us["model"], tm.GetInferenceUs())
+
+	sr := proto.Clone(req).(*pb.InferRequest)
+	sr.Outputs = []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS, pb.OutputKind_OUTPUT_KIND_DICOM_SEG}
+	resp, err = start(t, repo, Options{}).client.Infer(ctxT(t), sr)
+	require.NoError(t, err)
+	names = nil
+	for _, st := range resp.GetTimings().GetStages() {
+		names = append(names, st.GetName())
+	}
+	assert.Equal(t, []string{"dicom", "prepare", "batch_input", "model", "batch_output", "labels", "measurements", "dicom_outputs"}, names, "no mask asked for: none compressed")
 }

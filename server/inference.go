@@ -54,6 +54,10 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	}
 
 	prepStart := time.Now()
+	var stages []*pb.Stage // Timings.stages
+	stage := func(name string, d time.Duration) {
+		stages = append(stages, &pb.Stage{Name: name, Us: d.Microseconds()})
+	}
 	var inputs []*tensor.Tensor
 	resp := &pb.InferResponse{Model: m.Spec.Name, Version: m.VersionString(), RequestId: req.GetRequestId()}
 	var geometry *pb.Geometry
@@ -77,6 +81,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			if err != nil {
 				return nil, err
 			}
+			stage("dicom", time.Since(prepStart))
 			// The volume may be page-locked memory lent for the request
 			// (studyOptions); nothing in the response points into it.
 			defer series.Release()
@@ -94,6 +99,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		if vol.Modality == "" && len(m.Spec.Modalities) > 0 {
 			resp.Warnings = append(resp.Warnings, "the study has no modality; the model's modality check was skipped")
 		}
+		prepare := time.Now()
 		if pp := m.Spec.Preprocessing; pp != nil {
 			if plan, err = s.prepare(vol, pp.Spec(), m); err != nil {
 				return nil, invalid("preprocessing the study: %v", err)
@@ -108,6 +114,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			}
 			inputs = []*tensor.Tensor{t}
 		}
+		stage("prepare", time.Since(prepare))
 		geometry = geometryToProto(vol.Geometry)
 		study = &postprocess.Study{Geometry: vol.Geometry, Modality: vol.Modality}
 		if rs := vol.Rescale; rs != nil {
@@ -147,6 +154,9 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	if err != nil {
 		return nil, err
 	}
+	stage("batch_input", tm.Input)
+	stage("model", tm.Infer)
+	stage("batch_output", tm.Output)
 	post := time.Now() // postprocessing includes mapping outputs back to the study
 	var premade map[int]*postprocess.Mask
 	fractions := map[string][][]uint8{} // fractional SEG content by output
@@ -205,7 +215,11 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			}
 		}
 	}
+	if plan != nil && needMasks {
+		stage("labels", time.Since(post))
+	}
 
+	measured := time.Now()
 	res, err := postprocess.RunWith(m.Spec, outs, needMasks, study, premade)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "postprocessing %s: %v", m, err)
@@ -213,10 +227,13 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 	resp.Warnings = append(resp.Warnings, res.Warnings...)
 	triage, reasons := postprocess.Triage(m.Spec, res)
 	resp.Triage, resp.TriageReasons = triageToProto(triage), reasons
+	stage("measurements", time.Since(measured))
 	if want[pb.OutputKind_OUTPUT_KIND_DICOM_SR] || want[pb.OutputKind_OUTPUT_KIND_DICOM_SEG] {
+		derived := time.Now()
 		if resp.DicomSr, resp.DicomSeg, err = s.derived(m, series, res, fractions, triage, want, req.GetSegOmitEmptyFrames()); err != nil {
 			return nil, err
 		}
+		stage("dicom_outputs", time.Since(derived))
 	}
 	if want[pb.OutputKind_OUTPUT_KIND_MEASUREMENTS] {
 		for _, x := range res.Measurements {
@@ -231,8 +248,12 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			resp.Findings = append(resp.Findings, findingToProto(f))
 		}
 	}
-	for i := range res.Masks {
-		resp.Masks = append(resp.Masks, maskToProto(&res.Masks[i], geometry))
+	if len(res.Masks) > 0 {
+		compress := time.Now()
+		for i := range res.Masks {
+			resp.Masks = append(resp.Masks, maskToProto(&res.Masks[i], geometry))
+		}
+		stage("masks", time.Since(compress))
 	}
 	if want[pb.OutputKind_OUTPUT_KIND_TENSORS] {
 		for _, o := range outs {
@@ -245,6 +266,7 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 		InferenceUs:   tm.Compute.Microseconds(),
 		PostprocessUs: time.Since(post).Microseconds(),
 		TotalUs:       time.Since(start).Microseconds(),
+		Stages:        stages,
 	}
 	return resp, nil
 }

@@ -525,6 +525,13 @@ func printInfer(out io.Writer, r *pb.InferResponse) error {
 	t := r.GetTimings()
 	fmt.Fprintf(out, "timings: queue %.2f ms, preprocess %.2f ms, inference %.2f ms, postprocess %.2f ms, total %.2f ms\n",
 		ms(t.GetQueueUs()), ms(t.GetPreprocessUs()), ms(t.GetInferenceUs()), ms(t.GetPostprocessUs()), ms(t.GetTotalUs()))
+	if st := t.GetStages(); len(st) > 0 {
+		parts := make([]string, len(st))
+		for i, x := range st {
+			parts[i] = fmt.Sprintf("%s %.2f ms", x.GetName(), ms(x.GetUs()))
+		}
+		fmt.Fprintf(out, "stages: %s\n", strings.Join(parts, ", "))
+	}
 	return nil
 }
 

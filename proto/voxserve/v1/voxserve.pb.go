@@ -304,7 +304,7 @@ func (x ModelInfo_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ModelInfo_State.Descriptor instead.
 func (ModelInfo_State) EnumDescriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{17, 0}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{18, 0}
 }
 
 // A dense, row-major tensor with little-endian elements.
@@ -1148,6 +1148,14 @@ type Timings struct {
 	InferenceUs   int64                  `protobuf:"varint,3,opt,name=inference_us,json=inferenceUs,proto3" json:"inference_us,omitempty"`
 	PostprocessUs int64                  `protobuf:"varint,4,opt,name=postprocess_us,json=postprocessUs,proto3" json:"postprocess_us,omitempty"`
 	TotalUs       int64                  `protobuf:"varint,5,opt,name=total_us,json=totalUs,proto3" json:"total_us,omitempty"`
+	// The steps within the phases, in the order they ran: dicom (parsing
+	// and series assembly) and prepare (resampling, windows, layout) in
+	// preprocess; batch_input, model and batch_output in inference (of the
+	// batches the request ran in, summed over its chunks); labels (masks
+	// onto the study's grid), measurements (and findings), dicom_outputs
+	// (SR, SEG) and masks (compression) in postprocess. Steps a request did
+	// not need are absent.
+	Stages        []*Stage `protobuf:"bytes,6,rep,name=stages,proto3" json:"stages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1217,6 +1225,66 @@ func (x *Timings) GetTotalUs() int64 {
 	return 0
 }
 
+func (x *Timings) GetStages() []*Stage {
+	if x != nil {
+		return x.Stages
+	}
+	return nil
+}
+
+// Stage is the time one step of a request took.
+type Stage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Us            int64                  `protobuf:"varint,2,opt,name=us,proto3" json:"us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Stage) Reset() {
+	*x = Stage{}
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Stage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Stage) ProtoMessage() {}
+
+func (x *Stage) ProtoReflect() protoreflect.Message {
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Stage.ProtoReflect.Descriptor instead.
+func (*Stage) Descriptor() ([]byte, []int) {
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Stage) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Stage) GetUs() int64 {
+	if x != nil {
+		return x.Us
+	}
+	return 0
+}
+
 type InferResponse struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Model        string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
@@ -1245,7 +1313,7 @@ type InferResponse struct {
 
 func (x *InferResponse) Reset() {
 	*x = InferResponse{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[12]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +1325,7 @@ func (x *InferResponse) String() string {
 func (*InferResponse) ProtoMessage() {}
 
 func (x *InferResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[12]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +1338,7 @@ func (x *InferResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InferResponse.ProtoReflect.Descriptor instead.
 func (*InferResponse) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{12}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *InferResponse) GetModel() string {
@@ -1386,7 +1454,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[13]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1466,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[13]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1479,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{13}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{14}
 }
 
 type ListModelsResponse struct {
@@ -1423,7 +1491,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[14]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1503,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[14]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1516,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{14}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -1468,7 +1536,7 @@ type GetModelRequest struct {
 
 func (x *GetModelRequest) Reset() {
 	*x = GetModelRequest{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[15]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1548,7 @@ func (x *GetModelRequest) String() string {
 func (*GetModelRequest) ProtoMessage() {}
 
 func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[15]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1561,7 @@ func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelRequest.ProtoReflect.Descriptor instead.
 func (*GetModelRequest) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{15}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetModelRequest) GetName() string {
@@ -1523,7 +1591,7 @@ type TensorInfo struct {
 
 func (x *TensorInfo) Reset() {
 	*x = TensorInfo{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[16]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1535,7 +1603,7 @@ func (x *TensorInfo) String() string {
 func (*TensorInfo) ProtoMessage() {}
 
 func (x *TensorInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[16]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1548,7 +1616,7 @@ func (x *TensorInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TensorInfo.ProtoReflect.Descriptor instead.
 func (*TensorInfo) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{16}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TensorInfo) GetName() string {
@@ -1618,7 +1686,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[17]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +1698,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[17]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +1711,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{17}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -1769,7 +1837,7 @@ type LoadModelRequest struct {
 
 func (x *LoadModelRequest) Reset() {
 	*x = LoadModelRequest{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[18]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +1849,7 @@ func (x *LoadModelRequest) String() string {
 func (*LoadModelRequest) ProtoMessage() {}
 
 func (x *LoadModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[18]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +1862,7 @@ func (x *LoadModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModelRequest.ProtoReflect.Descriptor instead.
 func (*LoadModelRequest) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{18}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LoadModelRequest) GetName() string {
@@ -1820,7 +1888,7 @@ type LoadModelResponse struct {
 
 func (x *LoadModelResponse) Reset() {
 	*x = LoadModelResponse{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[19]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1832,7 +1900,7 @@ func (x *LoadModelResponse) String() string {
 func (*LoadModelResponse) ProtoMessage() {}
 
 func (x *LoadModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[19]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1845,7 +1913,7 @@ func (x *LoadModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModelResponse.ProtoReflect.Descriptor instead.
 func (*LoadModelResponse) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{19}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LoadModelResponse) GetLoaded() []*ModelInfo {
@@ -1865,7 +1933,7 @@ type UnloadModelRequest struct {
 
 func (x *UnloadModelRequest) Reset() {
 	*x = UnloadModelRequest{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[20]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1945,7 @@ func (x *UnloadModelRequest) String() string {
 func (*UnloadModelRequest) ProtoMessage() {}
 
 func (x *UnloadModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[20]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +1958,7 @@ func (x *UnloadModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadModelRequest.ProtoReflect.Descriptor instead.
 func (*UnloadModelRequest) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{20}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UnloadModelRequest) GetName() string {
@@ -1916,7 +1984,7 @@ type UnloadModelResponse struct {
 
 func (x *UnloadModelResponse) Reset() {
 	*x = UnloadModelResponse{}
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[21]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +1996,7 @@ func (x *UnloadModelResponse) String() string {
 func (*UnloadModelResponse) ProtoMessage() {}
 
 func (x *UnloadModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_voxserve_v1_voxserve_proto_msgTypes[21]
+	mi := &file_voxserve_v1_voxserve_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2009,7 @@ func (x *UnloadModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadModelResponse.ProtoReflect.Descriptor instead.
 func (*UnloadModelResponse) Descriptor() ([]byte, []int) {
-	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{21}
+	return file_voxserve_v1_voxserve_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UnloadModelResponse) GetUnloadedVersions() []string {
@@ -2014,13 +2082,17 @@ const file_voxserve_v1_voxserve_proto_rawDesc = "" +
 	"\x06labels\x18\x02 \x03(\tR\x06labels\x12\x12\n" +
 	"\x04dims\x18\x03 \x03(\x03R\x04dims\x121\n" +
 	"\bgeometry\x18\x04 \x01(\v2\x15.voxserve.v1.GeometryR\bgeometry\x12\x1b\n" +
-	"\tdata_zlib\x18\x05 \x01(\fR\bdataZlib\"\xae\x01\n" +
+	"\tdata_zlib\x18\x05 \x01(\fR\bdataZlib\"\xda\x01\n" +
 	"\aTimings\x12\x19\n" +
 	"\bqueue_us\x18\x01 \x01(\x03R\aqueueUs\x12#\n" +
 	"\rpreprocess_us\x18\x02 \x01(\x03R\fpreprocessUs\x12!\n" +
 	"\finference_us\x18\x03 \x01(\x03R\vinferenceUs\x12%\n" +
 	"\x0epostprocess_us\x18\x04 \x01(\x03R\rpostprocessUs\x12\x19\n" +
-	"\btotal_us\x18\x05 \x01(\x03R\atotalUs\"\xdc\x04\n" +
+	"\btotal_us\x18\x05 \x01(\x03R\atotalUs\x12*\n" +
+	"\x06stages\x18\x06 \x03(\v2\x12.voxserve.v1.StageR\x06stages\"+\n" +
+	"\x05Stage\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02us\x18\x02 \x01(\x03R\x02us\"\xdc\x04\n" +
 	"\rInferResponse\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1d\n" +
@@ -2143,7 +2215,7 @@ func file_voxserve_v1_voxserve_proto_rawDescGZIP() []byte {
 }
 
 var file_voxserve_v1_voxserve_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_voxserve_v1_voxserve_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_voxserve_v1_voxserve_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_voxserve_v1_voxserve_proto_goTypes = []any{
 	(DataType)(0),               // 0: voxserve.v1.DataType
 	(Priority)(0),               // 1: voxserve.v1.Priority
@@ -2162,17 +2234,18 @@ var file_voxserve_v1_voxserve_proto_goTypes = []any{
 	(*Measurement)(nil),         // 14: voxserve.v1.Measurement
 	(*Mask)(nil),                // 15: voxserve.v1.Mask
 	(*Timings)(nil),             // 16: voxserve.v1.Timings
-	(*InferResponse)(nil),       // 17: voxserve.v1.InferResponse
-	(*ListModelsRequest)(nil),   // 18: voxserve.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),  // 19: voxserve.v1.ListModelsResponse
-	(*GetModelRequest)(nil),     // 20: voxserve.v1.GetModelRequest
-	(*TensorInfo)(nil),          // 21: voxserve.v1.TensorInfo
-	(*ModelInfo)(nil),           // 22: voxserve.v1.ModelInfo
-	(*LoadModelRequest)(nil),    // 23: voxserve.v1.LoadModelRequest
-	(*LoadModelResponse)(nil),   // 24: voxserve.v1.LoadModelResponse
-	(*UnloadModelRequest)(nil),  // 25: voxserve.v1.UnloadModelRequest
-	(*UnloadModelResponse)(nil), // 26: voxserve.v1.UnloadModelResponse
-	nil,                         // 27: voxserve.v1.ModelInfo.MetricsEntry
+	(*Stage)(nil),               // 17: voxserve.v1.Stage
+	(*InferResponse)(nil),       // 18: voxserve.v1.InferResponse
+	(*ListModelsRequest)(nil),   // 19: voxserve.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),  // 20: voxserve.v1.ListModelsResponse
+	(*GetModelRequest)(nil),     // 21: voxserve.v1.GetModelRequest
+	(*TensorInfo)(nil),          // 22: voxserve.v1.TensorInfo
+	(*ModelInfo)(nil),           // 23: voxserve.v1.ModelInfo
+	(*LoadModelRequest)(nil),    // 24: voxserve.v1.LoadModelRequest
+	(*LoadModelResponse)(nil),   // 25: voxserve.v1.LoadModelResponse
+	(*UnloadModelRequest)(nil),  // 26: voxserve.v1.UnloadModelRequest
+	(*UnloadModelResponse)(nil), // 27: voxserve.v1.UnloadModelResponse
+	nil,                         // 28: voxserve.v1.ModelInfo.MetricsEntry
 }
 var file_voxserve_v1_voxserve_proto_depIdxs = []int32{
 	0,  // 0: voxserve.v1.Tensor.data_type:type_name -> voxserve.v1.DataType
@@ -2188,36 +2261,37 @@ var file_voxserve_v1_voxserve_proto_depIdxs = []int32{
 	9,  // 10: voxserve.v1.InferStreamRequest.instances:type_name -> voxserve.v1.DicomInput
 	12, // 11: voxserve.v1.Finding.code:type_name -> voxserve.v1.Code
 	7,  // 12: voxserve.v1.Mask.geometry:type_name -> voxserve.v1.Geometry
-	13, // 13: voxserve.v1.InferResponse.findings:type_name -> voxserve.v1.Finding
-	14, // 14: voxserve.v1.InferResponse.measurements:type_name -> voxserve.v1.Measurement
-	15, // 15: voxserve.v1.InferResponse.masks:type_name -> voxserve.v1.Mask
-	5,  // 16: voxserve.v1.InferResponse.tensors:type_name -> voxserve.v1.Tensor
-	16, // 17: voxserve.v1.InferResponse.timings:type_name -> voxserve.v1.Timings
-	3,  // 18: voxserve.v1.InferResponse.triage:type_name -> voxserve.v1.Triage
-	22, // 19: voxserve.v1.ListModelsResponse.models:type_name -> voxserve.v1.ModelInfo
-	0,  // 20: voxserve.v1.TensorInfo.data_type:type_name -> voxserve.v1.DataType
-	4,  // 21: voxserve.v1.ModelInfo.state:type_name -> voxserve.v1.ModelInfo.State
-	21, // 22: voxserve.v1.ModelInfo.inputs:type_name -> voxserve.v1.TensorInfo
-	21, // 23: voxserve.v1.ModelInfo.outputs:type_name -> voxserve.v1.TensorInfo
-	27, // 24: voxserve.v1.ModelInfo.metrics:type_name -> voxserve.v1.ModelInfo.MetricsEntry
-	22, // 25: voxserve.v1.LoadModelResponse.loaded:type_name -> voxserve.v1.ModelInfo
-	10, // 26: voxserve.v1.Inference.Infer:input_type -> voxserve.v1.InferRequest
-	11, // 27: voxserve.v1.Inference.InferStream:input_type -> voxserve.v1.InferStreamRequest
-	18, // 28: voxserve.v1.Inference.ListModels:input_type -> voxserve.v1.ListModelsRequest
-	20, // 29: voxserve.v1.Inference.GetModel:input_type -> voxserve.v1.GetModelRequest
-	23, // 30: voxserve.v1.Inference.LoadModel:input_type -> voxserve.v1.LoadModelRequest
-	25, // 31: voxserve.v1.Inference.UnloadModel:input_type -> voxserve.v1.UnloadModelRequest
-	17, // 32: voxserve.v1.Inference.Infer:output_type -> voxserve.v1.InferResponse
-	17, // 33: voxserve.v1.Inference.InferStream:output_type -> voxserve.v1.InferResponse
-	19, // 34: voxserve.v1.Inference.ListModels:output_type -> voxserve.v1.ListModelsResponse
-	22, // 35: voxserve.v1.Inference.GetModel:output_type -> voxserve.v1.ModelInfo
-	24, // 36: voxserve.v1.Inference.LoadModel:output_type -> voxserve.v1.LoadModelResponse
-	26, // 37: voxserve.v1.Inference.UnloadModel:output_type -> voxserve.v1.UnloadModelResponse
-	32, // [32:38] is the sub-list for method output_type
-	26, // [26:32] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	17, // 13: voxserve.v1.Timings.stages:type_name -> voxserve.v1.Stage
+	13, // 14: voxserve.v1.InferResponse.findings:type_name -> voxserve.v1.Finding
+	14, // 15: voxserve.v1.InferResponse.measurements:type_name -> voxserve.v1.Measurement
+	15, // 16: voxserve.v1.InferResponse.masks:type_name -> voxserve.v1.Mask
+	5,  // 17: voxserve.v1.InferResponse.tensors:type_name -> voxserve.v1.Tensor
+	16, // 18: voxserve.v1.InferResponse.timings:type_name -> voxserve.v1.Timings
+	3,  // 19: voxserve.v1.InferResponse.triage:type_name -> voxserve.v1.Triage
+	23, // 20: voxserve.v1.ListModelsResponse.models:type_name -> voxserve.v1.ModelInfo
+	0,  // 21: voxserve.v1.TensorInfo.data_type:type_name -> voxserve.v1.DataType
+	4,  // 22: voxserve.v1.ModelInfo.state:type_name -> voxserve.v1.ModelInfo.State
+	22, // 23: voxserve.v1.ModelInfo.inputs:type_name -> voxserve.v1.TensorInfo
+	22, // 24: voxserve.v1.ModelInfo.outputs:type_name -> voxserve.v1.TensorInfo
+	28, // 25: voxserve.v1.ModelInfo.metrics:type_name -> voxserve.v1.ModelInfo.MetricsEntry
+	23, // 26: voxserve.v1.LoadModelResponse.loaded:type_name -> voxserve.v1.ModelInfo
+	10, // 27: voxserve.v1.Inference.Infer:input_type -> voxserve.v1.InferRequest
+	11, // 28: voxserve.v1.Inference.InferStream:input_type -> voxserve.v1.InferStreamRequest
+	19, // 29: voxserve.v1.Inference.ListModels:input_type -> voxserve.v1.ListModelsRequest
+	21, // 30: voxserve.v1.Inference.GetModel:input_type -> voxserve.v1.GetModelRequest
+	24, // 31: voxserve.v1.Inference.LoadModel:input_type -> voxserve.v1.LoadModelRequest
+	26, // 32: voxserve.v1.Inference.UnloadModel:input_type -> voxserve.v1.UnloadModelRequest
+	18, // 33: voxserve.v1.Inference.Infer:output_type -> voxserve.v1.InferResponse
+	18, // 34: voxserve.v1.Inference.InferStream:output_type -> voxserve.v1.InferResponse
+	20, // 35: voxserve.v1.Inference.ListModels:output_type -> voxserve.v1.ListModelsResponse
+	23, // 36: voxserve.v1.Inference.GetModel:output_type -> voxserve.v1.ModelInfo
+	25, // 37: voxserve.v1.Inference.LoadModel:output_type -> voxserve.v1.LoadModelResponse
+	27, // 38: voxserve.v1.Inference.UnloadModel:output_type -> voxserve.v1.UnloadModelResponse
+	33, // [33:39] is the sub-list for method output_type
+	27, // [27:33] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_voxserve_v1_voxserve_proto_init() }
@@ -2240,7 +2314,7 @@ func file_voxserve_v1_voxserve_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_voxserve_v1_voxserve_proto_rawDesc), len(file_voxserve_v1_voxserve_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
