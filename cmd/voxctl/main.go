@@ -328,6 +328,7 @@ func cmdInfer(args []string, out io.Writer) error {
 	segPath := fs.String("seg", "", "write the DICOM SEG to this file (--dicom input)")
 	omitEmpty := fs.Bool("seg-omit-empty", false, "leave SEG frames with no segmented pixel out")
 	findingsPath := fs.String("findings", "", "write the JSON findings document (schema voxserve.findings/v1) to this file")
+	repeat := fs.Int("repeat", 1, "send the request this many times, printing each one's timings; the last answer is printed in full (warm timings on one connection, or one in-process server)")
 	if pos, err := parse(fs, jsonFileArgs(args)); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -335,6 +336,9 @@ func cmdInfer(args []string, out io.Writer) error {
 	}
 	if *model == "" {
 		return usageErr("infer: --model is required")
+	}
+	if *repeat < 1 {
+		return usageErr("infer: --repeat must be at least 1")
 	}
 	req := &pb.InferRequest{Model: *model, Version: *version, RequestId: fmt.Sprintf("voxctl-%d", time.Now().UnixNano())}
 	switch *priority {
@@ -406,11 +410,18 @@ func cmdInfer(args []string, out io.Writer) error {
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	resp, err := conn.Inference.Infer(ctx, req)
-	if err != nil {
-		return err
+	var resp *pb.InferResponse
+	for k := 1; k <= *repeat; k++ {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		resp, err = conn.Inference.Infer(ctx, req)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if k < *repeat {
+			fmt.Fprintf(out, "run %d of %d\n", k, *repeat)
+			printTimings(out, resp.GetTimings())
+		}
 	}
 	if *outDir != "" {
 		if err := writeOutputs(*outDir, resp); err != nil {
@@ -522,7 +533,12 @@ func printInfer(out io.Writer, r *pb.InferResponse) error {
 	for _, w := range r.GetWarnings() {
 		fmt.Fprintln(out, "warning:", w)
 	}
-	t := r.GetTimings()
+	printTimings(out, r.GetTimings())
+	return nil
+}
+
+// printTimings prints the server's phases and the steps within them.
+func printTimings(out io.Writer, t *pb.Timings) {
 	fmt.Fprintf(out, "timings: queue %.2f ms, preprocess %.2f ms, inference %.2f ms, postprocess %.2f ms, total %.2f ms\n",
 		ms(t.GetQueueUs()), ms(t.GetPreprocessUs()), ms(t.GetInferenceUs()), ms(t.GetPostprocessUs()), ms(t.GetTotalUs()))
 	if st := t.GetStages(); len(st) > 0 {
@@ -532,7 +548,6 @@ func printInfer(out io.Writer, r *pb.InferResponse) error {
 		}
 		fmt.Fprintf(out, "stages: %s\n", strings.Join(parts, ", "))
 	}
-	return nil
 }
 
 func ms(us int64) float64 { return float64(us) / 1000 }

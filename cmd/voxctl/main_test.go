@@ -114,6 +114,16 @@ func TestInferInProcessKnownInput(t *testing.T) {
 	assert.Contains(t, out, "PRESENT")
 	assert.Contains(t, out, "mask probability_map [1 2 2]: hyperdense 2 voxels")
 	assert.Contains(t, out, "timings:")
+	assert.Contains(t, out, "stages: prepare ")
+
+	// --repeat: every run's timings, then the last answer in full.
+	out, _, err = runCLI("infer", "--model", "hyperdensity", "--volume", in, "--model-repository", "../../models", "--repeat", "3")
+	require.NoError(t, err)
+	assert.Equal(t, 3, strings.Count(out, "timings:"), out)
+	assert.Contains(t, out, "run 2 of 3\ntimings:")
+	assert.Equal(t, 1, strings.Count(out, "hyperdense region"), out)
+	_, code, _ = runCLI("infer", "--model", "hyperdensity", "--volume", in, "--model-repository", "../../models", "--repeat", "0")
+	assert.Equal(t, 2, code)
 }
 
 func TestAgainstServer(t *testing.T) {
