@@ -83,6 +83,9 @@ def main():
     cfg = c.get_model_config("affine").config
     check(cfg.max_batch_size == 4 and cfg.input[0].data_type == triton_config_pb2.TYPE_FP32 and list(cfg.input[0].dims) == [2, 3],
           f"model config {cfg}")
+    w = cfg.model_warmup[0] if cfg.model_warmup else None
+    check(w is not None and w.batch_size == 4 and w.inputs["x"].random_data and list(w.inputs["x"].dims) == [2, 3],
+          f"model warm-up {cfg.model_warmup}")
     md = c.get_model_metadata("affine")
     check(md.inputs[0].datatype == "FP32" and list(md.inputs[0].shape) == [-1, 2, 3], f"model metadata {md}")
 

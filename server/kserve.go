@@ -549,5 +549,19 @@ func (k *kserve) ModelConfig(_ context.Context, req *kpb.ModelConfigRequest) (*k
 		}
 		cfg.DynamicBatching = db
 	}
+	for _, w := range s.ModelWarmup {
+		mw := &kpb.ModelWarmup{Name: w.Name, BatchSize: uint32(max(w.BatchSize, 1)), Count: uint32(w.Count),
+			Inputs: map[string]*kpb.ModelWarmup_Input{}}
+		for _, in := range s.Inputs {
+			dt, _ := tensor.ParseDType(in.DataType)
+			wi := &kpb.ModelWarmup_Input{DataType: configTypes[dt], Dims: w.WarmupDims(in),
+				InputDataType: &kpb.ModelWarmup_Input_ZeroData{ZeroData: true}}
+			if w.Inputs[in.Name].RandomData {
+				wi.InputDataType = &kpb.ModelWarmup_Input_RandomData{RandomData: true}
+			}
+			mw.Inputs[in.Name] = wi
+		}
+		cfg.ModelWarmup = append(cfg.ModelWarmup, mw)
+	}
 	return &kpb.ModelConfigResponse{Config: cfg}, nil
 }

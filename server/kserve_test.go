@@ -29,8 +29,15 @@ func f32bytes(v ...float32) []byte {
 	return b
 }
 
+// warmAffine is the affine bundle with a model_warmup.
+func warmAffine() testrepo.Bundle {
+	b := testrepo.Affine()
+	b.YAML += "model_warmup: [{name: full batch, batch_size: 4, inputs: {x: {random_data: true}}}]\n"
+	return b
+}
+
 func TestKServeHealthAndMetadata(t *testing.T) {
-	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{})
+	h := start(t, testrepo.Write(t, warmAffine()), Options{})
 	k := kpb.NewGRPCInferenceServiceClient(h.conn)
 	live, err := k.ServerLive(ctxT(t), &kpb.ServerLiveRequest{})
 	require.NoError(t, err)
@@ -64,6 +71,14 @@ func TestKServeHealthAndMetadata(t *testing.T) {
 	assert.Equal(t, []int64{2, 3}, c.GetInput()[0].GetDims())
 	assert.Equal(t, int32(1), c.GetInstanceGroup()[0].GetCount())
 	assert.Nil(t, c.GetDynamicBatching(), "the affine bundle does not batch")
+	require.Len(t, c.GetModelWarmup(), 1)
+	w := c.GetModelWarmup()[0]
+	assert.Equal(t, "full batch", w.GetName())
+	assert.Equal(t, uint32(4), w.GetBatchSize())
+	assert.Equal(t, uint32(1), w.GetCount())
+	assert.Equal(t, []int64{2, 3}, w.GetInputs()["x"].GetDims())
+	assert.True(t, w.GetInputs()["x"].GetRandomData())
+	assert.Equal(t, kpb.DataType_TYPE_FP32, w.GetInputs()["x"].GetDataType())
 }
 
 func TestKServeModelInfer(t *testing.T) {
@@ -173,7 +188,7 @@ func TestKServeWithTritonClient(t *testing.T) {
 		}
 		t.Skip("no .venv with tritonclient")
 	}
-	h := start(t, testrepo.Write(t, testrepo.Affine()), Options{SharedMemory: true})
+	h := start(t, testrepo.Write(t, warmAffine()), Options{SharedMemory: true})
 	script, _ := filepath.Abs("../scripts/tritonclient_check.py")
 	out, err := exec.Command(py, script, h.addr).CombinedOutput()
 	require.NoError(t, err, "%s", out)

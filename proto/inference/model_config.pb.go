@@ -575,6 +575,74 @@ func (x *ModelOptimizationPolicy) GetExecutionAccelerators() *ModelOptimizationP
 	return nil
 }
 
+type ModelWarmup struct {
+	state         protoimpl.MessageState        `protogen:"open.v1"`
+	Name          string                        `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	BatchSize     uint32                        `protobuf:"varint,2,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	Inputs        map[string]*ModelWarmup_Input `protobuf:"bytes,3,rep,name=inputs,proto3" json:"inputs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Count         uint32                        `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelWarmup) Reset() {
+	*x = ModelWarmup{}
+	mi := &file_inference_model_config_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelWarmup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelWarmup) ProtoMessage() {}
+
+func (x *ModelWarmup) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_model_config_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelWarmup.ProtoReflect.Descriptor instead.
+func (*ModelWarmup) Descriptor() ([]byte, []int) {
+	return file_inference_model_config_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ModelWarmup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ModelWarmup) GetBatchSize() uint32 {
+	if x != nil {
+		return x.BatchSize
+	}
+	return 0
+}
+
+func (x *ModelWarmup) GetInputs() map[string]*ModelWarmup_Input {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *ModelWarmup) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 type ModelConfig struct {
 	state           protoimpl.MessageState   `protogen:"open.v1"`
 	Name            string                   `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -585,6 +653,7 @@ type ModelConfig struct {
 	InstanceGroup   []*ModelInstanceGroup    `protobuf:"bytes,7,rep,name=instance_group,json=instanceGroup,proto3" json:"instance_group,omitempty"`
 	DynamicBatching *ModelDynamicBatching    `protobuf:"bytes,11,opt,name=dynamic_batching,json=dynamicBatching,proto3" json:"dynamic_batching,omitempty"`
 	Optimization    *ModelOptimizationPolicy `protobuf:"bytes,12,opt,name=optimization,proto3" json:"optimization,omitempty"`
+	ModelWarmup     []*ModelWarmup           `protobuf:"bytes,16,rep,name=model_warmup,json=modelWarmup,proto3" json:"model_warmup,omitempty"`
 	Backend         string                   `protobuf:"bytes,17,opt,name=backend,proto3" json:"backend,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -592,7 +661,7 @@ type ModelConfig struct {
 
 func (x *ModelConfig) Reset() {
 	*x = ModelConfig{}
-	mi := &file_inference_model_config_proto_msgTypes[6]
+	mi := &file_inference_model_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +673,7 @@ func (x *ModelConfig) String() string {
 func (*ModelConfig) ProtoMessage() {}
 
 func (x *ModelConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_model_config_proto_msgTypes[6]
+	mi := &file_inference_model_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +686,7 @@ func (x *ModelConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelConfig.ProtoReflect.Descriptor instead.
 func (*ModelConfig) Descriptor() ([]byte, []int) {
-	return file_inference_model_config_proto_rawDescGZIP(), []int{6}
+	return file_inference_model_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ModelConfig) GetName() string {
@@ -676,6 +745,13 @@ func (x *ModelConfig) GetOptimization() *ModelOptimizationPolicy {
 	return nil
 }
 
+func (x *ModelConfig) GetModelWarmup() []*ModelWarmup {
+	if x != nil {
+		return x.ModelWarmup
+	}
+	return nil
+}
+
 func (x *ModelConfig) GetBackend() string {
 	if x != nil {
 		return x.Backend
@@ -693,7 +769,7 @@ type ModelOptimizationPolicy_ExecutionAccelerators struct {
 
 func (x *ModelOptimizationPolicy_ExecutionAccelerators) Reset() {
 	*x = ModelOptimizationPolicy_ExecutionAccelerators{}
-	mi := &file_inference_model_config_proto_msgTypes[7]
+	mi := &file_inference_model_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +781,7 @@ func (x *ModelOptimizationPolicy_ExecutionAccelerators) String() string {
 func (*ModelOptimizationPolicy_ExecutionAccelerators) ProtoMessage() {}
 
 func (x *ModelOptimizationPolicy_ExecutionAccelerators) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_model_config_proto_msgTypes[7]
+	mi := &file_inference_model_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +821,7 @@ type ModelOptimizationPolicy_ExecutionAccelerators_Accelerator struct {
 
 func (x *ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) Reset() {
 	*x = ModelOptimizationPolicy_ExecutionAccelerators_Accelerator{}
-	mi := &file_inference_model_config_proto_msgTypes[8]
+	mi := &file_inference_model_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +833,7 @@ func (x *ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) String() str
 func (*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) ProtoMessage() {}
 
 func (x *ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_model_config_proto_msgTypes[8]
+	mi := &file_inference_model_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,6 +862,120 @@ func (x *ModelOptimizationPolicy_ExecutionAccelerators_Accelerator) GetParameter
 	}
 	return nil
 }
+
+type ModelWarmup_Input struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DataType DataType               `protobuf:"varint,1,opt,name=data_type,json=dataType,proto3,enum=inference.DataType" json:"data_type,omitempty"`
+	Dims     []int64                `protobuf:"varint,2,rep,packed,name=dims,proto3" json:"dims,omitempty"`
+	// Types that are valid to be assigned to InputDataType:
+	//
+	//	*ModelWarmup_Input_ZeroData
+	//	*ModelWarmup_Input_RandomData
+	//	*ModelWarmup_Input_InputDataFile
+	InputDataType isModelWarmup_Input_InputDataType `protobuf_oneof:"input_data_type"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelWarmup_Input) Reset() {
+	*x = ModelWarmup_Input{}
+	mi := &file_inference_model_config_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelWarmup_Input) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelWarmup_Input) ProtoMessage() {}
+
+func (x *ModelWarmup_Input) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_model_config_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelWarmup_Input.ProtoReflect.Descriptor instead.
+func (*ModelWarmup_Input) Descriptor() ([]byte, []int) {
+	return file_inference_model_config_proto_rawDescGZIP(), []int{6, 0}
+}
+
+func (x *ModelWarmup_Input) GetDataType() DataType {
+	if x != nil {
+		return x.DataType
+	}
+	return DataType_TYPE_INVALID
+}
+
+func (x *ModelWarmup_Input) GetDims() []int64 {
+	if x != nil {
+		return x.Dims
+	}
+	return nil
+}
+
+func (x *ModelWarmup_Input) GetInputDataType() isModelWarmup_Input_InputDataType {
+	if x != nil {
+		return x.InputDataType
+	}
+	return nil
+}
+
+func (x *ModelWarmup_Input) GetZeroData() bool {
+	if x != nil {
+		if x, ok := x.InputDataType.(*ModelWarmup_Input_ZeroData); ok {
+			return x.ZeroData
+		}
+	}
+	return false
+}
+
+func (x *ModelWarmup_Input) GetRandomData() bool {
+	if x != nil {
+		if x, ok := x.InputDataType.(*ModelWarmup_Input_RandomData); ok {
+			return x.RandomData
+		}
+	}
+	return false
+}
+
+func (x *ModelWarmup_Input) GetInputDataFile() string {
+	if x != nil {
+		if x, ok := x.InputDataType.(*ModelWarmup_Input_InputDataFile); ok {
+			return x.InputDataFile
+		}
+	}
+	return ""
+}
+
+type isModelWarmup_Input_InputDataType interface {
+	isModelWarmup_Input_InputDataType()
+}
+
+type ModelWarmup_Input_ZeroData struct {
+	ZeroData bool `protobuf:"varint,3,opt,name=zero_data,json=zeroData,proto3,oneof"`
+}
+
+type ModelWarmup_Input_RandomData struct {
+	RandomData bool `protobuf:"varint,4,opt,name=random_data,json=randomData,proto3,oneof"`
+}
+
+type ModelWarmup_Input_InputDataFile struct {
+	InputDataFile string `protobuf:"bytes,5,opt,name=input_data_file,json=inputDataFile,proto3,oneof"`
+}
+
+func (*ModelWarmup_Input_ZeroData) isModelWarmup_Input_InputDataType() {}
+
+func (*ModelWarmup_Input_RandomData) isModelWarmup_Input_InputDataType() {}
+
+func (*ModelWarmup_Input_InputDataFile) isModelWarmup_Input_InputDataType() {}
 
 var File_inference_model_config_proto protoreflect.FileDescriptor
 
@@ -837,7 +1027,24 @@ const file_inference_model_config_proto_rawDesc = "" +
 	"parameters\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb4\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xba\x03\n" +
+	"\vModelWarmup\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"batch_size\x18\x02 \x01(\rR\tbatchSize\x12:\n" +
+	"\x06inputs\x18\x03 \x03(\v2\".inference.ModelWarmup.InputsEntryR\x06inputs\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\rR\x05count\x1a\xcc\x01\n" +
+	"\x05Input\x120\n" +
+	"\tdata_type\x18\x01 \x01(\x0e2\x13.inference.DataTypeR\bdataType\x12\x12\n" +
+	"\x04dims\x18\x02 \x03(\x03R\x04dims\x12\x1d\n" +
+	"\tzero_data\x18\x03 \x01(\bH\x00R\bzeroData\x12!\n" +
+	"\vrandom_data\x18\x04 \x01(\bH\x00R\n" +
+	"randomData\x12(\n" +
+	"\x0finput_data_file\x18\x05 \x01(\tH\x00R\rinputDataFileB\x11\n" +
+	"\x0finput_data_type\x1aW\n" +
+	"\vInputsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
+	"\x05value\x18\x02 \x01(\v2\x1c.inference.ModelWarmup.InputR\x05value:\x028\x01\"\xef\x03\n" +
 	"\vModelConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12$\n" +
@@ -846,7 +1053,8 @@ const file_inference_model_config_proto_rawDesc = "" +
 	"\x06output\x18\x06 \x03(\v2\x16.inference.ModelOutputR\x06output\x12D\n" +
 	"\x0einstance_group\x18\a \x03(\v2\x1d.inference.ModelInstanceGroupR\rinstanceGroup\x12J\n" +
 	"\x10dynamic_batching\x18\v \x01(\v2\x1f.inference.ModelDynamicBatchingR\x0fdynamicBatching\x12F\n" +
-	"\foptimization\x18\f \x01(\v2\".inference.ModelOptimizationPolicyR\foptimization\x12\x18\n" +
+	"\foptimization\x18\f \x01(\v2\".inference.ModelOptimizationPolicyR\foptimization\x129\n" +
+	"\fmodel_warmup\x18\x10 \x03(\v2\x16.inference.ModelWarmupR\vmodelWarmup\x12\x18\n" +
 	"\abackend\x18\x11 \x01(\tR\abackend*\xfa\x01\n" +
 	"\bDataType\x12\x10\n" +
 	"\fTYPE_INVALID\x10\x00\x12\r\n" +
@@ -883,7 +1091,7 @@ func file_inference_model_config_proto_rawDescGZIP() []byte {
 }
 
 var file_inference_model_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_inference_model_config_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_inference_model_config_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_inference_model_config_proto_goTypes = []any{
 	(DataType)(0),                                         // 0: inference.DataType
 	(ModelInstanceGroup_Kind)(0),                          // 1: inference.ModelInstanceGroup.Kind
@@ -894,10 +1102,13 @@ var file_inference_model_config_proto_goTypes = []any{
 	(*ModelQueuePolicy)(nil),                              // 6: inference.ModelQueuePolicy
 	(*ModelDynamicBatching)(nil),                          // 7: inference.ModelDynamicBatching
 	(*ModelOptimizationPolicy)(nil),                       // 8: inference.ModelOptimizationPolicy
-	(*ModelConfig)(nil),                                   // 9: inference.ModelConfig
-	(*ModelOptimizationPolicy_ExecutionAccelerators)(nil), // 10: inference.ModelOptimizationPolicy.ExecutionAccelerators
-	(*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator)(nil), // 11: inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator
-	nil, // 12: inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.ParametersEntry
+	(*ModelWarmup)(nil),                                   // 9: inference.ModelWarmup
+	(*ModelConfig)(nil),                                   // 10: inference.ModelConfig
+	(*ModelOptimizationPolicy_ExecutionAccelerators)(nil), // 11: inference.ModelOptimizationPolicy.ExecutionAccelerators
+	(*ModelOptimizationPolicy_ExecutionAccelerators_Accelerator)(nil), // 12: inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator
+	nil,                       // 13: inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.ParametersEntry
+	(*ModelWarmup_Input)(nil), // 14: inference.ModelWarmup.Input
+	nil,                       // 15: inference.ModelWarmup.InputsEntry
 }
 var file_inference_model_config_proto_depIdxs = []int32{
 	1,  // 0: inference.ModelInstanceGroup.kind:type_name -> inference.ModelInstanceGroup.Kind
@@ -905,20 +1116,24 @@ var file_inference_model_config_proto_depIdxs = []int32{
 	0,  // 2: inference.ModelOutput.data_type:type_name -> inference.DataType
 	2,  // 3: inference.ModelQueuePolicy.timeout_action:type_name -> inference.ModelQueuePolicy.TimeoutAction
 	6,  // 4: inference.ModelDynamicBatching.default_queue_policy:type_name -> inference.ModelQueuePolicy
-	10, // 5: inference.ModelOptimizationPolicy.execution_accelerators:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators
-	4,  // 6: inference.ModelConfig.input:type_name -> inference.ModelInput
-	5,  // 7: inference.ModelConfig.output:type_name -> inference.ModelOutput
-	3,  // 8: inference.ModelConfig.instance_group:type_name -> inference.ModelInstanceGroup
-	7,  // 9: inference.ModelConfig.dynamic_batching:type_name -> inference.ModelDynamicBatching
-	8,  // 10: inference.ModelConfig.optimization:type_name -> inference.ModelOptimizationPolicy
-	11, // 11: inference.ModelOptimizationPolicy.ExecutionAccelerators.gpu_execution_accelerator:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator
-	11, // 12: inference.ModelOptimizationPolicy.ExecutionAccelerators.cpu_execution_accelerator:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator
-	12, // 13: inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.parameters:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.ParametersEntry
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	11, // 5: inference.ModelOptimizationPolicy.execution_accelerators:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators
+	15, // 6: inference.ModelWarmup.inputs:type_name -> inference.ModelWarmup.InputsEntry
+	4,  // 7: inference.ModelConfig.input:type_name -> inference.ModelInput
+	5,  // 8: inference.ModelConfig.output:type_name -> inference.ModelOutput
+	3,  // 9: inference.ModelConfig.instance_group:type_name -> inference.ModelInstanceGroup
+	7,  // 10: inference.ModelConfig.dynamic_batching:type_name -> inference.ModelDynamicBatching
+	8,  // 11: inference.ModelConfig.optimization:type_name -> inference.ModelOptimizationPolicy
+	9,  // 12: inference.ModelConfig.model_warmup:type_name -> inference.ModelWarmup
+	12, // 13: inference.ModelOptimizationPolicy.ExecutionAccelerators.gpu_execution_accelerator:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator
+	12, // 14: inference.ModelOptimizationPolicy.ExecutionAccelerators.cpu_execution_accelerator:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator
+	13, // 15: inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.parameters:type_name -> inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator.ParametersEntry
+	0,  // 16: inference.ModelWarmup.Input.data_type:type_name -> inference.DataType
+	14, // 17: inference.ModelWarmup.InputsEntry.value:type_name -> inference.ModelWarmup.Input
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_inference_model_config_proto_init() }
@@ -926,13 +1141,18 @@ func file_inference_model_config_proto_init() {
 	if File_inference_model_config_proto != nil {
 		return
 	}
+	file_inference_model_config_proto_msgTypes[11].OneofWrappers = []any{
+		(*ModelWarmup_Input_ZeroData)(nil),
+		(*ModelWarmup_Input_RandomData)(nil),
+		(*ModelWarmup_Input_InputDataFile)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_inference_model_config_proto_rawDesc), len(file_inference_model_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
