@@ -172,6 +172,10 @@ func ToFloat32(t *Tensor) ([]float32, error) {
 		for i := range out {
 			out[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(d[8*i:])))
 		}
+	case Float16:
+		for i := range out {
+			out[i] = HalfToFloat32(binary.LittleEndian.Uint16(d[2*i:]))
+		}
 	case Int16:
 		for i := range out {
 			out[i] = float32(int16(binary.LittleEndian.Uint16(d[2*i:])))
