@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -503,8 +504,15 @@ func (s *Spec) validate(file string) error {
 			bad(field+".labels", "a %s output needs at least one label", out.Kind)
 		}
 		if out.Kind == "scores" || out.Kind == "mask" {
-			if out.DataType != string(tensor.Float32) {
-				bad(field+".data_type", "a %s output must be float32, not %q", out.Kind, out.DataType)
+			if out.DataType != string(tensor.Float32) && out.DataType != string(tensor.Float16) {
+				bad(field+".data_type", "a %s output must be float32 or float16, not %q", out.Kind, out.DataType)
+			}
+		}
+		if out.DataType == string(tensor.Float16) {
+			if slices.ContainsFunc(out.Dims, func(d int64) bool { return d < 0 }) {
+				// onnxruntime_go reads float16 outputs only into tensors
+				// allocated before the run.
+				bad(field+".dims", "%v: a float16 output needs fixed dims", out.Dims)
 			}
 		}
 		if out.SEGType != "" && out.SEGType != "binary" && out.SEGType != "fractional" {

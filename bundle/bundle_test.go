@@ -310,3 +310,50 @@ func TestReservedInstancesNeedAnotherInstance(t *testing.T) {
 	_, err = Parse("demo/bundle.yaml", []byte(valid+"instance_count: 2\ndynamic_batching: {reserved_instances: 1}\n"))
 	require.NoError(t, err)
 }
+
+const withPreprocessing = `name: demo
+task: both
+inputs:
+  - name: image
+    data_type: float32
+    dims: [1, 16, 16]
+preprocessing:
+  windows: [{name: brain, center: 40, width: 80}]
+  in_plane_size: [16, 16]
+  layout: slices
+outputs:
+  - name: mask
+    data_type: float32
+    dims: [1, 16, 16]
+    kind: mask
+    labels: [{name: x}]
+max_batch_size: 2
+`
+
+func TestPreprocessingValidation(t *testing.T) {
+	s, err := Parse("demo/bundle.yaml", []byte(withPreprocessing))
+	require.NoError(t, err)
+	assert.False(t, s.PreprocessSpec().Half)
+	half, err := Parse("demo/bundle.yaml", []byte(strings.ReplaceAll(withPreprocessing, "float32", "float16")))
+	require.NoError(t, err)
+	assert.True(t, half.PreprocessSpec().Half, "a float16 model gets float16 input")
+	for _, tt := range []struct {
+		name, old, new, want string
+	}{
+		{"input type", "data_type: float32\n    dims: [1, 16, 16]\npre", "data_type: int16\n    dims: [1, 16, 16]\npre",
+			`inputs[0].data_type: "int16": preprocessing writes float32 or float16`},
+		{"channels", "dims: [1, 16, 16]\npre", "dims: [3, 16, 16]\npre", "inputs[0].dims[0]: 3 channels, but the preprocessing makes 1"},
+		{"in-plane size", "in_plane_size: [16, 16]", "in_plane_size: [16, 32]", "inputs[0].dims: [1 16 16] does not match in_plane_size [16 32]"},
+		{"mask type", "    data_type: float32\n    dims: [1, 16, 16]\n    kind: mask", "    data_type: int32\n    dims: [1, 16, 16]\n    kind: mask",
+			`outputs[0].data_type: a mask output must be float32 or float16, not "int32"`},
+		{"float16 dynamic", "    data_type: float32\n    dims: [1, 16, 16]\n    kind: mask", "    data_type: float16\n    dims: [1, -1, 16]\n    kind: mask",
+			"outputs[0].dims: [1 -1 16]: a float16 output needs fixed dims"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			y := strings.Replace(withPreprocessing, tt.old, tt.new, 1)
+			require.NotEqual(t, withPreprocessing, y, "the edit applies")
+			_, err := Parse("demo/bundle.yaml", []byte(y))
+			assert.ErrorContains(t, err, tt.want)
+		})
+	}
+}

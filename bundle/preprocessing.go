@@ -101,6 +101,9 @@ func (p *Preprocessing) validate(s *Spec, bad func(field, format string, args ..
 		bad("preprocessing", "needs a model with exactly one input, not %d", len(s.Inputs))
 		return
 	}
+	if dt := s.Inputs[0].DataType; dt != "float32" && dt != "float16" {
+		bad("inputs[0].data_type", "%q: preprocessing writes float32 or float16", dt)
+	}
 	// The declared input must fit the layout: [C, ...] after the batch axis.
 	dims := s.Inputs[0].Dims
 	spec := p.Spec()
@@ -129,7 +132,17 @@ func (p *Preprocessing) validate(s *Spec, bad func(field, format string, args ..
 	}
 }
 
-// Spec converts the declaration to the preprocessing pipeline's form.
+// PreprocessSpec is the model's preprocessing in the pipeline's form:
+// Preprocessing.Spec, written in the element type the model's input
+// takes (float16 or float32).
+func (s *Spec) PreprocessSpec() preprocess.Spec {
+	ps := s.Preprocessing.Spec()
+	ps.Half = len(s.Inputs) == 1 && s.Inputs[0].DataType == "float16"
+	return ps
+}
+
+// Spec converts the declaration to the preprocessing pipeline's form, for
+// a float32 input (Spec.PreprocessSpec sets the input's type).
 func (p *Preprocessing) Spec() preprocess.Spec {
 	s := preprocess.Spec{Orientation: p.Orientation, Normalize: p.Normalize, Layout: p.Layout,
 		SlabRadius: max(p.SlabSlices-1, 0) / 2, Overlap: p.Overlap, PadValue: float32(p.PadValue)}

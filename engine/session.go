@@ -21,6 +21,11 @@ type session struct {
 	inputs   []string
 	outputs  []string
 	provider string
+	// prealloc[i], for an output onnxruntime_go cannot read back when
+	// ONNX Runtime allocates it (float16: v1.27 copies one byte per
+	// element of it), is its declared dims: run allocates it first.
+	prealloc [][]int64
+	batched  bool
 }
 
 var ortTypes = map[tensor.DType]ort.TensorElementDataType{
@@ -91,8 +96,14 @@ func newSession(spec *bundle.Spec, onnx []byte, log *slog.Logger) (*session, err
 		for _, in := range spec.Inputs {
 			s.inputs = append(s.inputs, in.Name)
 		}
+		s.batched = spec.MaxBatchSize > 0
 		for _, out := range spec.Outputs {
 			s.outputs = append(s.outputs, out.Name)
+			var dims []int64
+			if out.DataType == string(tensor.Float16) {
+				dims = out.Dims // fixed (bundle validation)
+			}
+			s.prealloc = append(s.prealloc, dims)
 		}
 		s.s, err = ort.NewDynamicAdvancedSessionWithONNXData(onnx, s.inputs, s.outputs, opts)
 		_ = opts.Destroy()
@@ -197,7 +208,29 @@ func (s *session) run(inputs []*tensor.Tensor) ([]*tensor.Tensor, error) {
 		values[i] = v
 	}
 	outs := make([]ort.Value, len(s.outputs))
+	for i, dims := range s.prealloc {
+		if dims == nil {
+			continue
+		}
+		if s.batched && len(inputs) > 0 && len(inputs[0].Shape) > 0 {
+			dims = append([]int64{inputs[0].Shape[0]}, dims...)
+		}
+		n, err := tensor.NumElements(dims)
+		if err != nil {
+			return nil, fmt.Errorf("output %q: %w", s.outputs[i], err)
+		}
+		v, err := ort.NewCustomDataTensor(ort.NewShape(dims...), make([]byte, 2*n), ort.TensorElementDataTypeFloat16)
+		if err != nil {
+			return nil, fmt.Errorf("output %q: %w", s.outputs[i], err)
+		}
+		outs[i] = v
+	}
 	if err := s.s.Run(values, outs); err != nil {
+		for _, v := range outs {
+			if v != nil {
+				_ = v.Destroy()
+			}
+		}
 		return nil, err
 	}
 	result := make([]*tensor.Tensor, len(outs))

@@ -436,7 +436,7 @@ func (g *GPU) Slabs(ch *preprocess.Channels, r int, out []float32) error {
 	plane := ch.NX * ch.NY
 	c.launch("vox_slabs", [3]int{ceil(plane, block), ch.C * (2*r + 1), ch.NZ},
 		(&cuda.Args{}).Ptr(upload(c, ch.V)).Int(ch.C).Int(ch.NX).Int(ch.NY).Int(ch.NZ).Int(r).
-			Int(ch.NX).Int(ch.NY).Int(0).Int(0).Float(0).Ptr(d))
+			Int(ch.NX).Int(ch.NY).Int(0).Int(0).Float(0).Int(0).Ptr(d))
 	download(c, out, d)
 	return c.end()
 }
@@ -452,7 +452,11 @@ func (g *GPU) ResidentMemory() (string, int) { return "device", g.Dev.Ordinal }
 func (g *GPU) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, lay preprocess.SlabLayout) (preprocess.Resident, error) {
 	size := [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}
 	depth := 2*lay.R + 1
-	outBytes := size[2] * len(ws) * depth * lay.Rows * lay.Cols * 4
+	elem, half := 4, 0
+	if lay.Half {
+		elem, half = 2, 1
+	}
+	outBytes := size[2] * len(ws) * depth * lay.Rows * lay.Cols * elem
 	c := g.begin()
 	ch := c.alloc(len(ws) * size[0] * size[1] * size[2] * 4)
 	c.fused(src16, src32, dims, slope, intercept, maps, ws, ch)
@@ -462,7 +466,7 @@ func (g *GPU) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, i
 	}
 	c.launch("vox_slabs", [3]int{ceil(lay.Rows*lay.Cols, block), len(ws) * depth, size[2]},
 		(&cuda.Args{}).Ptr(ch).Int(len(ws)).Int(size[0]).Int(size[1]).Int(size[2]).Int(lay.R).
-			Int(lay.Cols).Int(lay.Rows).Int(lay.OffX).Int(lay.OffY).Float(lay.Pad).Ptr(out))
+			Int(lay.Cols).Int(lay.Rows).Int(lay.OffX).Int(lay.OffY).Float(lay.Pad).Int(half).Ptr(out))
 	if err := c.end(); err != nil { // the stream is synced: out is written
 		_ = g.mem.put(out, class)
 		return preprocess.Resident{}, err

@@ -98,7 +98,7 @@ func TestGPUHostFloat32s(t *testing.T) {
 // PrepareSlabs leaves on the device what the CPU makes of the same study
 // through WindowResample, CropOrPad and SlabsTensor, exactly: from int16
 // stored values and from float32, cropped on one axis and padded on the
-// other.
+// other, written as float32 and as float16.
 func TestGPUPrepareSlabs(t *testing.T) {
 	g := openGPU(t)
 	defer g.Close()
@@ -120,25 +120,24 @@ func TestGPUPrepareSlabs(t *testing.T) {
 	require.NoError(t, CPU{}.WindowResample(f32, dims, maps, ws, ch.V))
 	rows, cols := 31, 28 // pad rows, crop columns
 	lay := preprocess.SlabLayout{R: 1, Rows: rows, Cols: cols, OffX: (size[0] - cols) / 2, OffY: (size[1] - rows) / 2, Pad: -0.5}
-	want := preprocess.SlabsCropped(ch, lay)
-	for _, from16 := range []bool{true, false} {
-		var res preprocess.Resident
-		var err error
-		if from16 {
-			res, err = g.PrepareSlabs(s16, nil, dims, 1, -1024, maps, ws, lay)
-		} else {
-			res, err = g.PrepareSlabs(nil, f32, dims, 0, 0, maps, ws, lay)
+	for _, half := range []bool{false, true} { // float32, or float16 for a half-precision model
+		lay.Half = half
+		want := lay.Bytes(preprocess.SlabsCropped(ch, lay))
+		for _, from16 := range []bool{true, false} {
+			var res preprocess.Resident
+			var err error
+			if from16 {
+				res, err = g.PrepareSlabs(s16, nil, dims, 1, -1024, maps, ws, lay)
+			} else {
+				res, err = g.PrepareSlabs(nil, f32, dims, 0, 0, maps, ws, lay)
+			}
+			require.NoError(t, err)
+			require.Equal(t, len(want), res.Len)
+			got := make([]byte, len(want))
+			require.NoError(t, g.ReadResident(got, res.DeviceBytes))
+			res.Release()
+			assert.Equal(t, want, got, "from int16: %v, float16: %v", from16, half)
 		}
-		require.NoError(t, err)
-		require.Equal(t, 4*len(want), res.Len)
-		got := make([]float32, len(want))
-		s, err := g.Dev.NewStream()
-		require.NoError(t, err)
-		require.NoError(t, g.Dev.CopyToHost(unsafe.Pointer(&got[0]), cuda.Ptr(res.Addr), res.Len, s))
-		require.NoError(t, g.Dev.Sync(s))
-		require.NoError(t, g.Dev.DestroyStream(s))
-		res.Release()
-		assert.Equal(t, want, got, "from int16: %v", from16)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/voxserve/voxserve/internal/par"
+	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
 )
 
@@ -93,6 +94,15 @@ func SlabsCropped(ch *Channels, lay SlabLayout) []float32 {
 		}
 	})
 	return out
+}
+
+// Bytes are v (SlabsCropped's values) as the model input holds them:
+// float32, or float16 when lay.Half; little-endian.
+func (lay SlabLayout) Bytes(v []float32) []byte {
+	if lay.Half {
+		return tensor.FromFloat32Half("", nil, v).Data
+	}
+	return tensor.FromFloat32("", nil, v).Data
 }
 
 // PatchStarts returns the start indices of patches of size p covering n

@@ -41,6 +41,9 @@ type Spec struct {
 	Overlap   float64
 	// PadValue fills voxels outside the volume (after normalization).
 	PadValue float32
+	// Half writes the model input as float16 (a model that takes float16),
+	// rounded to nearest even; float32 otherwise.
+	Half bool
 }
 
 // Channels is the number of channels per voxel before slab stacking.
@@ -93,10 +96,12 @@ type AcceleratorI16 interface {
 // SlabLayout is how PrepareResident lays the channels out as the model
 // input: slabs of radius R (0: 2D slices), cropped or padded in-plane to
 // Rows x Cols, output (i, j) reading channel voxel (i+OffX, j+OffY) and
-// Pad outside (CropOrPad's offsets: negative ones pad before).
+// Pad outside (CropOrPad's offsets: negative ones pad before); float16
+// values (tensor.Float32ToHalf) when Half, float32 otherwise.
 type SlabLayout struct {
 	R, Rows, Cols, OffX, OffY int
 	Pad                       float32
+	Half                      bool
 }
 
 // Resident is a model input an accelerator left in its memory, and
@@ -117,7 +122,7 @@ type ResidentAccelerator interface {
 	ResidentMemory() (kind string, device int)
 	// PrepareSlabs runs the fused pass (int16 stored values with their
 	// rescale, or float32 values when src16 is nil) and lays the channels
-	// out as lay says, [nz, C*(2R+1), Rows, Cols] float32.
+	// out as lay says, [nz, C*(2R+1), Rows, Cols], float32 or float16.
 	PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]AxisMap, ws []Window, lay SlabLayout) (Resident, error)
 }
 
@@ -271,7 +276,11 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 	default:
 		return nil, fmt.Errorf("unknown layout %q", spec.Layout)
 	}
-	p.Input = tensor.ViewFloat32(inputName, shape, data) // data belongs to this request
+	if spec.Half {
+		p.Input = tensor.FromFloat32Half(inputName, shape, data)
+	} else {
+		p.Input = tensor.ViewFloat32(inputName, shape, data) // data belongs to this request
+	}
 	return p, nil
 }
 
@@ -316,6 +325,7 @@ func PrepareResident(v *volume.Volume, spec Spec, inputName string, acc Resident
 	if spec.Layout == LayoutSlabs {
 		lay.R = spec.SlabRadius
 	}
+	lay.Half = spec.Half
 	var res Resident
 	if stored, i16 := v.Int16(); i16 {
 		slope, icpt := float32(1), float32(0)
@@ -336,7 +346,11 @@ func PrepareResident(v *volume.Volume, spec Spec, inputName string, acc Resident
 	p = &Prepared{Spec: spec, Source: v.Geometry, SourceSize: n, Model: model, ModelSize: [3]int{lay.Cols, lay.Rows, size[2]},
 		Device: acc.Name(), release: res.Release}
 	depth := 2*lay.R + 1
-	p.Input = &tensor.Tensor{Name: inputName, DType: tensor.Float32, Device: &res.DeviceBytes,
+	dt := tensor.Float32
+	if spec.Half {
+		dt = tensor.Float16
+	}
+	p.Input = &tensor.Tensor{Name: inputName, DType: dt, Device: &res.DeviceBytes,
 		Shape: []int64{int64(size[2]), int64(len(spec.Windows) * depth), int64(lay.Rows), int64(lay.Cols)}}
 	return p, true, nil
 }

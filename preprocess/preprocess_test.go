@@ -578,8 +578,7 @@ func (a residentRef) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, s
 	if err != nil {
 		return Resident{}, err
 	}
-	v := SlabsCropped(ch, lay)
-	b := unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+	b := lay.Bytes(SlabsCropped(ch, lay))
 	return Resident{DeviceBytes: tensor.DeviceBytes{Addr: uintptr(unsafe.Pointer(&b[0])), Len: len(b), Host: b},
 		Release: func() { *a.released++ }}, nil
 }
@@ -596,6 +595,7 @@ func TestPrepareResidentMatchesPrepareWith(t *testing.T) {
 		{Windows: windows, Layout: LayoutSlabs, SlabRadius: 1, TargetSpacing: [3]float64{0.7, 0.9, 2}, InPlaneSize: [2]int{10, 12}, PadValue: -0.25},
 		{Windows: windows, Layout: LayoutSlices, TargetSpacing: [3]float64{1, 1, 0}, InPlaneSize: [2]int{6, 14}},
 		{Windows: windows[:1], Layout: LayoutSlabs, SlabRadius: 2, Orientation: "LPS"},
+		{Windows: windows, Layout: LayoutSlices, TargetSpacing: [3]float64{1, 1, 0}, Half: true},
 	} {
 		for _, v := range []*volume.Volume{randomCT(identity), ctStored(identity)} {
 			want, err := Prepare(randomCT(identity), spec, "image")
@@ -604,6 +604,7 @@ func TestPrepareResidentMatchesPrepareWith(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, ok)
 			assert.Nil(t, got.Input.Data)
+			assert.Equal(t, want.Input.DType, got.Input.DType)
 			assert.Equal(t, want.Input.Shape, got.Input.Shape)
 			assert.Equal(t, want.Input.Data, got.Input.Device.Host)
 			assert.Equal(t, want.Model, got.Model)
@@ -613,7 +614,7 @@ func TestPrepareResidentMatchesPrepareWith(t *testing.T) {
 			got.Release()
 		}
 	}
-	assert.Equal(t, 6, released)
+	assert.Equal(t, 8, released)
 	for _, spec := range []Spec{
 		{Windows: windows, Layout: LayoutPatches, PatchSize: [3]int{8, 8, 4}},
 		{Normalize: "zscore", Layout: LayoutSlices},
@@ -686,4 +687,25 @@ func TestResidentChannels(t *testing.T) {
 	p := &Prepared{Spec: Spec{Layout: LayoutPatches}, ModelSize: [3]int{nx, ny, nz}}
 	_, err := p.ResidentChannels(&tensor.Tensor{Name: "mask", DType: tensor.Float32, Shape: []int64{2, 1, 2, 2, 2}, Device: &tensor.DeviceBytes{Len: 64}})
 	assert.ErrorContains(t, err, "stitched on the host")
+}
+
+// Half writes the model input as float16: the float32 input, every value
+// rounded to nearest even, for every layout.
+func TestPrepareHalf(t *testing.T) {
+	identity := [9]float64{1, 0, 0, 0, 1, 0, 0, 0, 1}
+	windows := []Window{{Center: 40, Width: 80}}
+	for _, spec := range []Spec{
+		{Windows: windows, Layout: LayoutSlabs, SlabRadius: 1, TargetSpacing: [3]float64{0.7, 0.9, 2}},
+		{Normalize: "zscore", Layout: LayoutVolume},
+		{Windows: windows, Layout: LayoutPatches, PatchSize: [3]int{8, 8, 4}, Overlap: 0.25},
+	} {
+		full, err := Prepare(randomCT(identity), spec, "image")
+		require.NoError(t, err)
+		spec.Half = true
+		half, err := Prepare(randomCT(identity), spec, "image")
+		require.NoError(t, err)
+		v, err := full.Input.Float32s()
+		require.NoError(t, err)
+		assert.Equal(t, tensor.FromFloat32Half("image", full.Input.Shape, v), half.Input, spec.Layout)
+	}
 }

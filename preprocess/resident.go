@@ -55,7 +55,7 @@ func (p *Prepared) strides(out *tensor.Tensor) (ResidentChannels, error) {
 	default:
 		return ResidentChannels{}, fmt.Errorf("output %q: %s outputs are stitched on the host", out.Name, p.Spec.Layout)
 	}
-	if want := 4 * rc.C * mz * plane; out.ByteLen() != want {
+	if want := out.DType.Size() * rc.C * mz * plane; out.ByteLen() != want {
 		return ResidentChannels{}, fmt.Errorf("output %q has %d bytes; its shape %v needs %d", out.Name, out.ByteLen(), out.Shape, want)
 	}
 	return rc, nil

@@ -100,8 +100,8 @@ func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferR
 			resp.Warnings = append(resp.Warnings, "the study has no modality; the model's modality check was skipped")
 		}
 		prepare := time.Now()
-		if pp := m.Spec.Preprocessing; pp != nil {
-			if plan, err = s.prepare(vol, pp.Spec(), m); err != nil {
+		if m.Spec.Preprocessing != nil {
+			if plan, err = s.prepare(vol, m.Spec.PreprocessSpec(), m); err != nil {
 				return nil, invalid("preprocessing the study: %v", err)
 			}
 			defer plan.Release() // after the model has read a resident input
@@ -464,7 +464,7 @@ func (s *inference) studyOptions(spec *bundle.Spec) dicom.Options {
 	if spec.Preprocessing == nil {
 		return opts
 	}
-	pp := spec.Preprocessing.Spec()
+	pp := spec.PreprocessSpec()
 	if !pp.Accelerates() {
 		return opts
 	}

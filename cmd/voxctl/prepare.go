@@ -88,7 +88,7 @@ func prepareCase(spec *bundle.Spec, dir string) (*preprocess.Prepared, error) {
 	if len(series) != 1 {
 		return nil, fmt.Errorf("%d image series; want one", len(series))
 	}
-	return preprocess.Prepare(series[0].Volume, spec.Preprocessing.Spec(), spec.Inputs[0].Name)
+	return preprocess.Prepare(series[0].Volume, spec.PreprocessSpec(), spec.Inputs[0].Name)
 }
 
 func writeNpyFile(path string, t *tensor.Tensor) error {

@@ -102,6 +102,36 @@ func DemoPhantom() *tensor.Tensor {
 	return tensor.FromFloat32("", []int64{z, y, x}, v)
 }
 
+// Threshold2DHalf is Threshold2D for float16 tensors, as a model exported
+// in half precision takes and gives them: the image is widened to float32
+// for the arithmetic, and both outputs narrowed back.
+func Threshold2DHalf(t, k float32) Model {
+	m := Threshold2D(t, k)
+	m.Name = "threshold2d_half"
+	m.Inputs[0].Type = Float16
+	m.Outputs[0].Type, m.Outputs[1].Type = Float16, Float16
+	for i := range m.Nodes {
+		for j, in := range m.Nodes[i].Inputs {
+			if in == "image" {
+				m.Nodes[i].Inputs[j] = "image32"
+			}
+		}
+		for j, out := range m.Nodes[i].Outputs {
+			if out == "probability_map" || out == "score" {
+				m.Nodes[i].Outputs[j] = out + "32"
+			}
+		}
+		if m.Nodes[i].Op == "ReduceMax" {
+			m.Nodes[i].Inputs[0] = "probability_map32"
+		}
+	}
+	m.Nodes = append([]Node{{Op: "Cast", Inputs: []string{"image"}, Outputs: []string{"image32"}, Attrs: []Attr{I("to", int64(Float))}}}, m.Nodes...)
+	m.Nodes = append(m.Nodes,
+		Node{Op: "Cast", Inputs: []string{"probability_map32"}, Outputs: []string{"probability_map"}, Attrs: []Attr{I("to", int64(Float16))}},
+		Node{Op: "Cast", Inputs: []string{"score32"}, Outputs: []string{"score"}, Attrs: []Attr{I("to", int64(Float16))}})
+	return m
+}
+
 // Threshold2D is a per-pixel test model for slice layouts: over a float32
 // [batch, 1, height, width] input, probability_map = sigmoid((x - t) * k)
 // and score = max over the slice, [batch, 1].

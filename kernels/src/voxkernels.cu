@@ -213,10 +213,12 @@ __global__ void vox_shift_scale(float *v, long long n, float m, float inv) {
 // (preprocess.SlabsTensor; r = 0 gives 2D slices), cropped or padded
 // in-plane on the way: output (i, j) reads channel voxel (i+offx, j+offy),
 // pad outside (preprocess.CropOrPad). ox = nx, oy = ny and no offsets give
-// the slabs alone. Launch: grid (ceil(ox*oy/block), C*(2r+1), nz).
+// the slabs alone. half writes float16 (rounded to nearest even, as
+// tensor.Float32ToHalf) for a model that takes it, float32 otherwise.
+// Launch: grid (ceil(ox*oy/block), C*(2r+1), nz).
 __global__ void vox_slabs(const float *__restrict__ ch, int C, int nx, int ny, int nz, int r,
-                          int ox, int oy, int offx, int offy, float pad,
-                          float *__restrict__ out) {
+                          int ox, int oy, int offx, int offy, float pad, int half,
+                          void *__restrict__ out) {
 	long long plane = (long long)ox * oy;
 	long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
 	if (p >= plane) return;
@@ -228,7 +230,14 @@ __global__ void vox_slabs(const float *__restrict__ ch, int C, int nx, int ny, i
 	float v = pad;
 	if (i >= 0 && i < nx && j >= 0 && j < ny)
 		v = ch[((long long)c * nz + s) * nx * ny + (long long)j * nx + i];
-	out[((long long)k * C * depth + cd) * plane + p] = v;
+	long long at = ((long long)k * C * depth + cd) * plane + p;
+	if (half) {
+		unsigned short h;
+		asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); // no cuda_fp16.h needed
+		((unsigned short *)out)[at] = h;
+	} else {
+		((float *)out)[at] = v;
+	}
 }
 
 // vox_extract_patches copies patches ([P][C][pz][py][px]) out of channels
