@@ -452,11 +452,47 @@ func (g *GPU) ResidentMemory() (string, int) { return "device", g.Dev.Ordinal }
 func (g *GPU) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, lay preprocess.SlabLayout) (preprocess.Resident, error) {
 	size := [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}
 	depth := 2*lay.R + 1
-	elem, half := 4, 0
-	if lay.Half {
-		elem, half = 2, 1
-	}
+	elem, half := element(lay.Half)
 	outBytes := size[2] * len(ws) * depth * lay.Rows * lay.Cols * elem
+	return g.resident(src16, src32, dims, slope, intercept, maps, ws, outBytes, func(c *call, ch, out cuda.Ptr) {
+		c.launch("vox_slabs", [3]int{ceil(lay.Rows*lay.Cols, block), len(ws) * depth, size[2]},
+			(&cuda.Args{}).Ptr(ch).Int(len(ws)).Int(size[0]).Int(size[1]).Int(size[2]).Int(lay.R).
+				Int(lay.Cols).Int(lay.Rows).Int(lay.OffX).Int(lay.OffY).Float(lay.Pad).Int(half).Ptr(out))
+	})
+}
+
+// PreparePatches implements preprocess.ResidentAccelerator: the fused pass
+// into channels on the device, then vox_extract_patches into a pooled
+// device buffer the model's bound input is copied from.
+func (g *GPU) PreparePatches(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, lay preprocess.PatchLayout) (preprocess.Resident, error) {
+	size := [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}
+	elem, half := element(lay.Half)
+	pv := lay.Size[0] * lay.Size[1] * lay.Size[2]
+	starts := make([]int32, 0, 3*len(lay.Patches))
+	for _, p := range lay.Patches {
+		starts = append(starts, int32(p.Start[0]), int32(p.Start[1]), int32(p.Start[2]))
+	}
+	return g.resident(src16, src32, dims, slope, intercept, maps, ws, len(lay.Patches)*len(ws)*pv*elem, func(c *call, ch, out cuda.Ptr) {
+		c.launch("vox_extract_patches", [3]int{ceil(pv, block), len(ws), len(lay.Patches)},
+			(&cuda.Args{}).Ptr(ch).Int(len(ws)).Int(size[0]).Int(size[1]).Int(size[2]).Ptr(upload(c, starts)).
+				Int(lay.Size[0]).Int(lay.Size[1]).Int(lay.Size[2]).Float(lay.Pad).Int(half).Ptr(out))
+	})
+}
+
+// element is the model input's element size, and the kernels' half flag.
+func element(half bool) (size, flag int) {
+	if half {
+		return 2, 1
+	}
+	return 4, 0
+}
+
+// resident runs the fused pass into channels on the device, then layout
+// from them into outBytes of a pooled buffer that outlives the call: the
+// model input, left on the device for the model's bound input.
+func (g *GPU) resident(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]preprocess.AxisMap, ws []preprocess.Window,
+	outBytes int, layout func(c *call, ch, out cuda.Ptr)) (preprocess.Resident, error) {
+	size := [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}
 	c := g.begin()
 	ch := c.alloc(len(ws) * size[0] * size[1] * size[2] * 4)
 	c.fused(src16, src32, dims, slope, intercept, maps, ws, ch)
@@ -464,9 +500,7 @@ func (g *GPU) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, i
 	if err != nil {
 		return preprocess.Resident{}, errors.Join(err, c.end())
 	}
-	c.launch("vox_slabs", [3]int{ceil(lay.Rows*lay.Cols, block), len(ws) * depth, size[2]},
-		(&cuda.Args{}).Ptr(ch).Int(len(ws)).Int(size[0]).Int(size[1]).Int(size[2]).Int(lay.R).
-			Int(lay.Cols).Int(lay.Rows).Int(lay.OffX).Int(lay.OffY).Float(lay.Pad).Int(half).Ptr(out))
+	layout(c, ch, out)
 	if err := c.end(); err != nil { // the stream is synced: out is written
 		_ = g.mem.put(out, class)
 		return preprocess.Resident{}, err
@@ -486,7 +520,7 @@ func (g *GPU) ExtractPatches(ch *preprocess.Channels, patches []preprocess.Patch
 	pv := size[0] * size[1] * size[2]
 	c.launch("vox_extract_patches", [3]int{ceil(pv, block), ch.C, len(patches)},
 		(&cuda.Args{}).Ptr(upload(c, ch.V)).Int(ch.C).Int(ch.NX).Int(ch.NY).Int(ch.NZ).Ptr(upload(c, starts)).
-			Int(size[0]).Int(size[1]).Int(size[2]).Float(pad).Ptr(d))
+			Int(size[0]).Int(size[1]).Int(size[2]).Float(pad).Int(0).Ptr(d))
 	download(c, out, d)
 	return c.end()
 }
@@ -509,13 +543,23 @@ func (g *GPU) Aggregate(pred []float32, channels int, size, patch [3]int, overla
 	}
 	out := make([]float32, channels*size[0]*size[1]*size[2])
 	c := g.begin()
-	d := c.alloc(len(out) * 4)
-	c.launch("vox_aggregate_patches", [3]int{ceil(size[0], block), size[1], size[2] * channels},
-		(&cuda.Args{}).Ptr(upload(c, pred)).Int(channels).Int(size[0]).Int(size[1]).Int(size[2]).
-			Ptr(upload(c, xs)).Int(len(xs)).Ptr(upload(c, ys)).Int(len(ys)).Ptr(upload(c, zs)).Int(len(zs)).
-			Int(patch[0]).Int(patch[1]).Int(patch[2]).Ptr(upload(c, preprocess.GaussianMap(patch))).Ptr(d))
+	d := c.aggregate(upload(c, pred), channels, size, patch, overlap)
 	download(c, out, d)
 	return out, c.end()
+}
+
+// aggregate queues vox_aggregate_patches over the predictions at pred and
+// returns the channels' buffer, [C, z, y, x].
+func (c *call) aggregate(pred cuda.Ptr, channels int, size, patch [3]int, overlap float64) cuda.Ptr {
+	xs := int32s(preprocess.PatchStarts(size[0], patch[0], overlap))
+	ys := int32s(preprocess.PatchStarts(size[1], patch[1], overlap))
+	zs := int32s(preprocess.PatchStarts(size[2], patch[2], overlap))
+	d := c.alloc(channels * size[0] * size[1] * size[2] * 4)
+	c.launch("vox_aggregate_patches", [3]int{ceil(size[0], block), size[1], size[2] * channels},
+		(&cuda.Args{}).Ptr(pred).Int(channels).Int(size[0]).Int(size[1]).Int(size[2]).
+			Ptr(upload(c, xs)).Int(len(xs)).Ptr(upload(c, ys)).Int(len(ys)).Ptr(upload(c, zs)).Int(len(zs)).
+			Int(patch[0]).Int(patch[1]).Int(patch[2]).Ptr(upload(c, preprocess.GaussianMap(patch))).Ptr(d))
+	return d
 }
 
 // LabelMap implements Ops.
@@ -605,6 +649,19 @@ func (g *GPU) SourceLabels(ch *preprocess.Channels, model, source volume.Geometr
 func (g *GPU) SourceLabelsResident(rc preprocess.ResidentChannels, model, source volume.Geometry, size [3]int, activation string, thresholds []float64, minVoxels int) ([]uint8, error) {
 	if rc.Bytes.Host != nil || rc.Bytes.Addr == 0 {
 		return nil, errors.New("kernels: the channels are not in device memory")
+	}
+	if len(rc.Patches) > 0 {
+		// Patch predictions: stitched on the device first, into
+		// contiguous channels.
+		ps := rc.PatchSize
+		grid := [3]int{rc.NX, rc.NY, rc.NZ}
+		if need := 4 * len(rc.Patches) * rc.C * ps[0] * ps[1] * ps[2]; rc.C < 1 || rc.Bytes.Len != need ||
+			len(rc.Patches) != len(preprocess.Patches(grid, ps, rc.Overlap)) {
+			return nil, fmt.Errorf("kernels: %d bytes of predictions for %d patches of %v", rc.Bytes.Len, len(rc.Patches), ps)
+		}
+		c := g.begin()
+		ch := c.aggregate(cuda.Ptr(rc.Bytes.Addr), rc.C, grid, ps, rc.Overlap)
+		return c.sourceLabels(ch, rc, model, source, size, activation, thresholds, minVoxels)
 	}
 	if need := 4 * ((rc.C-1)*rc.CStride + (rc.NZ-1)*rc.ZStride + rc.NX*rc.NY); rc.C < 1 || rc.Bytes.Len < need {
 		return nil, fmt.Errorf("kernels: %d bytes of channels; their strides read %d", rc.Bytes.Len, need)

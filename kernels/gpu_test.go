@@ -141,19 +141,31 @@ func TestGPUPrepareSlabs(t *testing.T) {
 	}
 }
 
-// SourceLabelsResident labels a model output where the model wrote it, a
-// [z, C, y, x] batch of slices read through its strides, exactly as the
-// CPU labels the same channels gathered on the host; ReadResident gives
-// the bytes back.
+// SourceLabelsResident labels a model output where the model wrote it,
+// exactly as the CPU labels the same channels gathered on the host: a
+// [z, C, y, x] batch of slices read through its strides, and sliding-window
+// patch predictions stitched on the device. ReadResident gives the bytes
+// back.
 func TestGPUSourceLabelsResident(t *testing.T) {
 	g := openGPU(t)
 	r := newRand(t)
+	grid := [3]int{24, 20, 9}
+	patchSpec := preprocess.Spec{Layout: preprocess.LayoutPatches, PatchSize: [3]int{12, 12, 6}, Overlap: 0.5}
 	for _, tc := range []struct {
-		act string
-		c   int
-	}{{"sigmoid", 1}, {"sigmoid", 2}, {"softmax", 3}} {
-		p := &preprocess.Prepared{Spec: preprocess.Spec{Layout: preprocess.LayoutSlices}, ModelSize: [3]int{24, 20, 9}}
-		v := randF32(r, tc.c*24*20*9, -3, 3)
+		act     string
+		c       int
+		patches bool
+	}{{"sigmoid", 1, false}, {"sigmoid", 2, false}, {"softmax", 3, false}, {"sigmoid", 1, true}, {"softmax", 2, true}} {
+		p := &preprocess.Prepared{Spec: preprocess.Spec{Layout: preprocess.LayoutSlices}, ModelSize: grid}
+		shape := []int64{9, int64(tc.c), 20, 24}
+		n := tc.c * 24 * 20 * 9
+		if tc.patches {
+			p.Spec, p.Patches = patchSpec, preprocess.Patches(grid, patchSpec.PatchSize, patchSpec.Overlap)
+			ps := patchSpec.PatchSize
+			shape = []int64{int64(len(p.Patches)), int64(tc.c), int64(ps[2]), int64(ps[1]), int64(ps[0])}
+			n = len(p.Patches) * tc.c * ps[0] * ps[1] * ps[2]
+		}
+		v := randF32(r, n, -3, 3)
 		buf, err := g.ResidentBuffer(4 * len(v))
 		require.NoError(t, err)
 		s, err := g.Dev.NewStream()
@@ -161,7 +173,7 @@ func TestGPUSourceLabelsResident(t *testing.T) {
 		require.NoError(t, g.Dev.CopyToDevice(cuda.Ptr(buf.Addr), unsafe.Pointer(&v[0]), buf.Len, s))
 		require.NoError(t, g.Dev.Sync(s))
 		require.NoError(t, g.Dev.DestroyStream(s))
-		out := &tensor.Tensor{Name: "mask", DType: tensor.Float32, Shape: []int64{9, int64(tc.c), 20, 24}, Device: &buf.DeviceBytes}
+		out := &tensor.Tensor{Name: "mask", DType: tensor.Float32, Shape: shape, Device: &buf.DeviceBytes}
 		rc, err := p.ResidentChannels(out)
 		require.NoError(t, err)
 
@@ -175,15 +187,50 @@ func TestGPUSourceLabelsResident(t *testing.T) {
 		for i := range th {
 			th[i] = 0.3 + 0.4*r.Float64()
 		}
-		want, err := CPU{}.SourceLabels(rc.Gather(v), model, source, size, tc.act, th, 30)
+		ch, err := rc.Gather(v)
+		require.NoError(t, err)
+		want, err := CPU{}.SourceLabels(ch, model, source, size, tc.act, th, 30)
 		require.NoError(t, err)
 		got, err := g.SourceLabelsResident(rc, model, source, size, tc.act, th, 30)
 		require.NoError(t, err)
-		assert.Equal(t, want, got, "%s x%d", tc.act, tc.c)
+		assert.Equal(t, want, got, "%s x%d, patches %v", tc.act, tc.c, tc.patches)
 
 		back := make([]byte, buf.Len)
 		require.NoError(t, g.ReadResident(back, buf.DeviceBytes))
 		assert.Equal(t, unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v)), back)
 		buf.Release()
+	}
+}
+
+// PreparePatches leaves on the device the patches the CPU extracts from
+// the same study (PatchesTensor), as float32 and float16, exactly.
+func TestGPUPreparePatches(t *testing.T) {
+	g := openGPU(t)
+	dims := [3]int{40, 36, 14}
+	n := dims[0] * dims[1] * dims[2]
+	s16 := make([]int16, n)
+	for i := range s16 {
+		s16[i] = int16((i*7919)%3000) - 1000 + 1024
+	}
+	var maps [3]preprocess.AxisMap
+	size := [3]int{30, 27, 10}
+	for a := 0; a < 3; a++ {
+		maps[a] = preprocess.NewAxisMap(size[a], dims[a], float64(dims[a])/float64(size[a]), preprocess.Linear)
+	}
+	ws := []preprocess.Window{{Center: 40, Width: 80}, {Center: 600, Width: 2800}}
+	ch := &preprocess.Channels{C: len(ws), NX: size[0], NY: size[1], NZ: size[2], V: make([]float32, len(ws)*size[0]*size[1]*size[2])}
+	require.NoError(t, CPU{}.WindowResampleI16(s16, dims, 1, -1024, maps, ws, ch.V))
+	lay := preprocess.PatchLayout{Size: [3]int{16, 16, 8}, Pad: -0.5}
+	lay.Patches = preprocess.Patches(size, lay.Size, 0.25)
+	for _, half := range []bool{false, true} {
+		lay.Half = half
+		want := lay.Bytes(preprocess.PatchesTensor(ch, lay))
+		res, err := g.PreparePatches(s16, nil, dims, 1, -1024, maps, ws, lay)
+		require.NoError(t, err)
+		require.Equal(t, len(want), res.Len)
+		got := make([]byte, len(want))
+		require.NoError(t, g.ReadResident(got, res.DeviceBytes))
+		res.Release()
+		assert.Equal(t, want, got, "float16: %v", half)
 	}
 }

@@ -96,6 +96,31 @@ func SlabsCropped(ch *Channels, lay SlabLayout) []float32 {
 	return out
 }
 
+// PatchLayout is how PrepareResident lays the channels out as sliding-
+// window patches: Patches (Patches' order) of Size (x, y, z), Pad outside
+// the volume, float16 when Half.
+type PatchLayout struct {
+	Patches []Patch
+	Size    [3]int
+	Pad     float32
+	Half    bool
+}
+
+// PatchesTensor extracts every patch of lay from ch, [P, C, pz, py, px].
+func PatchesTensor(ch *Channels, lay PatchLayout) []float32 {
+	per := ch.C * lay.Size[0] * lay.Size[1] * lay.Size[2]
+	data := make([]float32, len(lay.Patches)*per)
+	par.Range(len(lay.Patches), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			ExtractPatch(ch, lay.Patches[i], lay.Size, lay.Pad, data[i*per:(i+1)*per])
+		}
+	})
+	return data
+}
+
+// Bytes are v (PatchesTensor's values) as the model input holds them.
+func (lay PatchLayout) Bytes(v []float32) []byte { return SlabLayout{Half: lay.Half}.Bytes(v) }
+
 // Bytes are v (SlabsCropped's values) as the model input holds them:
 // float32, or float16 when lay.Half; little-endian.
 func (lay SlabLayout) Bytes(v []float32) []byte {

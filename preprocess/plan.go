@@ -124,6 +124,9 @@ type ResidentAccelerator interface {
 	// rescale, or float32 values when src16 is nil) and lays the channels
 	// out as lay says, [nz, C*(2R+1), Rows, Cols], float32 or float16.
 	PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]AxisMap, ws []Window, lay SlabLayout) (Resident, error)
+	// PreparePatches is PrepareSlabs for sliding-window patches,
+	// [P, C, pz, py, px] as PatchesTensor lays them out.
+	PreparePatches(src16 []int16, src32 []float32, dims [3]int, slope, intercept float32, maps [3]AxisMap, ws []Window, lay PatchLayout) (Resident, error)
 }
 
 // HostMemory is implemented by accelerators whose uploads are fastest from
@@ -265,13 +268,7 @@ func PrepareWith(v *volume.Volume, spec Spec, inputName string, acc Accelerator)
 	case LayoutPatches:
 		ps := spec.PatchSize
 		p.Patches = Patches(p.ModelSize, ps, spec.Overlap)
-		per := ch.C * ps[0] * ps[1] * ps[2]
-		data = make([]float32, len(p.Patches)*per)
-		par.Range(len(p.Patches), func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				ExtractPatch(ch, p.Patches[i], ps, spec.PadValue, data[i*per:(i+1)*per])
-			}
-		})
+		data = PatchesTensor(ch, PatchLayout{Patches: p.Patches, Size: ps, Pad: spec.PadValue})
 		shape = []int64{int64(len(p.Patches)), int64(ch.C), int64(ps[2]), int64(ps[1]), int64(ps[0])}
 	default:
 		return nil, fmt.Errorf("unknown layout %q", spec.Layout)
@@ -307,7 +304,7 @@ func targetGrid(g *Grid, spec Spec) (to [3]float64, size [3]int) {
 // false and the caller runs PrepareWith. The input is the one PrepareWith
 // makes, bit for bit; Release gives its memory back once the model ran.
 func PrepareResident(v *volume.Volume, spec Spec, inputName string, acc ResidentAccelerator) (p *Prepared, ok bool, err error) {
-	if !spec.Accelerates() || (spec.Layout != LayoutSlices && spec.Layout != LayoutSlabs) ||
+	if !spec.Accelerates() || (spec.Layout != LayoutSlices && spec.Layout != LayoutSlabs && spec.Layout != LayoutPatches) ||
 		(spec.Orientation == "LPS" && NeedsReorient(v.Geometry)) {
 		return nil, false, nil
 	}
@@ -319,6 +316,9 @@ func PrepareResident(v *volume.Volume, spec Spec, inputName string, acc Resident
 	lay := SlabLayout{Rows: size[1], Cols: size[0], Pad: spec.PadValue}
 	model := out.Geometry
 	if rows, cols := spec.InPlaneSize[0], spec.InPlaneSize[1]; rows > 0 && cols > 0 && (rows != size[1] || cols != size[0]) {
+		if spec.Layout == LayoutPatches {
+			return nil, false, nil // patches of a cropped grid: PrepareWith
+		}
 		lay.Rows, lay.Cols = rows, cols
 		lay.OffX, lay.OffY, model = cropGeometry(out.Geometry, size[0], size[1], rows, cols)
 	}
@@ -326,32 +326,49 @@ func PrepareResident(v *volume.Volume, spec Spec, inputName string, acc Resident
 		lay.R = spec.SlabRadius
 	}
 	lay.Half = spec.Half
-	var res Resident
-	if stored, i16 := v.Int16(); i16 {
-		slope, icpt := float32(1), float32(0)
+	var patches PatchLayout
+	if spec.Layout == LayoutPatches {
+		patches = PatchLayout{Patches: Patches(size, spec.PatchSize, spec.Overlap), Size: spec.PatchSize, Pad: spec.PadValue, Half: spec.Half}
+	}
+	// The fused pass, from int16 stored values with their rescale or from
+	// float32 values, then the layout.
+	src16, i16 := v.Int16()
+	var src32 []float32
+	slope, icpt := float32(1), float32(0)
+	if i16 {
 		if v.Rescale != nil {
 			slope, icpt = v.Rescale.Slope, v.Rescale.Intercept
 		}
-		res, err = acc.PrepareSlabs(stored, nil, n, slope, icpt, ResampleMaps(g, out, Linear), spec.Windows, lay)
 	} else {
-		values, _, verr := v.Values()
-		if verr != nil {
-			return nil, false, verr
+		src16 = nil
+		if src32, _, err = v.Values(); err != nil {
+			return nil, false, err
 		}
-		res, err = acc.PrepareSlabs(nil, values, n, 1, 0, ResampleMaps(g, out, Linear), spec.Windows, lay)
+	}
+	maps := ResampleMaps(g, out, Linear)
+	var res Resident
+	if spec.Layout == LayoutPatches {
+		res, err = acc.PreparePatches(src16, src32, n, slope, icpt, maps, spec.Windows, patches)
+	} else {
+		res, err = acc.PrepareSlabs(src16, src32, n, slope, icpt, maps, spec.Windows, lay)
 	}
 	if err != nil {
 		return nil, false, err
 	}
 	p = &Prepared{Spec: spec, Source: v.Geometry, SourceSize: n, Model: model, ModelSize: [3]int{lay.Cols, lay.Rows, size[2]},
-		Device: acc.Name(), release: res.Release}
-	depth := 2*lay.R + 1
+		Device: acc.Name(), release: res.Release, Patches: patches.Patches}
 	dt := tensor.Float32
 	if spec.Half {
 		dt = tensor.Float16
 	}
-	p.Input = &tensor.Tensor{Name: inputName, DType: dt, Device: &res.DeviceBytes,
-		Shape: []int64{int64(size[2]), int64(len(spec.Windows) * depth), int64(lay.Rows), int64(lay.Cols)}}
+	p.Input = &tensor.Tensor{Name: inputName, DType: dt, Device: &res.DeviceBytes}
+	if spec.Layout == LayoutPatches {
+		ps := spec.PatchSize
+		p.Input.Shape = []int64{int64(len(patches.Patches)), int64(len(spec.Windows)), int64(ps[2]), int64(ps[1]), int64(ps[0])}
+	} else {
+		depth := 2*lay.R + 1
+		p.Input.Shape = []int64{int64(size[2]), int64(len(spec.Windows) * depth), int64(lay.Rows), int64(lay.Cols)}
+	}
 	return p, true, nil
 }
 
@@ -371,36 +388,19 @@ func (p *Prepared) ModelChannels(out *tensor.Tensor) (*Channels, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ch *Channels
-	switch p.Spec.Layout {
-	case LayoutVolume, "":
+	if p.Spec.Layout == LayoutVolume || p.Spec.Layout == "" {
+		// Already channel-major: read in place.
 		if err := p.checkOutput(out); err != nil {
 			return nil, err
 		}
 		mx, my, mz := p.ModelSize[0], p.ModelSize[1], p.ModelSize[2]
-		ch = &Channels{C: int(out.Shape[1]), NX: mx, NY: my, NZ: mz, V: v}
-	case LayoutSlices, LayoutSlabs:
-		rc, err := p.strides(out)
-		if err != nil {
-			return nil, err
-		}
-		ch = rc.Gather(v)
-	case LayoutPatches:
-		ps := p.Spec.PatchSize
-		if len(out.Shape) != 5 || out.Shape[0] != int64(len(p.Patches)) || out.Shape[2] != int64(ps[2]) || out.Shape[3] != int64(ps[1]) || out.Shape[4] != int64(ps[0]) {
-			return nil, fmt.Errorf("output %q has shape %v; want [%d, C, %d, %d, %d]", out.Name, out.Shape, len(p.Patches), ps[2], ps[1], ps[0])
-		}
-		c := int(out.Shape[1])
-		agg := NewAggregator(c, p.ModelSize, ps)
-		per := c * ps[0] * ps[1] * ps[2]
-		for i, patch := range p.Patches {
-			if err := agg.Add(patch, v[i*per:(i+1)*per]); err != nil {
-				return nil, err
-			}
-		}
-		ch = agg.Result()
+		return &Channels{C: int(out.Shape[1]), NX: mx, NY: my, NZ: mz, V: v}, nil
 	}
-	return ch, nil
+	rc, err := p.strides(out)
+	if err != nil {
+		return nil, err
+	}
+	return rc.Gather(v)
 }
 
 // ToSource maps a per-voxel model output (probabilities or logits, one

@@ -567,6 +567,23 @@ type residentRef struct {
 func (residentRef) ResidentMemory() (string, int) { return "host", 0 }
 
 func (a residentRef) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, icpt float32, maps [3]AxisMap, ws []Window, lay SlabLayout) (Resident, error) {
+	ch, err := a.channels(src16, src32, dims, slope, icpt, maps, ws)
+	if err != nil {
+		return Resident{}, err
+	}
+	return a.lend(lay.Bytes(SlabsCropped(ch, lay))), nil
+}
+
+func (a residentRef) PreparePatches(src16 []int16, src32 []float32, dims [3]int, slope, icpt float32, maps [3]AxisMap, ws []Window, lay PatchLayout) (Resident, error) {
+	ch, err := a.channels(src16, src32, dims, slope, icpt, maps, ws)
+	if err != nil {
+		return Resident{}, err
+	}
+	return a.lend(lay.Bytes(PatchesTensor(ch, lay))), nil
+}
+
+// channels is the fused pass, on the CPU.
+func (a residentRef) channels(src16 []int16, src32 []float32, dims [3]int, slope, icpt float32, maps [3]AxisMap, ws []Window) (*Channels, error) {
 	size := [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}
 	ch := &Channels{C: len(ws), NX: size[0], NY: size[1], NZ: size[2], V: make([]float32, len(ws)*size[0]*size[1]*size[2])}
 	var err error
@@ -575,12 +592,13 @@ func (a residentRef) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, s
 	} else {
 		err = a.WindowResample(src32, dims, maps, ws, ch.V)
 	}
-	if err != nil {
-		return Resident{}, err
-	}
-	b := lay.Bytes(SlabsCropped(ch, lay))
+	return ch, err
+}
+
+// lend leaves b in "device" memory.
+func (a residentRef) lend(b []byte) Resident {
 	return Resident{DeviceBytes: tensor.DeviceBytes{Addr: uintptr(unsafe.Pointer(&b[0])), Len: len(b), Host: b},
-		Release: func() { *a.released++ }}, nil
+		Release: func() { *a.released++ }}
 }
 
 // PrepareResident leaves in the accelerator's memory exactly the input
@@ -596,6 +614,8 @@ func TestPrepareResidentMatchesPrepareWith(t *testing.T) {
 		{Windows: windows, Layout: LayoutSlices, TargetSpacing: [3]float64{1, 1, 0}, InPlaneSize: [2]int{6, 14}},
 		{Windows: windows[:1], Layout: LayoutSlabs, SlabRadius: 2, Orientation: "LPS"},
 		{Windows: windows, Layout: LayoutSlices, TargetSpacing: [3]float64{1, 1, 0}, Half: true},
+		{Windows: windows, Layout: LayoutPatches, PatchSize: [3]int{8, 8, 4}, Overlap: 0.25, TargetSpacing: [3]float64{0.8, 0.8, 0}, PadValue: -1},
+		{Windows: windows[:1], Layout: LayoutPatches, PatchSize: [3]int{6, 6, 6}, Half: true},
 	} {
 		for _, v := range []*volume.Volume{randomCT(identity), ctStored(identity)} {
 			want, err := Prepare(randomCT(identity), spec, "image")
@@ -610,13 +630,15 @@ func TestPrepareResidentMatchesPrepareWith(t *testing.T) {
 			assert.Equal(t, want.Model, got.Model)
 			assert.Equal(t, want.ModelSize, got.ModelSize)
 			assert.Equal(t, want.Source, got.Source)
+			assert.Equal(t, want.Patches, got.Patches)
 			got.Release()
 			got.Release()
 		}
 	}
-	assert.Equal(t, 8, released)
+	assert.Equal(t, 12, released)
 	for _, spec := range []Spec{
-		{Windows: windows, Layout: LayoutPatches, PatchSize: [3]int{8, 8, 4}},
+		{Windows: windows, Layout: LayoutVolume},
+		{Windows: windows, Layout: LayoutPatches, PatchSize: [3]int{8, 8, 4}, InPlaneSize: [2]int{6, 6}},
 		{Normalize: "zscore", Layout: LayoutSlices},
 	} {
 		_, ok, err := PrepareResident(randomCT(identity), spec, "image", acc)
@@ -673,7 +695,9 @@ func TestResidentChannels(t *testing.T) {
 			rc, err := p.ResidentChannels(dev)
 			require.NoError(t, err)
 			assert.Equal(t, dev.Device.Addr, rc.Bytes.Addr)
-			assert.Equal(t, want, rc.Gather(v).V)
+			g, err := rc.Gather(v)
+			require.NoError(t, err)
+			assert.Equal(t, want, g.V)
 
 			_, err = p.ResidentChannels(host)
 			assert.ErrorContains(t, err, "not in device memory")
@@ -684,9 +708,26 @@ func TestResidentChannels(t *testing.T) {
 			assert.ErrorContains(t, err, "has shape")
 		})
 	}
-	p := &Prepared{Spec: Spec{Layout: LayoutPatches}, ModelSize: [3]int{nx, ny, nz}}
-	_, err := p.ResidentChannels(&tensor.Tensor{Name: "mask", DType: tensor.Float32, Shape: []int64{2, 1, 2, 2, 2}, Device: &tensor.DeviceBytes{Len: 64}})
-	assert.ErrorContains(t, err, "stitched on the host")
+
+	// Patches: the predictions stitched as ModelChannels stitches them.
+	spec := Spec{Layout: LayoutPatches, PatchSize: [3]int{4, 3, 2}, Overlap: 0.5}
+	p := &Prepared{Spec: spec, ModelSize: [3]int{nx, ny, nz}, Patches: Patches([3]int{nx, ny, nz}, spec.PatchSize, spec.Overlap)}
+	shape := []int64{int64(len(p.Patches)), 2, 2, 3, 4}
+	v := make([]float32, len(p.Patches)*2*24)
+	for i := range v {
+		v[i] = float32(i % 17)
+	}
+	want, err := p.ModelChannels(tensor.ViewFloat32("mask", shape, v))
+	require.NoError(t, err)
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+	rc, err := p.ResidentChannels(&tensor.Tensor{Name: "mask", DType: tensor.Float32, Shape: shape, Device: &tensor.DeviceBytes{Addr: uintptr(unsafe.Pointer(&b[0])), Len: len(b), Host: b}})
+	require.NoError(t, err)
+	assert.Equal(t, spec.PatchSize, rc.PatchSize)
+	assert.Len(t, rc.Patches, len(p.Patches))
+	got, err := rc.Gather(v)
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
+	assert.Equal(t, vox, rc.CStride, "stitched channels are contiguous")
 }
 
 // Half writes the model input as float16: the float32 input, every value

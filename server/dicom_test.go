@@ -525,14 +525,35 @@ func (a *residentAccel) SourceLabelsResident(rc preprocess.ResidentChannels, mod
 		return nil, errors.New("device lost")
 	}
 	v := unsafe.Slice((*float32)(unsafe.Pointer(&rc.Bytes.Host[0])), len(rc.Bytes.Host)/4)
-	return kernels.CPU{}.SourceLabels(rc.Gather(v), model, source, size, act, th, minVoxels)
+	ch, err := rc.Gather(v)
+	if err != nil {
+		return nil, err
+	}
+	return kernels.CPU{}.SourceLabels(ch, model, source, size, act, th, minVoxels)
 }
 
 func (*residentAccel) ResidentMemory() (string, int) { return "host", 0 }
 
 func (a *residentAccel) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int, slope, icpt float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, lay preprocess.SlabLayout) (preprocess.Resident, error) {
+	ch, err := a.channels(src16, src32, dims, slope, icpt, maps, ws)
+	if err != nil {
+		return preprocess.Resident{}, err
+	}
+	return a.lend(lay.Bytes(preprocess.SlabsCropped(ch, lay))), nil
+}
+
+func (a *residentAccel) PreparePatches(src16 []int16, src32 []float32, dims [3]int, slope, icpt float32, maps [3]preprocess.AxisMap, ws []preprocess.Window, lay preprocess.PatchLayout) (preprocess.Resident, error) {
+	ch, err := a.channels(src16, src32, dims, slope, icpt, maps, ws)
+	if err != nil {
+		return preprocess.Resident{}, err
+	}
+	return a.lend(lay.Bytes(preprocess.PatchesTensor(ch, lay))), nil
+}
+
+// channels is the fused pass, on the CPU.
+func (a *residentAccel) channels(src16 []int16, src32 []float32, dims [3]int, slope, icpt float32, maps [3]preprocess.AxisMap, ws []preprocess.Window) (*preprocess.Channels, error) {
 	if a.failPrepare {
-		return preprocess.Resident{}, errors.New("device lost")
+		return nil, errors.New("device lost")
 	}
 	a.prepared.Add(1)
 	size := [3]int{len(maps[0].W), len(maps[1].W), len(maps[2].W)}
@@ -543,12 +564,13 @@ func (a *residentAccel) PrepareSlabs(src16 []int16, src32 []float32, dims [3]int
 	} else {
 		err = kernels.CPU{}.WindowResample(src32, dims, maps, ws, ch.V)
 	}
-	if err != nil {
-		return preprocess.Resident{}, err
-	}
-	b := lay.Bytes(preprocess.SlabsCropped(ch, lay))
+	return ch, err
+}
+
+// lend leaves b in "device" memory.
+func (a *residentAccel) lend(b []byte) preprocess.Resident {
 	return preprocess.Resident{DeviceBytes: tensor.DeviceBytes{Addr: uintptr(unsafe.Pointer(&b[0])), Len: len(b), Host: b},
-		Release: func() { a.released.Add(1) }}, nil
+		Release: func() { a.released.Add(1) }}
 }
 
 // boundWindowed is acceleratorCase's windowed bundle with its inputs and
@@ -691,4 +713,38 @@ func inflateMask(t *testing.T, m *pb.Mask) []byte {
 	b, err := io.ReadAll(r)
 	require.NoError(t, err)
 	return b
+}
+
+// A windowed 3D bundle cut into sliding-window patches: its patches are
+// extracted into the accelerator's memory, and its patch predictions
+// stitched and labelled there; the answer is the CPU path's.
+func TestInferResidentPatches(t *testing.T) {
+	_, req, _ := acceleratorCase(t)
+	yaml := strings.Replace(patchesYAML, "  layout: patches\n", "  layout: patches\n  windows: [{name: brain, center: 40, width: 80}]\n", 1)
+	b := testrepo.Bundle{Name: "patched", YAML: yaml, Versions: map[int64][]byte{1: onnxbuild.Hyperdensity(0.7, 0.05).Marshal()}}
+	preq := &pb.InferRequest{Model: "patched", Input: req.Input}
+	want, err := start(t, testrepo.Write(t, b), Options{}).client.Infer(ctxT(t), preq)
+	require.NoError(t, err)
+	b.YAML += "execution:\n  io_binding: on\n"
+	acc := &residentAccel{}
+	got, err := start(t, testrepo.Write(t, b), Options{Accelerator: acc}).client.Infer(ctxT(t), preq)
+	require.NoError(t, err)
+	assert.Empty(t, got.GetWarnings())
+	assert.Equal(t, int32(1), acc.prepared.Load(), "patches extracted in the accelerator's memory")
+	assert.Equal(t, int32(1), acc.residentLabels.Load(), "predictions stitched and labelled there")
+	assert.Equal(t, int32(0), acc.labels.Load())
+	assert.Equal(t, acc.buffers.Load(), acc.buffersBack.Load())
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
+	assert.Equal(t, want.GetFindings()[0].GetProbability(), got.GetFindings()[0].GetProbability())
+	assert.NotZero(t, countMask(t, got.GetMasks()[0]), "something to label")
+}
+
+func countMask(t *testing.T, m *pb.Mask) int {
+	n := 0
+	for _, v := range inflateMask(t, m) {
+		if v != 0 {
+			n++
+		}
+	}
+	return n
 }

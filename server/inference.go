@@ -525,9 +525,8 @@ func labelMask(plan *preprocess.Prepared, decl bundle.Output, study *postprocess
 
 // residentOutputs lends the model memory for the mask outputs the
 // accelerator can label where the model writes them: when it is a GPU
-// with device-bound outputs on the same device, for masks of a layout it
-// reads in place (volume, slices, slabs) and not wanted as fractional
-// SEGs. The model's output then goes from the model to the label map
+// with device-bound outputs on the same device, for masks not wanted as
+// fractional SEGs (patch predictions are stitched there too). The model's output then goes from the model to the label map
 // without passing through the host. into is InferAllTo's, nil where an
 // output goes to the host; release gives the memory back. An error is a
 // warning: the outputs it names go through the host.
@@ -539,7 +538,7 @@ func (s *inference) residentOutputs(m *engine.Model, plan *preprocess.Prepared, 
 		}
 	}
 	rla, ok := s.acc.(preprocess.ResidentLabelAccelerator)
-	if !ok || plan.Spec.Layout == preprocess.LayoutPatches {
+	if !ok {
 		return nil, release, nil
 	}
 	kind, dev := m.IOMemory()

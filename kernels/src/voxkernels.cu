@@ -208,6 +208,18 @@ __global__ void vox_shift_scale(float *v, long long n, float m, float inv) {
 	GRID_STRIDE(i, n) { v[i] = (v[i] - m) * inv; }
 }
 
+// store writes v at out[at]: float16 (rounded to nearest even, as
+// tensor.Float32ToHalf) when half, float32 otherwise.
+static __device__ __forceinline__ void store(void *out, long long at, float v, int half) {
+	if (half) {
+		unsigned short h;
+		asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); // no cuda_fp16.h needed
+		((unsigned short *)out)[at] = h;
+	} else {
+		((float *)out)[at] = v;
+	}
+}
+
 // vox_slabs lays channels [C, nz, ny, nx] out as 2.5D slabs
 // [nz, C*(2r+1), oy, ox], clamping slice indices at the ends
 // (preprocess.SlabsTensor; r = 0 gives 2D slices), cropped or padded
@@ -230,23 +242,16 @@ __global__ void vox_slabs(const float *__restrict__ ch, int C, int nx, int ny, i
 	float v = pad;
 	if (i >= 0 && i < nx && j >= 0 && j < ny)
 		v = ch[((long long)c * nz + s) * nx * ny + (long long)j * nx + i];
-	long long at = ((long long)k * C * depth + cd) * plane + p;
-	if (half) {
-		unsigned short h;
-		asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); // no cuda_fp16.h needed
-		((unsigned short *)out)[at] = h;
-	} else {
-		((float *)out)[at] = v;
-	}
+	store(out, ((long long)k * C * depth + cd) * plane + p, v, half);
 }
 
 // vox_extract_patches copies patches ([P][C][pz][py][px]) out of channels
 // [C, nz, ny, nx]; starts holds x, y, z per patch; voxels beyond the
-// volume take pad (preprocess.ExtractPatch).
+// volume take pad (preprocess.ExtractPatch); float16 when half.
 // Launch: grid (ceil(px*py*pz/block), C, P).
 __global__ void vox_extract_patches(const float *__restrict__ ch, int C, int nx, int ny, int nz,
                                     const int *__restrict__ starts, int px, int py, int pz,
-                                    float pad, float *__restrict__ out) {
+                                    float pad, int half, void *__restrict__ out) {
 	long long pv = (long long)px * py * pz;
 	long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
 	if (e >= pv) return;
@@ -255,7 +260,7 @@ __global__ void vox_extract_patches(const float *__restrict__ ch, int C, int nx,
 	int x = starts[3 * p] + i, y = starts[3 * p + 1] + j, z = starts[3 * p + 2] + k;
 	float v = pad;
 	if (x < nx && y < ny && z < nz) v = ch[(((long long)c * nz + z) * ny + y) * nx + x];
-	out[((long long)p * C + c) * pv + e] = v;
+	store(out, ((long long)p * C + c) * pv + e, v, half);
 }
 
 // vox_aggregate_patches stitches patch predictions ([P][C][pz][py][px], P
