@@ -493,3 +493,36 @@ func TestOutOfMemoryIsResourceExhausted(t *testing.T) {
 		assert.Contains(t, runError("m:1", err).Error(), tc.msg)
 	}
 }
+
+// CUDA's sticky errors, as ONNX Runtime's CUDA provider words them, mean
+// the device is lost to the process; out of memory and bad input do not.
+func TestDeviceLostIsRecognised(t *testing.T) {
+	for _, tc := range []struct {
+		msg  string
+		lost bool
+	}{
+		{"[ONNXRuntimeError] : 1 : FAIL : CUDA failure 700: an illegal memory access was encountered ; GPU=0 ; hostname=x", true},
+		{"CUDA error cudaErrorLaunchFailure:unspecified launch failure", true},
+		{"CUDNN failure 4000: CUDNN_STATUS_INTERNAL_ERROR ; GPU=0 ; expr=cudaErrorIllegalAddress", true},
+		{"CUDA failure 710: device-side assert triggered", true},
+		{"CUDA failure 2: out of memory ; GPU=0", false},
+		{"[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x", false},
+	} {
+		assert.Equal(t, tc.lost, isDeviceLost(errors.New(tc.msg)), tc.msg)
+	}
+	assert.False(t, isDeviceLost(nil))
+}
+
+// The registry passes a lost device on to its callback, naming the model.
+func TestRegistryReportsDeviceLost(t *testing.T) {
+	r := NewRegistry(testrepo.Write(t, testrepo.Affine()), quietLog())
+	defer r.Close()
+	require.NoError(t, r.LoadAll())
+	m, done, err := r.Acquire("affine", "")
+	require.NoError(t, err)
+	defer done()
+	var got []string
+	r.OnDeviceLost(func(model string, err error) { got = append(got, model+": "+err.Error()) })
+	m.lost(errors.New("an illegal memory access was encountered"))
+	assert.Equal(t, []string{"affine:1: an illegal memory access was encountered"}, got)
+}

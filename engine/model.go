@@ -33,6 +33,8 @@ type Model struct {
 	ioDevice int
 	sched    *scheduler
 	stats    stats
+	// lost, if set, is told of a run error that lost the GPU.
+	lost func(error)
 	// inflight lets Unload wait for requests that hold the model.
 	inflight sync.WaitGroup
 }

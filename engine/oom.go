@@ -23,18 +23,39 @@ var oomMarkers = []string{
 }
 
 // isOutOfMemory says whether an ONNX Runtime error means memory ran out.
-func isOutOfMemory(err error) bool {
+func isOutOfMemory(err error) bool { return mentions(err, oomMarkers) }
+
+// mentions says whether err's message contains one of markers (lower case).
+func mentions(err error, markers []string) bool {
 	if err == nil {
 		return false
 	}
 	msg := strings.ToLower(err.Error())
-	for _, m := range oomMarkers {
+	for _, m := range markers {
 		if strings.Contains(msg, m) {
 			return true
 		}
 	}
 	return false
 }
+
+// lostMarkers are how ONNX Runtime's CUDA provider reports CUDA's sticky
+// errors, after which the process cannot use the device again.
+var lostMarkers = []string{
+	"an illegal memory access was encountered", // cudaErrorIllegalAddress (700)
+	"cudaerrorillegaladdress",                   //
+	"unspecified launch failure",                // cudaErrorLaunchFailure (719)
+	"cudaerrorlaunchfailure",                    //
+	"the launch timed out and was terminated",   // cudaErrorLaunchTimeout (702)
+	"device-side assert triggered",              // cudaErrorAssert (710)
+	"an illegal instruction was encountered",    // cudaErrorIllegalInstruction (715)
+	"misaligned address",                        // cudaErrorMisalignedAddress (716)
+	"uncorrectable ecc error",                   // cudaErrorECCUncorrectable (214)
+}
+
+// isDeviceLost says whether an ONNX Runtime error means the GPU is lost
+// to this process.
+func isDeviceLost(err error) bool { return mentions(err, lostMarkers) }
 
 // runError is the status of a failed run: RESOURCE_EXHAUSTED when memory
 // ran out (the request may succeed later, or smaller; the server and the

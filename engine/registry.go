@@ -34,6 +34,8 @@ type Registry struct {
 	models map[string]map[int64]*Model
 	// onChange, if set, is called after the loaded set changes (health).
 	onChange func()
+	// onLost, if set, is told when a run loses the GPU (OnDeviceLost).
+	onLost func(model string, err error)
 }
 
 // NewRegistry serves bundles from repo. ONNX Runtime must be initialised.
@@ -46,6 +48,25 @@ func NewRegistry(repo string, log *slog.Logger) *Registry {
 
 // OnChange registers a callback run after every load or unload.
 func (r *Registry) OnChange(f func()) { r.onChange = f }
+
+// OnDeviceLost registers a callback run when a model's run fails in a way
+// that leaves its GPU unusable to this process (CUDA's sticky errors):
+// only a restart brings the device back.
+func (r *Registry) OnDeviceLost(f func(model string, err error)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onLost = f
+}
+
+// deviceLost tells the OnDeviceLost callback.
+func (r *Registry) deviceLost(m *Model, err error) {
+	r.mu.Lock()
+	f := r.onLost
+	r.mu.Unlock()
+	if f != nil {
+		f(m.String(), err)
+	}
+}
 
 // Repository is the model repository folder.
 func (r *Registry) Repository() string { return r.repo }
@@ -142,6 +163,7 @@ func (r *Registry) loadVersion(b *bundle.Bundle, v int64) (*Model, error) {
 	}
 	m := newModel(b.Spec, v, path, sess)
 	m.io, m.ioWhere = ios, where
+	m.lost = func(err error) { r.deviceLost(m, err) }
 	if ios != nil {
 		b := <-ios
 		m.ioKind, m.ioDevice = b.mem.kind(), b.mem.device()

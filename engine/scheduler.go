@@ -314,6 +314,9 @@ func (s *scheduler) run(batch []*request) {
 	compute := time.Since(start)
 	infer := compute - input
 	if err != nil {
+		if isDeviceLost(err) && s.m.lost != nil {
+			s.m.lost(err)
+		}
 		err = runError(s.m.String(), err)
 	}
 	// Split first, count, then answer: a caller that reads the statistics

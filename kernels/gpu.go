@@ -53,6 +53,9 @@ type GPU struct {
 	mem *pool[cuda.Ptr]
 	// host caches the page-locked buffers HostFloat32s lends.
 	host *pool[[]byte]
+	// lost latches a sticky error (lost.go): calls after it fail at once,
+	// and the server is told (OnLost) so that it can ask to be restarted.
+	lostLatch
 }
 
 // hostPoolBytes is how much idle page-locked memory the GPU keeps for
@@ -167,6 +170,9 @@ type call struct {
 
 func (g *GPU) begin() *call {
 	c := &call{g: g}
+	if c.err = g.refuse(); c.err != nil {
+		return c
+	}
 	g.mu.Lock()
 	if n := len(g.spares); n > 0 {
 		c.s, g.spares = g.spares[n-1], g.spares[:n-1]
@@ -191,6 +197,9 @@ func (c *call) end() error {
 		c.g.mu.Lock()
 		c.g.spares = append(c.g.spares, c.s)
 		c.g.mu.Unlock()
+	}
+	if cuda.IsFatal(c.err) {
+		c.g.set(c.err)
 	}
 	return c.err
 }

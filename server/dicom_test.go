@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/voxserve/voxserve/internal/testrepo"
 	"github.com/voxserve/voxserve/kernels"
 	"github.com/voxserve/voxserve/preprocess"
+	kpb "github.com/voxserve/voxserve/proto/inference"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
@@ -747,4 +749,76 @@ func countMask(t *testing.T, m *pb.Mask) int {
 		}
 	}
 	return n
+}
+
+// losingAccel is an accelerator whose device can be lost, as kernels.GPU
+// reports CUDA's sticky errors: after that its calls fail.
+type losingAccel struct {
+	countingAccel
+	mu    sync.Mutex
+	hooks []func(error)
+}
+
+func (a *losingAccel) OnLost(f func(error)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.hooks = append(a.hooks, f)
+}
+
+func (a *losingAccel) lose(err error) {
+	a.fail = true
+	a.mu.Lock()
+	hooks := a.hooks
+	a.mu.Unlock()
+	for _, f := range hooks {
+		f(err)
+	}
+}
+
+// Once the GPU is lost to the process, the server asks to be restarted:
+// gRPC health NOT_SERVING (the server's and each model's, and it stays
+// so when models load), /healthz 500 and /readyz 503 saying why, KServe's
+// ServerLive and ServerReady false. Until then it still answers, on the
+// CPU.
+func TestDeviceLostMakesTheServerUnhealthy(t *testing.T) {
+	repo, req, want := acceleratorCase(t)
+	acc := &losingAccel{}
+	h := start(t, repo, Options{Accelerator: acc})
+	hc := healthpb.NewHealthClient(h.conn)
+	k := kpb.NewGRPCInferenceServiceClient(h.conn)
+	check := func(service string) healthpb.HealthCheckResponse_ServingStatus {
+		r, err := hc.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: service})
+		require.NoError(t, err)
+		return r.GetStatus()
+	}
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, check(""))
+
+	acc.lose(errors.New("cuda: cuStreamSynchronize: CUDA_ERROR_ILLEGAL_ADDRESS (700)"))
+	acc.lose(errors.New("a second error is not news"))
+	for _, svc := range []string{"", ServiceName, "windowed", "patched"} {
+		assert.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, check(svc), svc)
+	}
+	_, err := h.reg.Load("windowed", nil)
+	require.NoError(t, err)
+	assert.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, check(""), "a load does not bring health back")
+	for path, code := range map[string]int{"/healthz": http.StatusInternalServerError, "/readyz": http.StatusServiceUnavailable} {
+		resp, err := http.Get(h.httpURL + path)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, code, resp.StatusCode, path)
+		if path == "/healthz" {
+			assert.Contains(t, string(body), "the GPU was lost to this process (the preprocessing kernels: cuda: cuStreamSynchronize: CUDA_ERROR_ILLEGAL_ADDRESS (700)); restart it")
+		}
+	}
+	live, err := k.ServerLive(ctxT(t), &kpb.ServerLiveRequest{})
+	require.NoError(t, err)
+	assert.False(t, live.GetLive())
+	ready, err := k.ServerReady(ctxT(t), &kpb.ServerReadyRequest{})
+	require.NoError(t, err)
+	assert.False(t, ready.GetReady())
+
+	got, err := h.client.Infer(ctxT(t), req)
+	require.NoError(t, err, "still answering, on the CPU")
+	assert.Equal(t, want.GetMasks()[0].GetDataZlib(), got.GetMasks()[0].GetDataZlib())
 }

@@ -29,6 +29,7 @@ type kserve struct {
 	kpb.UnimplementedGRPCInferenceServiceServer
 	reg     *engine.Registry
 	ready   func() bool
+	live    func() bool
 	version string
 	// shm is the system shared memory extension; nil when it is off.
 	shm *sharedMemory
@@ -54,7 +55,7 @@ func fromKServeType(s string) (tensor.DType, bool) {
 }
 
 func (k *kserve) ServerLive(context.Context, *kpb.ServerLiveRequest) (*kpb.ServerLiveResponse, error) {
-	return &kpb.ServerLiveResponse{Live: true}, nil
+	return &kpb.ServerLiveResponse{Live: k.live == nil || k.live()}, nil
 }
 
 func (k *kserve) ServerReady(context.Context, *kpb.ServerReadyRequest) (*kpb.ServerReadyResponse, error) {

@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"log/slog"
@@ -96,6 +97,8 @@ type Server struct {
 	prep *prometheus.HistogramVec // preprocessing time, shared with the inference service
 
 	draining atomic.Bool
+	// lost is why the GPU is lost to the process, once it is (deviceLost).
+	lost     atomic.Pointer[string]
 	inflight sync.WaitGroup
 	mu       sync.Mutex // guards inflight.Add against the drain's Wait, and known
 	known    []string   // model names given a health status
@@ -131,7 +134,7 @@ func New(reg *engine.Registry, opts Options) *Server {
 	)
 	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator, prep: s.prep,
 		uids: dicomout.UIDs{Root: opts.UIDRoot}})
-	ks := &kserve{reg: reg, ready: s.Ready, version: Version}
+	ks := &kserve{reg: reg, ready: s.Ready, live: func() bool { live, _ := s.Live(); return live }, version: Version}
 	if opts.SharedMemory {
 		ks.shm = newSharedMemory()
 	}
@@ -139,8 +142,47 @@ func New(reg *engine.Registry, opts Options) *Server {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	reg.OnChange(s.updateHealth)
+	reg.OnDeviceLost(func(model string, err error) { s.deviceLost("model "+model, err) })
+	if w, ok := opts.Accelerator.(deviceWatch); ok {
+		w.OnLost(func(err error) { s.deviceLost("the preprocessing kernels", err) })
+	}
 	s.updateHealth()
 	return s
+}
+
+// deviceWatch is an accelerator that says when its device is lost to the
+// process (kernels.GPU).
+type deviceWatch interface {
+	OnLost(func(error))
+}
+
+// deviceLost handles a GPU lost to the process (CUDA's sticky errors: an
+// illegal address, a failed launch). Only a restart brings it back, so the
+// server says so: health NOT_SERVING, /readyz 503, and /healthz and
+// KServe's ServerLive fail, so that Kubernetes' liveness probe restarts
+// it. Until then it serves what it still can (preprocessing falls back to
+// the CPU; models on the CPU provider run).
+func (s *Server) deviceLost(where string, err error) {
+	why := fmt.Sprintf("the GPU was lost to this process (%s: %v); restart it", where, err)
+	if !s.lost.CompareAndSwap(nil, &why) {
+		return
+	}
+	s.log.Error("GPU lost; health is NOT_SERVING until the process restarts", "where", where, "error", err)
+	s.mu.Lock()
+	names := s.known
+	s.mu.Unlock()
+	for _, n := range append([]string{"", ServiceName}, names...) {
+		s.health.SetServingStatus(n, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+}
+
+// Live reports whether the process can serve at all: false once its GPU
+// is lost (deviceLost), with why.
+func (s *Server) Live() (bool, string) {
+	if why := s.lost.Load(); why != nil {
+		return false, *why
+	}
+	return true, ""
 }
 
 // GRPC exposes the underlying server, so that other services (the KServe v2
@@ -228,7 +270,7 @@ func (s *Server) logCall(method string, req any, start time.Time, err error) {
 }
 
 func (s *Server) updateHealth() {
-	if s.draining.Load() {
+	if s.draining.Load() || s.lost.Load() != nil {
 		return
 	}
 	loaded := map[string]bool{}
@@ -254,7 +296,9 @@ func (s *Server) updateHealth() {
 
 // Ready reports whether the server takes inference: not draining and at
 // least one model loaded.
-func (s *Server) Ready() bool { return !s.draining.Load() && len(s.reg.Names()) > 0 }
+func (s *Server) Ready() bool {
+	return !s.draining.Load() && s.lost.Load() == nil && len(s.reg.Names()) > 0
+}
 
 // HTTPHandler serves /healthz (the process is alive) and /readyz (it takes
 // inference), for Kubernetes probes and load balancers, and /metrics
@@ -263,6 +307,10 @@ func (s *Server) HTTPHandler() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(metricsRegistry(s.reg, s.prep), promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if live, why := s.Live(); !live {
+			http.Error(w, why, http.StatusInternalServerError)
+			return
+		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {

@@ -192,6 +192,25 @@ func IsOutOfMemory(err error) bool {
 	return errors.As(err, &e) && e.Code == C.CUDA_ERROR_OUT_OF_MEMORY
 }
 
+// IsFatal says whether err leaves the context unusable: CUDA's "sticky"
+// errors (an illegal address, a failed or timed-out launch, a device-side
+// assert, an uncorrectable ECC error), after which every call in the
+// process fails the same way until it restarts.
+func IsFatal(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Code {
+	case C.CUDA_ERROR_ILLEGAL_ADDRESS, C.CUDA_ERROR_LAUNCH_TIMEOUT, C.CUDA_ERROR_ASSERT,
+		C.CUDA_ERROR_HARDWARE_STACK_ERROR, C.CUDA_ERROR_ILLEGAL_INSTRUCTION, C.CUDA_ERROR_MISALIGNED_ADDRESS,
+		C.CUDA_ERROR_INVALID_ADDRESS_SPACE, C.CUDA_ERROR_INVALID_PC, C.CUDA_ERROR_LAUNCH_FAILED,
+		C.CUDA_ERROR_ECC_UNCORRECTABLE:
+		return true
+	}
+	return false
+}
+
 func check(op string, r C.CUresult) error {
 	if r == C.CUDA_SUCCESS {
 		return nil
