@@ -47,6 +47,8 @@ type Step struct {
 	// Probe is the latency of the probe requests sent alongside the load
 	// (e.g. STAT requests under routine load), when the sweep has probes.
 	Probe *Step `json:"probe,omitempty"`
+	// Stages are the server's mean time per step of a request (Config.Stages).
+	Stages []StageMean `json:"stages,omitempty"`
 }
 
 // Config is one sweep.
@@ -74,6 +76,9 @@ type Config struct {
 	// kind (a STAT study) fares under the load.
 	Probe     Call
 	ProbeRate float64
+	// Stages, if set, collects the per-step times the calls report, for
+	// each step's Stages.
+	Stages *StageTimes
 }
 
 // ServerTimes are a server's cumulative per-request statistics.
@@ -128,7 +133,9 @@ func SweepRates(ctx context.Context, cfg Config, rates []float64, call Call) ([]
 		}
 		before, times := batchCounts(ctx, cfg), serverTimes(ctx, cfg)
 		cfg.Live.begin(i+1, len(rates), int(r), false, cfg.Duration)
+		cfg.Stages.start()
 		s := openLoop(ctx, r, cfg.Duration, counted)
+		s.Stages = cfg.Stages.stop()
 		s.RateRPS = r
 		s.MeanBatchSize = meanBatch(ctx, cfg, before)
 		splitFromServer(ctx, cfg, &s, times)
@@ -163,7 +170,9 @@ func Sweep(ctx context.Context, cfg Config, call Call) ([]Step, error) {
 		}
 		before, times := batchCounts(ctx, cfg), serverTimes(ctx, cfg)
 		cfg.Live.begin(i+1, len(cfg.Concurrency), c, false, cfg.Duration)
+		cfg.Stages.start()
 		s := closedLoop(ctx, c, cfg.Duration, cfg.MaxRequests, counted)
+		s.Stages = cfg.Stages.stop()
 		s.MeanBatchSize = meanBatch(ctx, cfg, before)
 		splitFromServer(ctx, cfg, &s, times)
 		if probes != nil {

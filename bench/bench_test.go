@@ -180,3 +180,36 @@ func TestSweepSplitFromServerStatistics(t *testing.T) {
 	require.NoError(t, err)
 	assert.InDelta(t, 3.0, steps[0].MeanComputeMs, 1e-9)
 }
+
+// Per-step times are averaged over each measured window only: what comes
+// outside a window (warm-up) is left out, and each step starts afresh, in
+// the order the steps ran.
+func TestSweepStageMeans(t *testing.T) {
+	st := &StageTimes{}
+	st.Add("decode", 1000) // outside any window: left out
+	st.start()
+	st.Add("decode", 2)
+	st.Add("model", 6)
+	st.Add("decode", 4)
+	assert.Equal(t, []StageMean{{"decode", 3}, {"model", 6}}, st.stop())
+	st.Add("model", 1000)
+
+	var value atomic.Int64
+	call := func(ctx context.Context) (time.Duration, time.Duration, error) {
+		time.Sleep(time.Millisecond)
+		st.Add("model", float64(value.Load()))
+		return 0, 0, nil
+	}
+	cfg := Config{Concurrency: []int{1, 2}, Duration: 20 * time.Millisecond, Stages: st,
+		Progress: func(i, _, _ int) { value.Store(int64(2 * i)) }} // no warm-up: windows alone
+	steps, err := Sweep(context.Background(), cfg, call)
+	require.NoError(t, err)
+	assert.Equal(t, []StageMean{{"model", 2}}, steps[0].Stages)
+	assert.Equal(t, []StageMean{{"model", 4}}, steps[1].Stages, "the second step starts afresh")
+	var js bytes.Buffer
+	require.NoError(t, (&Report{Steps: steps}).WriteJSON(&js))
+	assert.Contains(t, js.String(), `"name": "model"`)
+	var none *StageTimes
+	none.Add("x", 1) // a nil collector takes nothing, and does not panic
+	assert.Nil(t, none.stop())
+}

@@ -157,7 +157,8 @@ func run() int {
 	if *sharedMem && *protocol != "kserve" {
 		return fail(2, "--shared-memory needs --protocol kserve")
 	}
-	call := inferCall(conn, req)
+	stages := &bench.StageTimes{}
+	call := inferCall(conn, req, stages)
 	if *protocol == "kserve" {
 		kc := kpb.NewGRPCInferenceServiceClient(conn.ClientConn)
 		reqs := []*kpb.ModelInferRequest{kserveRequest(*model, t, prio == pb.Priority_PRIORITY_STAT)}
@@ -178,7 +179,7 @@ func run() int {
 	rep := &bench.Report{Command: strings.Join(os.Args, " "), Target: target, Model: *model, StartedAt: time.Now().UTC(),
 		Machine: map[string]string{"goos": runtime.GOOS, "goarch": runtime.GOARCH, "cpus": strconv.Itoa(runtime.NumCPU()),
 			"onnxruntime": engine.RuntimeVersion(), "go": runtime.Version()}}
-	cfg := bench.Config{Concurrency: levels, Duration: *duration, Warmup: *warmup, MaxRequests: *maxReq,
+	cfg := bench.Config{Concurrency: levels, Duration: *duration, Warmup: *warmup, MaxRequests: *maxReq, Stages: stages,
 		Progress: func(i, n, c int) { fmt.Fprintf(os.Stderr, "[%d/%d] concurrency %d ...\n", i, n, c) }}
 	// The server's statistics give each step's mean batch size (KServe
 	// ModelStatistics; Triton serves it too).
@@ -215,7 +216,7 @@ func run() int {
 		stat := proto.Clone(req).(*pb.InferRequest)
 		stat.Priority = pb.Priority_PRIORITY_STAT
 		cfg.ProbeRate = *statRate
-		cfg.Probe = inferCall(conn, stat)
+		cfg.Probe = inferCall(conn, stat, nil) // probes' steps are not the load's
 		if *protocol == "kserve" {
 			cfg.Probe = kserveCall(kpb.NewGRPCInferenceServiceClient(conn.ClientConn), kserveRequest(*model, t, true))
 		}
@@ -259,6 +260,13 @@ func run() int {
 		if s.FirstError != "" {
 			fmt.Printf("  first error: %s\n", s.FirstError)
 		}
+		if len(s.Stages) > 0 {
+			parts := make([]string, len(s.Stages))
+			for i, x := range s.Stages {
+				parts[i] = fmt.Sprintf("%s %.2f", x.Name, x.MeanMs)
+			}
+			fmt.Printf("  steps, mean ms: %s\n", strings.Join(parts, ", "))
+		}
 		if p := s.Probe; p != nil {
 			fmt.Printf("  STAT probes: %d requests, %d errors, p50 %.2f ms, p99 %.2f ms\n", p.Requests, p.Errors, p.P50Ms, p.P99Ms)
 		}
@@ -272,14 +280,18 @@ func run() int {
 	return 0
 }
 
-// inferCall sends req and reports the server's queue and inference times.
-func inferCall(conn *client.Conn, req *pb.InferRequest) bench.Call {
+// inferCall sends req and reports the server's queue and inference times,
+// and its steps' times to stages (nil: not kept).
+func inferCall(conn *client.Conn, req *pb.InferRequest, stages *bench.StageTimes) bench.Call {
 	return func(ctx context.Context) (time.Duration, time.Duration, error) {
 		resp, err := conn.Inference.Infer(ctx, req)
 		if err != nil {
 			return 0, 0, err
 		}
 		tm := resp.GetTimings()
+		for _, st := range tm.GetStages() {
+			stages.Add(st.GetName(), float64(st.GetUs())/1000)
+		}
 		return time.Duration(tm.GetQueueUs()) * time.Microsecond, time.Duration(tm.GetInferenceUs()) * time.Microsecond, nil
 	}
 }
