@@ -16,7 +16,7 @@ $T -test.run 'TestGPU|TestSelect' -test.v -test.count=3 2>&1 | tee "$OUT/verify.
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer --tool $tool"
-    timeout 240 compute-sanitizer --tool $tool --error-exitcode 3 $T -test.run 'TestGPUMatchesCPU' -test.short \
+    timeout 240 compute-sanitizer --tool $tool --error-exitcode 3 $T -test.run 'TestGPUMatchesCPU|TestGPUPrepareSlabs|TestGPUPreparePatches|TestGPUSourceLabelsResident|TestGPUHost' -test.short \
       >"$OUT/sanitizer-$tool.log" 2>&1
     echo "exit $? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitizer-$tool.log") clean summaries)"; tail -2 "$OUT/sanitizer-$tool.log"
   done
