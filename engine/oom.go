@@ -43,14 +43,14 @@ func mentions(err error, markers []string) bool {
 // errors, after which the process cannot use the device again.
 var lostMarkers = []string{
 	"an illegal memory access was encountered", // cudaErrorIllegalAddress (700)
-	"cudaerrorillegaladdress",                   //
-	"unspecified launch failure",                // cudaErrorLaunchFailure (719)
-	"cudaerrorlaunchfailure",                    //
-	"the launch timed out and was terminated",   // cudaErrorLaunchTimeout (702)
-	"device-side assert triggered",              // cudaErrorAssert (710)
-	"an illegal instruction was encountered",    // cudaErrorIllegalInstruction (715)
-	"misaligned address",                        // cudaErrorMisalignedAddress (716)
-	"uncorrectable ecc error",                   // cudaErrorECCUncorrectable (214)
+	"cudaerrorillegaladdress",                  //
+	"unspecified launch failure",               // cudaErrorLaunchFailure (719)
+	"cudaerrorlaunchfailure",                   //
+	"the launch timed out and was terminated",  // cudaErrorLaunchTimeout (702)
+	"device-side assert triggered",             // cudaErrorAssert (710)
+	"an illegal instruction was encountered",   // cudaErrorIllegalInstruction (715)
+	"misaligned address",                       // cudaErrorMisalignedAddress (716)
+	"uncorrectable ecc error",                  // cudaErrorECCUncorrectable (214)
 }
 
 // isDeviceLost says whether an ONNX Runtime error means the GPU is lost
