@@ -106,8 +106,8 @@ run: build ## build and serve the bundled models (CPU when there is no GPU)
 	bin/voxserve --model-repository $(MODELS) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
 test: deps lint check-cuda lint-docker $(VENV)/.ok $(DCIODVFY) $(PERF_ANALYZER) ## the whole test suite
-	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(RACE) $(TEST_FLAGS) $$($(GO) list ./... | grep -v -e '/phantom$$')
-	VOXSERVE_REQUIRE_PYTHON=1 $(GO) test $(TEST_FLAGS) $(NORACE_PKGS)
+	VOXSERVE_REQUIRE_PYTHON=1 VOXSERVE_REQUIRE_NVCC=1 $(GO) test $(RACE) $(TEST_FLAGS) $$($(GO) list ./... | grep -v -e '/phantom$$')
+	VOXSERVE_REQUIRE_PYTHON=1 VOXSERVE_REQUIRE_NVCC=1 $(GO) test $(TEST_FLAGS) $(NORACE_PKGS)
 
 test-short: deps ## tests without -race and lint, for a quick loop
 	$(GO) test -count=1 ./...

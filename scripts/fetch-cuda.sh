@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the CUDA 13.0 compiler (nvcc, cicc, ptxas) and headers (cuda.h)
+# Installs the CUDA 13.0 compiler (nvcc, cicc, ptxas), headers (cuda.h) and cuobjdump
 # from NVIDIA's PyPI wheels, verified by the hashes in
 # scripts/requirements-cuda.txt, into DEST (default .deps/cuda): enough to
 # compile src/voxkernels.cu to PTX and to build the cuda-tagged Go code.
