@@ -1,11 +1,9 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -13,27 +11,10 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/voxserve/voxserve/bundle"
+	"github.com/voxserve/voxserve/internal/testlog"
 	"github.com/voxserve/voxserve/internal/testrepo"
 	"github.com/voxserve/voxserve/tensor"
 )
-
-// syncBuffer is a log sink for tests.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A version runs its model_warmup requests at load, on every instance's
 // bound I/O, before it is ready; they do not count as requests.
@@ -41,7 +22,7 @@ func TestWarmupRunsAtLoad(t *testing.T) {
 	b := affineBatching("model_warmup:\n  - {name: full batch, batch_size: 8, count: 2, inputs: {x: {random_data: true}}}\n  - {name: single}\n")
 	b.YAML = strings.Replace(b.YAML, "instance_count: 1\n", "instance_count: 2\n", 1)
 	b.YAML = withIOBinding(b.YAML, "on")
-	var logs syncBuffer
+	var logs testlog.Buffer
 	r := NewRegistry(testrepo.Write(t, b), slog.New(slog.NewTextHandler(&logs, nil)))
 	defer r.Close()
 	require.NoError(t, r.LoadAll())

@@ -5,10 +5,9 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,13 +17,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/voxserve/voxserve/access"
 	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/dicomout"
 	"github.com/voxserve/voxserve/engine"
@@ -57,6 +60,15 @@ type Options struct {
 	// UIDRoot is the root of the UIDs of DICOM SR and SEG objects; empty
 	// means 2.25 (UUID-derived UIDs, no registration needed).
 	UIDRoot string
+	// Access decides who may call what (nil: anyone who reaches the
+	// port). Health checks and reflection stay open.
+	Access *access.Store
+	// TLS secures gRPC (nil: plaintext); with ClientCAs and
+	// RequireAndVerifyClientCert, mutual TLS.
+	TLS *tls.Config
+	// HTTPTLS secures /healthz, /readyz and /metrics. With ClientCAs and no
+	// access file, /metrics needs a verified client certificate.
+	HTTPTLS *tls.Config
 	// SharedMemory turns on Triton's system shared memory extension on the
 	// KServe endpoint: clients on this host may have the server map POSIX
 	// shared memory objects (/dev/shm) they name. Off by default: any
@@ -117,7 +129,11 @@ func New(reg *engine.Registry, opts Options) *Server {
 		opts.Logger = slog.Default()
 	}
 	s := &Server{reg: reg, opts: opts, log: opts.Logger, health: health.NewServer(), prep: newPreprocessHistogram()}
-	s.grpc = grpc.NewServer(
+	var creds []grpc.ServerOption
+	if opts.TLS != nil {
+		creds = append(creds, grpc.Creds(credentials.NewTLS(opts.TLS)))
+	}
+	s.grpc = grpc.NewServer(append(creds,
 		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
 		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
 		// Images and volumes are MiBs: HTTP/2 windows of 64 KiB would
@@ -131,7 +147,7 @@ func New(reg *engine.Registry, opts Options) *Server {
 		grpc.ForceServerCodecV2(newCodec()),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
-	)
+	)...)
 	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator, prep: s.prep,
 		uids: dicomout.UIDs{Root: opts.UIDRoot}})
 	ks := &kserve{reg: reg, ready: s.Ready, live: func() bool { live, _ := s.Live(); return live }, version: Version}
@@ -229,8 +245,12 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	}
 	defer done()
 	start := time.Now()
-	resp, err := handler(ctx, req)
-	s.logCall(info.FullMethod, req, start, err)
+	ctx, err = s.opts.Access.Check(ctx, info.FullMethod)
+	var resp any
+	if err == nil {
+		resp, err = handler(ctx, req)
+	}
+	s.logCall(ctx, info.FullMethod, req, start, err)
 	return resp, err
 }
 
@@ -241,19 +261,33 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	}
 	defer done()
 	start := time.Now()
-	err = handler(srv, ss)
-	s.logCall(info.FullMethod, nil, start, err)
+	ctx, err := s.opts.Access.Check(ss.Context(), info.FullMethod)
+	if err == nil {
+		err = handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx})
+	}
+	s.logCall(ctx, info.FullMethod, nil, start, err)
 	return err
 }
 
+// authorizedStream carries the principal a stream was authorized as.
+type authorizedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *authorizedStream) Context() context.Context { return s.ctx }
+
 // logCall writes one line per call. It logs the model, request id, code and
 // duration, never request content: no patient data reaches the logs.
-func (s *Server) logCall(method string, req any, start time.Time, err error) {
+func (s *Server) logCall(ctx context.Context, method string, req any, start time.Time, err error) {
 	if healthExempt[method] || method == "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo" ||
 		method == "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" {
 		return
 	}
 	attrs := []any{"method", method, "code", status.Code(err).String(), "duration_ms", float64(time.Since(start).Microseconds()) / 1000}
+	if p, ok := access.FromContext(ctx); ok {
+		attrs = append(attrs, "principal", p.Name)
+	}
 	if r, ok := req.(*pb.InferRequest); ok {
 		attrs = append(attrs, "model", r.GetModel(), "version", r.GetVersion(), "request_id", r.GetRequestId())
 	}
@@ -305,7 +339,14 @@ func (s *Server) Ready() bool {
 // (Prometheus).
 func (s *Server) HTTPHandler() *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(metricsRegistry(s.reg, s.prep), promhttp.HandlerOpts{}))
+	var metrics http.Handler = promhttp.HandlerFor(metricsRegistry(s.reg, s.prep), promhttp.HandlerOpts{})
+	switch {
+	case s.opts.Access != nil:
+		metrics = s.opts.Access.HTTP(access.Metrics, metrics)
+	case s.opts.HTTPTLS != nil && s.opts.HTTPTLS.ClientCAs != nil:
+		metrics = access.RequireClientCert(metrics)
+	}
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if live, why := s.Live(); !live {
 			http.Error(w, why, http.StatusInternalServerError)
@@ -332,6 +373,9 @@ func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error
 	go func() { errc <- s.grpc.Serve(grpcLis) }()
 	var hs *http.Server
 	if httpLis != nil {
+		if s.opts.HTTPTLS != nil {
+			httpLis = tls.NewListener(httpLis, s.opts.HTTPTLS)
+		}
 		hs = &http.Server{Handler: s.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := hs.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {

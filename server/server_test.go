@@ -55,7 +55,25 @@ type harness struct {
 
 func start(t testing.TB, repo string, opts Options) *harness {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := launch(t, repo, opts)
+	var err error
+	h.conn, err = grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(WindowBytes), grpc.WithInitialConnWindowSize(WindowBytes),
+		grpc.WithWriteBufferSize(IOBufferBytes), grpc.WithReadBufferSize(IOBufferBytes),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxMessageBytes), grpc.MaxCallSendMsgSize(DefaultMaxMessageBytes)))
+	require.NoError(t, err)
+	h.client = pb.NewInferenceClient(h.conn)
+	t.Cleanup(func() { _ = h.conn.Close() })
+	return h
+}
+
+// launch starts a real server on loopback ports, with no client.
+func launch(t testing.TB, repo string, opts Options) *harness {
+	t.Helper()
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	reg := engine.NewRegistry(repo, log)
 	_ = reg.LoadAll()
 	opts.Logger = log
@@ -65,17 +83,14 @@ func start(t testing.TB, repo string, opts Options) *harness {
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{srv: srv, reg: reg, cancel: cancel, done: make(chan error, 1), httpURL: "http://" + hl.Addr().String(), addr: gl.Addr().String()}
+	scheme := "http://"
+	if opts.HTTPTLS != nil {
+		scheme = "https://"
+	}
+	h := &harness{srv: srv, reg: reg, cancel: cancel, done: make(chan error, 1), httpURL: scheme + hl.Addr().String(), addr: gl.Addr().String()}
 	go func() { h.done <- srv.Serve(ctx, gl, hl) }()
-	h.conn, err = grpc.NewClient(gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(WindowBytes), grpc.WithInitialConnWindowSize(WindowBytes),
-		grpc.WithWriteBufferSize(IOBufferBytes), grpc.WithReadBufferSize(IOBufferBytes),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxMessageBytes), grpc.MaxCallSendMsgSize(DefaultMaxMessageBytes)))
-	require.NoError(t, err)
-	h.client = pb.NewInferenceClient(h.conn)
 	t.Cleanup(func() {
 		h.stop()
-		_ = h.conn.Close()
 		reg.Close()
 	})
 	return h

@@ -60,6 +60,8 @@ func run() int {
 	gpu := fs.String("gpu", "auto", "in-process server: preprocessing and mask labelling on the GPU (auto, on or off; a binary built with the cuda tag)")
 	sharedMem := fs.Bool("shared-memory", false, "with --protocol kserve: pass the input and fixed-size outputs through a system shared memory region (Triton's extension; the server must run with --shared-memory, and on this host)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (the in-process server included) to this file, for go tool pprof")
+	var sec client.Security
+	sec.RegisterFlags(fs)
 	protocol := fs.String("protocol", "voxserve", "voxserve (voxserve.v1.Inference) or kserve (KServe v2 ModelInfer, so the same sweep measures Triton or any KServe server)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -90,7 +92,7 @@ func run() int {
 	var err error
 	target := *addr
 	if *addr != "" {
-		conn, err = client.Dial(*addr)
+		conn, err = client.DialSecure(*addr, sec)
 	} else {
 		target = "in-process:" + *repo
 		acc, closeAcc, _, aerr := kernels.ForPreprocessing(*gpu)

@@ -52,9 +52,12 @@ Usage:
   voxctl prepare   --bundle DIR --out DIR CASE_DIR...   (model inputs and labels as .npy, for training)
   voxctl eval      --model NAME [--out DIR] [--addr ADDR | --model-repository DIR] CASE_DIR...
   voxctl bundle validate DIR
+  voxctl token     --name NAME --roles infer[,admin][,metrics] [--json]
 
 Without --addr, models and infer run the server in process on --model-repository
-(default: models). Exit codes: 0 ok, 1 the request failed, 2 bad usage.
+(default: models). Against a server with TLS or an access file (docs/security.md):
+--tls, --tls-ca FILE, --tls-cert FILE --tls-key FILE (mutual TLS), --tls-server-name,
+--token-file FILE or $VOXSERVE_TOKEN. Exit codes: 0 ok, 1 the request failed, 2 bad usage.
 `
 
 // exitError carries an exit code up to main.
@@ -124,6 +127,8 @@ func run(args []string, out io.Writer) error {
 		return cmdPrepare(rest, out)
 	case "eval":
 		return cmdEval(rest, out)
+	case "token":
+		return cmdToken(rest, out)
 	case "bundle":
 		if len(rest) == 0 || rest[0] != "validate" {
 			return usageErr("bundle: the subcommand is `validate DIR`")
@@ -138,6 +143,7 @@ func run(args []string, out io.Writer) error {
 
 // common are the connection flags shared by commands.
 type common struct {
+	sec     client.Security
 	addr    string
 	repo    string
 	ortLib  string
@@ -148,6 +154,7 @@ type common struct {
 
 func (c *common) register(fs *flag.FlagSet, inProcess bool) {
 	fs.StringVar(&c.addr, "addr", os.Getenv("VOXSERVE_ADDR"), "server address host:port (default $VOXSERVE_ADDR)")
+	c.sec.RegisterFlags(fs)
 	if inProcess {
 		fs.StringVar(&c.repo, "model-repository", "models", "model repository for in-process use (no --addr)")
 		fs.StringVar(&c.ortLib, "onnxruntime-lib", "", "ONNX Runtime library for in-process use")
@@ -159,7 +166,7 @@ func (c *common) register(fs *flag.FlagSet, inProcess bool) {
 
 func (c *common) connect(models []string) (*client.Conn, error) {
 	if c.addr != "" {
-		return client.Dial(c.addr)
+		return client.DialSecure(c.addr, c.sec)
 	}
 	if c.repo == "" {
 		return nil, usageErr("--addr is required")

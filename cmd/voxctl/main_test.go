@@ -55,12 +55,17 @@ func writeNpy(t *testing.T, tt *tensor.Tensor) string {
 
 // serve starts a real server on loopback over repo.
 func serve(t *testing.T, repo string) string {
+	return serveWith(t, repo, server.Options{})
+}
+
+func serveWith(t *testing.T, repo string, opts server.Options) string {
 	t.Helper()
 	require.NoError(t, engine.Init(""))
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := engine.NewRegistry(repo, log)
 	require.NoError(t, reg.LoadAll())
-	srv := server.New(reg, server.Options{Logger: log})
+	opts.Logger = log
+	srv := server.New(reg, opts)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -3,18 +3,22 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/voxserve/voxserve/access"
 	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/dicomout"
 	"github.com/voxserve/voxserve/engine"
+	"github.com/voxserve/voxserve/internal/tlsfiles"
 	"github.com/voxserve/voxserve/kernels"
 	"github.com/voxserve/voxserve/server"
 )
@@ -35,6 +39,10 @@ func run() int {
 	uidRoot := fs.String("uid-root", dicomout.DefaultUIDRoot, "UID root for the DICOM SR and SEG objects voxserve writes (default 2.25: UUID-derived, no registration needed)")
 	strictSpacing := fs.Bool("dicom-strict-spacing", false, "refuse DICOM series with missing slices or uneven spacing (default: serve them with a warning)")
 	gpu := fs.String("gpu", "auto", "preprocessing on the GPU: auto (when one can run here), on (fail without one) or off")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) for TLS on gRPC and HTTP; reloaded when the file changes")
+	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
+	tlsClientCA := fs.String("tls-client-ca", "", "PEM CA certificates: mutual TLS, gRPC clients must present a certificate they signed (HTTP: /metrics only)")
+	accessFile := fs.String("access-file", "", "principals (bearer token hashes or client certificate CNs) and their roles: infer, admin, metrics (docs/security.md); reloaded when it changes")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -46,6 +54,12 @@ func run() int {
 		return 2
 	}
 	slog.SetDefault(log)
+	// Flags first: a mistake here should not wait for the models to load.
+	sec, err := security(*tlsCert, *tlsKey, *tlsClientCA, *accessFile, *grpcAddr, log)
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 2
+	}
 
 	if err := engine.Init(*ortLib); err != nil {
 		log.Error("cannot start", "error", err)
@@ -77,7 +91,8 @@ func run() int {
 		log.Info("preprocessing on the CPU", "reason", why)
 	}
 	srv := server.New(reg, server.Options{MaxMessageBytes: *maxMsg, ShutdownGrace: *grace, Logger: log,
-		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc, UIDRoot: *uidRoot, SharedMemory: *sharedMemory})
+		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc, UIDRoot: *uidRoot, SharedMemory: *sharedMemory,
+		Access: sec.access, TLS: sec.grpc, HTTPTLS: sec.http})
 	gl, err := server.Listen(*grpcAddr)
 	if err != nil {
 		log.Error("cannot listen", "addr", *grpcAddr, "error", err)
@@ -92,6 +107,9 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if sec.access != nil {
+		go sec.access.Watch(ctx, 10*time.Second)
+	}
 	log.Info("serving", "grpc", gl.Addr().String(), "http", *httpAddr, "models", reg.Names())
 	fmt.Fprintf(os.Stderr, "\nvoxserve is ready. Try:\n  bin/voxctl models --addr %s\n  bin/voxctl health --addr %s\n  grpcurl -plaintext %s list\n\n",
 		gl.Addr(), gl.Addr(), gl.Addr())
@@ -101,6 +119,41 @@ func run() int {
 	}
 	reg.Close()
 	return 0
+}
+
+type securityOptions struct {
+	access     *access.Store
+	grpc, http *tls.Config
+}
+
+// security reads the TLS and access flags. Tokens sent in clear text over
+// a network can be read off it, so an access file without TLS on TCP is
+// allowed (a proxy may terminate TLS) but warned about.
+func security(cert, key, clientCA, accessFile, grpcAddr string, log *slog.Logger) (securityOptions, error) {
+	var o securityOptions
+	if cert != "" || key != "" {
+		var err error
+		auth := tls.RequireAndVerifyClientCert
+		if o.grpc, err = tlsfiles.Server(cert, key, clientCA, auth); err != nil {
+			return o, fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
+		}
+		// HTTP serves the kubelet's probes, which send no certificate.
+		if o.http, err = tlsfiles.Server(cert, key, clientCA, tls.VerifyClientCertIfGiven); err != nil {
+			return o, err
+		}
+	} else if clientCA != "" {
+		return o, fmt.Errorf("--tls-client-ca needs --tls-cert and --tls-key")
+	}
+	if accessFile != "" {
+		var err error
+		if o.access, err = access.Open(accessFile, log); err != nil {
+			return o, fmt.Errorf("--access-file: %w", err)
+		}
+		if o.grpc == nil && !strings.HasPrefix(grpcAddr, "unix:") {
+			log.Warn("bearer tokens will cross the network in clear text: add --tls-cert and --tls-key, or terminate TLS in front of voxserve")
+		}
+	}
+	return o, nil
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {
