@@ -43,6 +43,10 @@ const (
 )
 
 func startSecured(t *testing.T) secured {
+	return startSecuredWith(t, Options{})
+}
+
+func startSecuredWith(t *testing.T, opts Options) secured {
 	t.Helper()
 	pki := testpki.Write(t, "worklist.hospital.example", "unknown.example")
 	file := filepath.Join(t.TempDir(), "access.yaml")
@@ -68,7 +72,8 @@ func startSecured(t *testing.T) secured {
 	require.NoError(t, err)
 	htls, err := tlsfiles.Server(pki.ServerCert, pki.ServerKey, pki.CA, tls.VerifyClientCertIfGiven)
 	require.NoError(t, err)
-	h := launch(t, testrepo.Write(t, testrepo.Affine()), Options{Logger: log, Access: store, TLS: gtls, HTTPTLS: htls})
+	opts.Logger, opts.Access, opts.TLS, opts.HTTPTLS = log, store, gtls, htls
+	h := launch(t, testrepo.Write(t, testrepo.Affine()), opts)
 	return secured{harness: h, pki: pki, logs: logs}
 }
 

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/voxserve/voxserve/access"
+	"github.com/voxserve/voxserve/audit"
 	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/dicomout"
 	"github.com/voxserve/voxserve/engine"
@@ -69,6 +70,9 @@ type Options struct {
 	// HTTPTLS secures /healthz, /readyz and /metrics. With ClientCAs and no
 	// access file, /metrics needs a verified client certificate.
 	HTTPTLS *tls.Config
+	// Audit, if set, records inference, model administration and refused
+	// calls (package audit).
+	Audit *audit.Log
 	// SharedMemory turns on Triton's system shared memory extension on the
 	// KServe endpoint: clients on this host may have the server map POSIX
 	// shared memory objects (/dev/shm) they name. Off by default: any
@@ -246,11 +250,13 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	defer done()
 	start := time.Now()
 	ctx, err = s.opts.Access.Check(ctx, info.FullMethod)
+	a := s.beginAudit(ctx, info.FullMethod, req, err)
 	var resp any
 	if err == nil {
 		resp, err = handler(ctx, req)
 	}
 	s.logCall(ctx, info.FullMethod, req, start, err)
+	s.finishAudit(ctx, a, resp, err, start)
 	return resp, err
 }
 
@@ -262,10 +268,19 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	defer done()
 	start := time.Now()
 	ctx, err := s.opts.Access.Check(ss.Context(), info.FullMethod)
+	a := s.beginAudit(ctx, info.FullMethod, nil, err)
+	var resp any
 	if err == nil {
-		err = handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx})
+		if a != nil && info.FullMethod == "/voxserve.v1.Inference/InferStream" {
+			as := &auditedStream{ServerStream: ss, ctx: ctx, a: a}
+			err = handler(srv, as)
+			resp = as.finish()
+		} else {
+			err = handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx})
+		}
 	}
 	s.logCall(ctx, info.FullMethod, nil, start, err)
+	s.finishAudit(ctx, a, resp, err, start)
 	return err
 }
 

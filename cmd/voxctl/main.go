@@ -53,6 +53,7 @@ Usage:
   voxctl eval      --model NAME [--out DIR] [--addr ADDR | --model-repository DIR] CASE_DIR...
   voxctl bundle validate DIR
   voxctl token     --name NAME --roles infer[,admin][,metrics] [--json]
+  voxctl audit verify FILE   (check an audit log's hash chain)
 
 Without --addr, models and infer run the server in process on --model-repository
 (default: models). Against a server with TLS or an access file (docs/security.md):
@@ -129,6 +130,11 @@ func run(args []string, out io.Writer) error {
 		return cmdEval(rest, out)
 	case "token":
 		return cmdToken(rest, out)
+	case "audit":
+		if len(rest) != 2 || rest[0] != "verify" {
+			return usageErr("audit: the subcommand is `verify FILE`")
+		}
+		return cmdAuditVerify(rest[1], out)
 	case "bundle":
 		if len(rest) == 0 || rest[0] != "validate" {
 			return usageErr("bundle: the subcommand is `validate DIR`")

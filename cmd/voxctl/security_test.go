@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/voxserve/voxserve/access"
+	"github.com/voxserve/voxserve/audit"
 	"github.com/voxserve/voxserve/internal/testpki"
 	"github.com/voxserve/voxserve/internal/testrepo"
 	"github.com/voxserve/voxserve/internal/tlsfiles"
@@ -81,4 +83,28 @@ func TestAgainstSecuredServer(t *testing.T) {
 
 	_, code, _ = runCLI("models", "--addr", addr, "--tls-ca", pki.CA, "--tls-cert", cert[0])
 	assert.Equal(t, 1, code, "a certificate needs its key")
+}
+
+func TestAuditVerify(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	l, err := audit.Open(path)
+	require.NoError(t, err)
+	for i := 0; i < 3; i++ {
+		require.NoError(t, l.Append(audit.Record{Method: "/voxserve.v1.Inference/Infer", Code: "OK", Model: "ich"}))
+	}
+	require.NoError(t, l.Close())
+	out, code, err := runCLI("audit", "verify", path)
+	require.NoError(t, err)
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "3 records, seq 1 to 3")
+	assert.Contains(t, out, "chain intact")
+
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(path, bytes.Replace(b, []byte(`"model":"ich"`), []byte(`"model":"icx"`), 1), 0o600))
+	_, code, err = runCLI("audit", "verify", path)
+	assert.Equal(t, 1, code)
+	assert.ErrorContains(t, err, "the chain is broken at line 1: its hash does not match")
+	_, code, _ = runCLI("audit", "check", path)
+	assert.Equal(t, 2, code)
 }

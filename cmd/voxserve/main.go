@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/voxserve/voxserve/access"
+	"github.com/voxserve/voxserve/audit"
 	"github.com/voxserve/voxserve/dicom"
 	"github.com/voxserve/voxserve/dicomout"
 	"github.com/voxserve/voxserve/engine"
@@ -43,6 +44,7 @@ func run() int {
 	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	tlsClientCA := fs.String("tls-client-ca", "", "PEM CA certificates: mutual TLS, gRPC clients must present a certificate they signed (HTTP: /metrics only)")
 	accessFile := fs.String("access-file", "", "principals (bearer token hashes or client certificate CNs) and their roles: infer, admin, metrics (docs/security.md); reloaded when it changes")
+	auditLog := fs.String("audit-log", "", "append-only, hash-chained JSON lines: who asked which model version what (an input hash), the result and the timings; `voxctl audit verify FILE` checks it")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -70,6 +72,18 @@ func run() int {
 		log.Error("model repository is not a folder", "path", *repo)
 		return 1
 	}
+	var auditor *audit.Log
+	if *auditLog != "" {
+		if auditor, err = audit.Open(*auditLog); err != nil {
+			log.Error("cannot start", "flag", "--audit-log", "error", err)
+			return 1
+		}
+		defer func() {
+			if err := auditor.Close(); err != nil {
+				log.Error("audit log not closed cleanly", "error", err)
+			}
+		}()
+	}
 	reg := engine.NewRegistry(*repo, log)
 	if err := reg.LoadAll(); err != nil {
 		log.Warn("some bundles were not loaded; serving the rest", "loaded", reg.Names())
@@ -92,7 +106,7 @@ func run() int {
 	}
 	srv := server.New(reg, server.Options{MaxMessageBytes: *maxMsg, ShutdownGrace: *grace, Logger: log,
 		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc, UIDRoot: *uidRoot, SharedMemory: *sharedMemory,
-		Access: sec.access, TLS: sec.grpc, HTTPTLS: sec.http})
+		Access: sec.access, TLS: sec.grpc, HTTPTLS: sec.http, Audit: auditor})
 	gl, err := server.Listen(*grpcAddr)
 	if err != nil {
 		log.Error("cannot listen", "addr", *grpcAddr, "error", err)

@@ -1,0 +1,236 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/voxserve/voxserve/access"
+	"github.com/voxserve/voxserve/audit"
+	"github.com/voxserve/voxserve/internal/par"
+	kpb "github.com/voxserve/voxserve/proto/inference"
+	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+)
+
+// auditedMethods are the calls the audit log records whatever their
+// outcome: inference and model administration. Other calls are recorded
+// only when refused for want of credentials or a role.
+var auditedMethods = map[string]bool{
+	"/voxserve.v1.Inference/Infer":                          true,
+	"/voxserve.v1.Inference/InferStream":                    true,
+	"/voxserve.v1.Inference/LoadModel":                      true,
+	"/voxserve.v1.Inference/UnloadModel":                    true,
+	"/inference.GRPCInferenceService/ModelInfer":            true,
+	"/inference.GRPCInferenceService/ModelStreamInfer":      true,
+	"/inference.GRPCInferenceService/RepositoryModelLoad":   true,
+	"/inference.GRPCInferenceService/RepositoryModelUnload": true,
+}
+
+func refused(err error) bool {
+	c := status.Code(err)
+	return c == codes.Unauthenticated || c == codes.PermissionDenied
+}
+
+// auditCall is a call on its way to the audit log.
+type auditCall struct {
+	rec   audit.Record
+	input chan *audit.Input // the input's hash, computed beside the call
+}
+
+// beginAudit starts a record for a call, nil if the call is not audited.
+// The input is hashed on other goroutines while the call runs, so that
+// hashing a study costs the request no time on a machine with idle cores.
+func (s *Server) beginAudit(ctx context.Context, method string, req any, authErr error) *auditCall {
+	if s.opts.Audit == nil || (!auditedMethods[method] && !refused(authErr)) {
+		return nil
+	}
+	a := &auditCall{rec: audit.Record{Method: method}}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		a.rec.Peer = p.Addr.String()
+	}
+	if authErr != nil {
+		return a
+	}
+	switch r := req.(type) {
+	case *pb.InferRequest:
+		a.rec.Model, a.rec.Version, a.rec.RequestID = r.GetModel(), r.GetVersion(), r.GetRequestId()
+		a.hash(inferParts(r))
+	case *kpb.ModelInferRequest:
+		a.rec.Model, a.rec.Version, a.rec.RequestID = r.GetModelName(), r.GetModelVersion(), r.GetId()
+		parts, shm := kserveParts(r)
+		if shm {
+			a.rec.Input = &audit.Input{Parts: len(r.GetInputs()), Note: "inputs in shared memory are not hashed"}
+		} else {
+			a.hash(parts)
+		}
+	case *pb.LoadModelRequest:
+		a.rec.Model = r.GetName()
+	case *pb.UnloadModelRequest:
+		a.rec.Model, a.rec.Version = r.GetName(), r.GetVersion()
+	case *kpb.RepositoryModelLoadRequest:
+		a.rec.Model = r.GetModelName()
+	case *kpb.RepositoryModelUnloadRequest:
+		a.rec.Model = r.GetModelName()
+	}
+	return a
+}
+
+// hash starts hashing parts: each part's sha256 on its own core, then the
+// sha256 of those digests in order.
+func (a *auditCall) hash(parts [][]byte) {
+	a.input = make(chan *audit.Input, 1)
+	go func() {
+		sums := make([][sha256.Size]byte, len(parts))
+		par.Each(len(parts), func(i int) { sums[i] = sha256.Sum256(parts[i]) })
+		h := sha256.New()
+		in := &audit.Input{Parts: len(parts)}
+		for i, p := range parts {
+			h.Write(sums[i][:])
+			in.Bytes += int64(len(p))
+		}
+		in.SHA256 = hex.EncodeToString(h.Sum(nil))
+		a.input <- in
+	}()
+}
+
+func inferParts(r *pb.InferRequest) [][]byte {
+	switch {
+	case r.GetDicom() != nil:
+		return append([][]byte(nil), r.GetDicom().GetInstances()...)
+	case r.GetVolume() != nil:
+		return [][]byte{r.GetVolume().GetData()}
+	}
+	var parts [][]byte
+	for _, t := range r.GetTensors().GetTensors() {
+		parts = append(parts, t.GetData())
+	}
+	return parts
+}
+
+// kserveParts are a ModelInfer request's inputs: raw contents, or typed
+// contents in protobuf's deterministic encoding. shm: some input lies in
+// shared memory, outside the request.
+func kserveParts(r *kpb.ModelInferRequest) (parts [][]byte, shm bool) {
+	if len(r.GetRawInputContents()) > 0 {
+		return append([][]byte(nil), r.GetRawInputContents()...), false
+	}
+	for _, in := range r.GetInputs() {
+		if _, ok := in.GetParameters()["shared_memory_region"]; ok {
+			return nil, true
+		}
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(in.GetContents())
+		parts = append(parts, b)
+	}
+	return parts, false
+}
+
+// finishAudit completes the record with the outcome and appends it, off
+// the call's path.
+func (s *Server) finishAudit(ctx context.Context, a *auditCall, resp any, err error, start time.Time) {
+	if a == nil {
+		return
+	}
+	a.rec.DurationMs = float64(time.Since(start).Microseconds()) / 1000
+	a.rec.Code = status.Code(err).String()
+	if err != nil {
+		a.rec.Error = status.Convert(err).Message()
+	}
+	if p, ok := access.FromContext(ctx); ok {
+		a.rec.Principal = p.Name
+	}
+	switch r := resp.(type) {
+	case *pb.InferResponse:
+		a.rec.Model, a.rec.Version = r.GetModel(), r.GetVersion()
+		a.rec.StudyUID, a.rec.SeriesUID = r.GetStudyInstanceUid(), r.GetSeriesInstanceUid()
+		a.rec.Result = inferResult(r)
+		if t := r.GetTimings(); t != nil {
+			ms := func(us int64) float64 { return float64(us) / 1000 }
+			a.rec.TimingsMs = &audit.Timings{Queue: ms(t.GetQueueUs()), Preprocess: ms(t.GetPreprocessUs()),
+				Inference: ms(t.GetInferenceUs()), Postprocess: ms(t.GetPostprocessUs()), Total: ms(t.GetTotalUs())}
+		}
+	case *kpb.ModelInferResponse:
+		a.rec.Version = r.GetModelVersion()
+		res := &audit.Result{}
+		for _, o := range r.GetOutputs() {
+			res.Outputs = append(res.Outputs, o.GetName())
+		}
+		a.rec.Result = res
+	}
+	s.opts.Audit.Go(func() {
+		if a.input != nil {
+			a.rec.Input = <-a.input
+		}
+		if err := s.opts.Audit.Append(a.rec); err != nil {
+			s.log.Error("audit record not written", "method", a.rec.Method, "error", err)
+		}
+	})
+}
+
+func inferResult(r *pb.InferResponse) *audit.Result {
+	res := &audit.Result{}
+	for _, f := range r.GetFindings() {
+		res.Findings = append(res.Findings, audit.Finding{Label: f.GetLabel(), Probability: f.GetProbability(), Threshold: f.GetThreshold(), Present: f.GetPresent()})
+	}
+	for _, m := range r.GetMeasurements() {
+		res.Measurements = append(res.Measurements, audit.Measurement{Name: m.GetName(), Label: m.GetLabel(), Value: m.GetValue(), Unit: m.GetUnit()})
+	}
+	if r.GetTriage() != pb.Triage_TRIAGE_UNSPECIFIED {
+		res.Triage = r.GetTriage().String()
+	}
+	for _, m := range r.GetMasks() {
+		res.Outputs = append(res.Outputs, "mask:"+m.GetOutput())
+	}
+	for _, t := range r.GetTensors() {
+		res.Outputs = append(res.Outputs, "tensor:"+t.GetName())
+	}
+	if len(r.GetDicomSr()) > 0 {
+		res.Outputs = append(res.Outputs, "dicom_sr")
+	}
+	if len(r.GetDicomSeg()) > 0 {
+		res.Outputs = append(res.Outputs, "dicom_seg")
+	}
+	return res
+}
+
+// auditedStream watches an InferStream call for its audit record: the
+// header names the model, the instances are the input, the one response
+// the result.
+type auditedStream struct {
+	grpc.ServerStream
+	ctx   context.Context
+	a     *auditCall
+	parts [][]byte
+	resp  any
+}
+
+func (s *auditedStream) Context() context.Context { return s.ctx }
+
+func (s *auditedStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if r, ok := m.(*pb.InferStreamRequest); ok && err == nil {
+		if h := r.GetHeader(); h != nil {
+			s.a.rec.Model, s.a.rec.Version, s.a.rec.RequestID = h.GetModel(), h.GetVersion(), h.GetRequestId()
+			s.parts = append(s.parts, inferParts(h)...)
+		}
+		s.parts = append(s.parts, r.GetInstances().GetInstances()...)
+	}
+	return err
+}
+
+func (s *auditedStream) SendMsg(m any) error {
+	s.resp = m
+	return s.ServerStream.SendMsg(m)
+}
+
+// finish starts hashing what the stream received.
+func (s *auditedStream) finish() any {
+	s.a.hash(s.parts)
+	return s.resp
+}
