@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/voxserve/voxserve/audit"
+	"github.com/voxserve/voxserve/internal/testrepo"
 	kpb "github.com/voxserve/voxserve/proto/inference"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
@@ -34,7 +35,7 @@ func TestAuditLog(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	log, err := audit.Open(path)
 	require.NoError(t, err)
-	s := startSecuredWith(t, Options{Audit: log})
+	s := startSecuredWith(t, testrepo.Write(t, testrepo.Affine()), Options{Audit: log})
 	cc := s.dial(t, "unknown.example")
 	client := pb.NewInferenceClient(cc)
 	x := f32bytes(1, 2, 3, 4, 5, 6)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/voxserve/voxserve/audit"
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/internal/onnxbuild"
 	"github.com/voxserve/voxserve/internal/testrepo"
@@ -44,6 +45,33 @@ func BenchmarkOverhead512(b *testing.B) {
 			overhead(b, h.client, req)
 		})
 	}
+	// The same with TLS and a bearer token checked against an access file,
+	// then also with an audit record per request: what securing the
+	// server costs.
+	for _, withAudit := range []bool{false, true} {
+		name := "findings-tls-token"
+		if withAudit {
+			name += "-audit"
+		}
+		b.Run(name, func(b *testing.B) {
+			var opts Options
+			if withAudit {
+				log, err := audit.Open(filepath.Join(b.TempDir(), "audit.jsonl"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { _ = log.Close() })
+				opts.Audit = log
+			}
+			s := startSecuredWith(b, repo, opts)
+			cc := s.dial(b, "unknown.example", grpc.WithPerRPCCredentials(bearerCreds(inferToken)),
+				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxMessageBytes), grpc.MaxCallSendMsgSize(DefaultMaxMessageBytes)))
+			req := tensorsReq("affine", f32Tensor("x", []int64{1, 512, 512}, make([]float32, 512*512)))
+			req.Outputs = []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_FINDINGS}
+			overhead(b, pb.NewInferenceClient(cc), req)
+			s.stop() // before the audit log closes
+		})
+	}
 	// The same over a Unix domain socket, for a client on the same machine.
 	b.Run("findings-unix", func(b *testing.B) {
 		client := startUnix(b, repo)
@@ -52,6 +80,15 @@ func BenchmarkOverhead512(b *testing.B) {
 		overhead(b, client, req)
 	})
 }
+
+// bearerCreds sends a token on every call.
+type bearerCreds string
+
+func (b bearerCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearerCreds) RequireTransportSecurity() bool { return true }
 
 // startUnix serves repo on a Unix domain socket and returns a client.
 func startUnix(tb testing.TB, repo string) pb.InferenceClient {

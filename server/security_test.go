@@ -43,10 +43,10 @@ const (
 )
 
 func startSecured(t *testing.T) secured {
-	return startSecuredWith(t, Options{})
+	return startSecuredWith(t, testrepo.Write(t, testrepo.Affine()), Options{})
 }
 
-func startSecuredWith(t *testing.T, opts Options) secured {
+func startSecuredWith(t testing.TB, repo string, opts Options) secured {
 	t.Helper()
 	pki := testpki.Write(t, "worklist.hospital.example", "unknown.example")
 	file := filepath.Join(t.TempDir(), "access.yaml")
@@ -73,12 +73,12 @@ func startSecuredWith(t *testing.T, opts Options) secured {
 	htls, err := tlsfiles.Server(pki.ServerCert, pki.ServerKey, pki.CA, tls.VerifyClientCertIfGiven)
 	require.NoError(t, err)
 	opts.Logger, opts.Access, opts.TLS, opts.HTTPTLS = log, store, gtls, htls
-	h := launch(t, testrepo.Write(t, testrepo.Affine()), opts)
+	h := launch(t, repo, opts)
 	return secured{harness: h, pki: pki, logs: logs}
 }
 
 // dial connects as the client certificate cn ("" for none).
-func (s secured) dial(t *testing.T, cn string) *grpc.ClientConn {
+func (s secured) dial(t testing.TB, cn string, extra ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	var cert, key string
 	if cn != "" {
@@ -86,7 +86,7 @@ func (s secured) dial(t *testing.T, cn string) *grpc.ClientConn {
 	}
 	cfg, err := tlsfiles.Client(s.pki.CA, cert, key, "")
 	require.NoError(t, err)
-	cc, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	cc, err := grpc.NewClient(s.addr, append(extra, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cc.Close() })
 	return cc
