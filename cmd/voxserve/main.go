@@ -44,6 +44,7 @@ func run() int {
 	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	tlsClientCA := fs.String("tls-client-ca", "", "PEM CA certificates: mutual TLS, gRPC clients must present a certificate they signed (HTTP: /metrics only)")
 	accessFile := fs.String("access-file", "", "principals (bearer token hashes or client certificate CNs) and their roles: infer, admin, metrics (docs/security.md); reloaded when it changes")
+	pollSecs := fs.Int("repository-poll-secs", 0, "poll the model repository every N seconds and load bundles added or changed, unload those removed (Triton's poll mode); 0: off, use LoadModel/UnloadModel")
 	auditLog := fs.String("audit-log", "", "append-only, hash-chained JSON lines: who asked which model version what (an input hash), the result and the timings; `voxctl audit verify FILE` checks it")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -123,6 +124,10 @@ func run() int {
 	defer stop()
 	if sec.access != nil {
 		go sec.access.Watch(ctx, 10*time.Second)
+	}
+	if *pollSecs > 0 {
+		go reg.Watch(ctx, time.Duration(*pollSecs)*time.Second)
+		log.Info("polling the model repository", "every_secs", *pollSecs)
 	}
 	log.Info("serving", "grpc", gl.Addr().String(), "http", *httpAddr, "models", reg.Names())
 	fmt.Fprintf(os.Stderr, "\nvoxserve is ready. Try:\n  bin/voxctl models --addr %s\n  bin/voxctl health --addr %s\n  grpcurl -plaintext %s list\n\n",
