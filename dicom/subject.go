@@ -70,11 +70,7 @@ func readSubject(ds *sd.Dataset) Subject {
 		}
 		s.attrs = append(s.attrs, Attr{Tag: e.Tag, VR: info.VRs[0], Values: append([]string(nil), vals...)})
 	}
-	sort.Slice(s.attrs, func(i, j int) bool {
-		a, b := s.attrs[i].Tag, s.attrs[j].Tag
-		return a.Group < b.Group || (a.Group == b.Group && a.Element < b.Element)
-	})
-	return s
+	return NewSubject(s.attrs)
 }
 
 // Attrs returns the copied attributes in tag order.
@@ -98,3 +94,14 @@ func (s Subject) String() string {
 
 // GoString redacts the contents for %#v.
 func (s Subject) GoString() string { return s.String() }
+
+// NewSubject holds attrs (pseudonymized ones, say) as a Subject, in tag
+// order.
+func NewSubject(attrs []Attr) Subject {
+	s := Subject{attrs: append([]Attr(nil), attrs...)}
+	sort.Slice(s.attrs, func(i, j int) bool {
+		a, b := s.attrs[i].Tag, s.attrs[j].Tag
+		return a.Group < b.Group || (a.Group == b.Group && a.Element < b.Element)
+	})
+	return s
+}

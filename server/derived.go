@@ -84,6 +84,9 @@ func labelCodes(spec *bundle.Spec) map[string]bundle.Label {
 func (s *inference) derived(m *engine.Model, series *dicom.Series, res *postprocess.Result, fractions map[string][][]uint8,
 	triage string, want map[pb.OutputKind]bool, omitEmpty bool) (sr, seg []byte, err error) {
 	src := dicomout.SourceFromSeries(series)
+	if s.pseudo != nil {
+		src = s.pseudo.Source(src)
+	}
 	alg := dicomout.Algorithm{Name: m.Spec.Name, Version: m.VersionString(), Software: Version,
 		DeviceUID: s.uids.Device(m.Spec.Name, m.VersionString())}
 	opt := dicomout.Options{UIDs: s.uids, OmitEmptyFrames: omitEmpty}

@@ -23,6 +23,7 @@ import (
 	"github.com/voxserve/voxserve/internal/testrepo"
 	ph "github.com/voxserve/voxserve/phantom"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+	"github.com/voxserve/voxserve/pseudo"
 	"github.com/voxserve/voxserve/tensor"
 )
 
@@ -238,4 +239,35 @@ func TestFractionalSEG(t *testing.T) {
 	r := dicomcheck.Highdicom(t, dicomcheck.Manifest{Source: paths, SEG: segPath, Segments: map[string]int{"1": 1}, Fractions: fr})
 	assert.Empty(t, r.Errors)
 	assert.Equal(t, true, r.Checked["seg_geometry"])
+}
+
+// TestPseudonymizedOutputs: with a pseudonymization key the SR and SEG
+// pass dciodvfy and carry pseudonyms, not the study's identity, while the
+// response itself still names the study for the caller.
+func TestPseudonymizedOutputs(t *testing.T) {
+	key, err := pseudo.NewKey([]byte(strings.Repeat("k", pseudo.MinKeyBytes)))
+	require.NoError(t, err)
+	h := start(t, testrepo.Write(t, testrepo.Hyperdensity()), Options{Pseudonymize: key})
+	s, _ := headCT()
+	s.PatientName, s.PatientID, s.StudyDate = "Doe^Jane", "MRN-7781", "20261203"
+	files, err := s.Encode()
+	require.NoError(t, err)
+	resp, err := h.client.Infer(ctxT(t), &pb.InferRequest{Model: "hyperdensity", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}},
+		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_DICOM_SR, pb.OutputKind_OUTPUT_KIND_DICOM_SEG}})
+	require.NoError(t, err)
+	assert.Equal(t, s.StudyUID, resp.GetStudyInstanceUid(), "the response is for the caller, who sent the study")
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"sr.dcm": resp.GetDicomSr(), "seg.dcm": resp.GetDicomSeg()} {
+		require.NotEmpty(t, b)
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, b, 0o644))
+		errs, warns := dicomcheck.Dciodvfy(t, p)
+		assert.Empty(t, errs, name)
+		assert.Empty(t, warns, name)
+		for _, secret := range []string{s.PatientName, s.PatientID, s.StudyDate, s.StudyUID, s.SeriesUID} {
+			assert.NotContains(t, string(b), secret, "%s leaks it", name)
+		}
+		assert.Contains(t, string(b), key.UID(s.StudyUID))
+		assert.Contains(t, string(b), key.Patient(s.PatientID, ""))
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/voxserve/voxserve/postprocess"
 	"github.com/voxserve/voxserve/preprocess"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+	"github.com/voxserve/voxserve/pseudo"
 	"github.com/voxserve/voxserve/tensor"
 	"github.com/voxserve/voxserve/volume"
 )
@@ -33,6 +34,7 @@ type inference struct {
 	acc            preprocess.Accelerator // nil: preprocessing on the CPU
 	prep           *prometheus.HistogramVec
 	uids           dicomout.UIDs // for SR and SEG objects
+	pseudo         *pseudo.Key   // pseudonymizes SR and SEG objects; nil: off
 }
 
 func (s *inference) Infer(ctx context.Context, req *pb.InferRequest) (*pb.InferResponse, error) {

@@ -35,6 +35,7 @@ import (
 	"github.com/voxserve/voxserve/preprocess"
 	kpb "github.com/voxserve/voxserve/proto/inference"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
+	"github.com/voxserve/voxserve/pseudo"
 )
 
 // DefaultMaxMessageBytes fits a 512x512x300 int16 CT volume (150 MiB) with
@@ -70,6 +71,9 @@ type Options struct {
 	// HTTPTLS secures /healthz, /readyz and /metrics. With ClientCAs and no
 	// access file, /metrics needs a verified client certificate.
 	HTTPTLS *tls.Config
+	// Pseudonymize, if set, replaces the patient's identity and the UIDs in
+	// the SR and SEG objects returned (package pseudo).
+	Pseudonymize *pseudo.Key
 	// Audit, if set, records inference, model administration and refused
 	// calls (package audit).
 	Audit *audit.Log
@@ -153,7 +157,7 @@ func New(reg *engine.Registry, opts Options) *Server {
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)...)
 	pb.RegisterInferenceServer(s.grpc, &inference{reg: reg, maxStreamBytes: int64(opts.MaxMessageBytes) * 4, dicomOpts: opts.DICOM, acc: opts.Accelerator, prep: s.prep,
-		uids: dicomout.UIDs{Root: opts.UIDRoot}})
+		uids: dicomout.UIDs{Root: opts.UIDRoot}, pseudo: opts.Pseudonymize})
 	ks := &kserve{reg: reg, ready: s.Ready, live: func() bool { live, _ := s.Live(); return live }, version: Version}
 	if opts.SharedMemory {
 		ks.shm = newSharedMemory()

@@ -21,6 +21,7 @@ import (
 	"github.com/voxserve/voxserve/engine"
 	"github.com/voxserve/voxserve/internal/tlsfiles"
 	"github.com/voxserve/voxserve/kernels"
+	"github.com/voxserve/voxserve/pseudo"
 	"github.com/voxserve/voxserve/server"
 )
 
@@ -44,6 +45,7 @@ func run() int {
 	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	tlsClientCA := fs.String("tls-client-ca", "", "PEM CA certificates: mutual TLS, gRPC clients must present a certificate they signed (HTTP: /metrics only)")
 	accessFile := fs.String("access-file", "", "principals (bearer token hashes or client certificate CNs) and their roles: infer, admin, metrics (docs/security.md); reloaded when it changes")
+	pseudoKey := fs.String("pseudonymize-key", "", "file holding a secret of at least 32 bytes: the DICOM SR and SEG returned carry HMAC pseudonyms for the patient and UIDs, and none of the patient's other identity (docs/security.md)")
 	pollSecs := fs.Int("repository-poll-secs", 0, "poll the model repository every N seconds and load bundles added or changed, unload those removed (Triton's poll mode); 0: off, use LoadModel/UnloadModel")
 	auditLog := fs.String("audit-log", "", "append-only, hash-chained JSON lines: who asked which model version what (an input hash), the result and the timings; `voxctl audit verify FILE` checks it")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -72,6 +74,14 @@ func run() int {
 	if st, err := os.Stat(*repo); err != nil || !st.IsDir() {
 		log.Error("model repository is not a folder", "path", *repo)
 		return 1
+	}
+	var pseudonyms *pseudo.Key
+	if *pseudoKey != "" {
+		if pseudonyms, err = pseudo.Load(*pseudoKey); err != nil {
+			log.Error("cannot start", "flag", "--pseudonymize-key", "error", err)
+			return 2
+		}
+		log.Info("DICOM outputs are pseudonymized")
 	}
 	var auditor *audit.Log
 	if *auditLog != "" {
@@ -107,7 +117,7 @@ func run() int {
 	}
 	srv := server.New(reg, server.Options{MaxMessageBytes: *maxMsg, ShutdownGrace: *grace, Logger: log,
 		DICOM: dicom.Options{StrictSpacing: *strictSpacing}, Accelerator: acc, UIDRoot: *uidRoot, SharedMemory: *sharedMemory,
-		Access: sec.access, TLS: sec.grpc, HTTPTLS: sec.http, Audit: auditor})
+		Access: sec.access, TLS: sec.grpc, HTTPTLS: sec.http, Audit: auditor, Pseudonymize: pseudonyms})
 	gl, err := server.Listen(*grpcAddr)
 	if err != nil {
 		log.Error("cannot listen", "addr", *grpcAddr, "error", err)
