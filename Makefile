@@ -87,6 +87,9 @@ deps-gpu: $(ORT_LIB) ## ONNX Runtime's CUDA provider from PyPI's onnxruntime-gpu
 lint-docker: $(VENV)/.ok ## hadolint (from PyPI) on Dockerfile.cuda
 	$(VENV)/bin/hadolint Dockerfile.cuda
 
+lint-scripts: $(VENV)/.ok ## shellcheck (from PyPI) on every shell script, the GPU session's included
+	$(VENV)/bin/shellcheck -S warning scripts/*.sh scripts/lib/*.sh bench/*.sh .ci/run
+
 build-cuda: deps $(NVCC) ## build the GPU binaries into bin/cuda/ (they run on the CPU where there is no GPU)
 	$(CUDA_ENV) $(GO) build -tags cuda -o bin/cuda/ ./cmd/...
 
@@ -105,7 +108,7 @@ build: deps ## build bin/voxserve, bin/voxctl, bin/voxbench
 run: build ## build and serve the bundled models (CPU when there is no GPU)
 	bin/voxserve --model-repository $(MODELS) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-test: deps lint check-cuda lint-docker $(VENV)/.ok $(DCIODVFY) $(PERF_ANALYZER) ## the whole test suite
+test: deps lint check-cuda lint-docker lint-scripts $(VENV)/.ok $(DCIODVFY) $(PERF_ANALYZER) ## the whole test suite
 	VOXSERVE_REQUIRE_PYTHON=1 VOXSERVE_REQUIRE_NVCC=1 $(GO) test $(RACE) $(TEST_FLAGS) $$($(GO) list ./... | grep -v -e '/phantom$$')
 	VOXSERVE_REQUIRE_PYTHON=1 VOXSERVE_REQUIRE_NVCC=1 $(GO) test $(TEST_FLAGS) $(NORACE_PKGS)
 

@@ -16,7 +16,8 @@ eval_one() { # name kind cases extra-phantom-flags...
   if [ "$(ls "$data" 2>/dev/null | wc -l)" -lt "$count" ]; then
     bin/voxctl phantom --kind "$kind" --out "$data" --seed 300000 --count "$count" --quiet "$@"
   fi
-  bin/voxctl eval --model "$name" --out "models/$name/eval" $(ls -d "$data"/*/ | head -n "$count")
+  local cases=("$data"/*/)
+  bin/voxctl eval --model "$name" --out "models/$name/eval" "${cases[@]:0:$count}"
   python3 scripts/update_bundle_metrics.py "models/$name/bundle.yaml" "models/$name/eval/report.json"
 }
 eval_one ich head-ct "$n" --matrix 128 --positive-fraction 0.5

@@ -100,7 +100,8 @@ ort)
   ls -la "$ORT"
   # Where the loader finds what the provider needs (cuDNN is opened later, from LD_LIBRARY_PATH too).
   ldd "$ORT/libonnxruntime_providers_cuda.so" | grep -E "not found|cublas|cudart|curand|libcuda" | tee "$OUT/stage-ort.log"
-  ls ${VOXSERVE_CUDA_LIBS//:/ } 2>/dev/null | grep -E "^libcudnn.so" | head -3 | tee -a "$OUT/stage-ort.log"
+  IFS=: read -ra dirs <<<"$VOXSERVE_CUDA_LIBS"
+  for d in "${dirs[@]}"; do for f in "$d"/libcudnn.so*; do [ -e "$f" ] && echo "$f"; done; done | head -3 | tee -a "$OUT/stage-ort.log"
   ;;
 engine)
   need_provider || exit 1

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # deb_fetch PACKAGE VERSION SHA256 DIR: downloads one Debian package with
 # apt-get download (no root needed), into DIR, checks its SHA-256 and
 # prints its path. A fresh machine may have empty package lists: as root,
