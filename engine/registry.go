@@ -36,6 +36,9 @@ type Registry struct {
 	onChange func()
 	// onLost, if set, is told when a run loses the GPU (OnDeviceLost).
 	onLost func(model string, err error)
+	// loadPrints fingerprints each bundle's files as the last Load read
+	// them, loaded or not (Watch).
+	loadPrints map[string]string
 }
 
 // NewRegistry serves bundles from repo. ONNX Runtime must be initialised.
@@ -43,7 +46,7 @@ func NewRegistry(repo string, log *slog.Logger) *Registry {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Registry{repo: repo, log: log, models: map[string]map[int64]*Model{}}
+	return &Registry{repo: repo, log: log, models: map[string]map[int64]*Model{}, loadPrints: map[string]string{}}
 }
 
 // OnChange registers a callback run after every load or unload.
@@ -101,6 +104,9 @@ func (r *Registry) Load(name string, versions []int64) ([]*Model, error) {
 	if _, err := os.Stat(filepath.Join(r.repo, name, bundle.FileName)); errors.Is(err, fs.ErrNotExist) {
 		return nil, status.Errorf(codes.NotFound, "model %q is not in the repository %s", name, r.repo)
 	}
+	// Fingerprinted before it is read: a change during the load shows at
+	// the watcher's next poll.
+	r.notePrint(name, fingerprint(filepath.Join(r.repo, name)))
 	b, err := bundle.Read(filepath.Join(r.repo, name))
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())

@@ -31,7 +31,6 @@ import (
 func (r *Registry) Watch(ctx context.Context, every time.Duration) {
 	w := &watcher{r: r}
 	w.last, _ = r.scan()
-	w.acted = w.last
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -54,42 +53,63 @@ func (r *Registry) Watch(ctx context.Context, every time.Duration) {
 type snapshot map[string]string
 
 type watcher struct {
-	r *Registry
-	// last is the previous poll; acted, what each bundle looked like when
-	// it was last loaded (or found at start).
-	last, acted snapshot
+	r    *Registry
+	last snapshot // the previous poll
 }
 
+// step acts on a poll. What a bundle looked like when it was last loaded
+// (or tried) is the registry's record, taken as Load reads the bundle, so
+// that a change made between a load and the watcher's first poll, or
+// during a load, is not missed.
 func (w *watcher) step(now snapshot) {
 	r := w.r
-	next := snapshot{}
-	for name, fp := range w.acted {
-		next[name] = fp
-	}
+	loaded := r.prints()
 	for name, fp := range now {
-		if fp == w.acted[name] || fp != w.last[name] {
-			continue // unchanged, or still changing
+		if fp == loaded[name] || fp != w.last[name] {
+			continue // as loaded, or still changing
 		}
-		next[name] = fp
 		if _, err := r.Load(name, nil); err != nil {
 			r.log.Error("repository poll: bundle not loaded; what was loaded keeps serving", "model", name, "error", err)
 		} else {
 			r.log.Info("repository poll: bundle loaded", "model", name)
 		}
 	}
-	for name := range w.acted {
+	for name := range loaded {
 		if _, ok := now[name]; ok {
 			continue
 		}
 		if _, ok := w.last[name]; ok {
 			continue // gone in this poll only: wait for the next
 		}
-		delete(next, name)
+		r.forgetPrint(name)
 		if vs, err := r.Unload(name, 0); err == nil {
 			r.log.Info("repository poll: bundle removed, unloaded", "model", name, "versions", vs)
 		}
 	}
-	w.last, w.acted = now, next
+	w.last = now
+}
+
+// prints copies the fingerprints bundles had when last loaded.
+func (r *Registry) prints() snapshot {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := snapshot{}
+	for k, v := range r.loadPrints {
+		out[k] = v
+	}
+	return out
+}
+
+func (r *Registry) forgetPrint(name string) {
+	r.mu.Lock()
+	delete(r.loadPrints, name)
+	r.mu.Unlock()
+}
+
+func (r *Registry) notePrint(name, fp string) {
+	r.mu.Lock()
+	r.loadPrints[name] = fp
+	r.mu.Unlock()
 }
 
 // scan fingerprints every bundle folder: the size and modification time of

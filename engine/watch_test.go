@@ -115,7 +115,6 @@ func TestWatchWaitsForFilesToSettle(t *testing.T) {
 	t.Cleanup(reg.Close)
 	w := &watcher{r: reg}
 	w.last, _ = reg.scan()
-	w.acted = w.last
 
 	b := testrepo.Affine()
 	b.Name = "late"
@@ -142,4 +141,22 @@ func TestWatchWaitsForFilesToSettle(t *testing.T) {
 	s5, _ := reg.scan()
 	w.step(s5)
 	assert.Nil(t, loadedVersions(reg, "affine"), "gone in two: unloaded")
+}
+
+// TestWatchSeesChangesBeforeItStarts: a version added after the models
+// loaded but before the watcher's first poll is still picked up (the
+// baseline is what was loaded, not the first poll).
+func TestWatchSeesChangesBeforeItStarts(t *testing.T) {
+	repo := testrepo.Write(t, testrepo.Affine())
+	reg := NewRegistry(repo, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	require.NoError(t, reg.LoadAll())
+	t.Cleanup(reg.Close)
+	vd := filepath.Join(repo, "affine", "2")
+	require.NoError(t, os.MkdirAll(vd, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(vd, "model.onnx"), onnxbuild.Affine([]int64{2, 3}, 3, 0).Marshal(), 0o644))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go reg.Watch(ctx, 10*time.Millisecond)
+	require.Eventually(t, func() bool { v := loadedVersions(reg, "affine"); return len(v) == 1 && v[0] == 2 }, 10*time.Second, 10*time.Millisecond)
 }
