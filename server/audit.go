@@ -14,7 +14,6 @@ import (
 
 	"github.com/voxserve/voxserve/access"
 	"github.com/voxserve/voxserve/audit"
-	"github.com/voxserve/voxserve/internal/par"
 	kpb "github.com/voxserve/voxserve/proto/inference"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
@@ -40,13 +39,17 @@ func refused(err error) bool {
 
 // auditCall is a call on its way to the audit log.
 type auditCall struct {
-	rec   audit.Record
-	input chan *audit.Input // the input's hash, computed beside the call
+	rec audit.Record
+	// The input's parts are hashed as they arrive, each on a goroutine of
+	// its own, so that hashing a study costs the request no time where
+	// cores are idle, and a part is not kept once hashed.
+	sums  []chan [sha256.Size]byte
+	bytes int64
+	input *audit.Input // set when the input is not hashed (shared memory)
+	isInf bool         // an inference call: its record has an input
 }
 
 // beginAudit starts a record for a call, nil if the call is not audited.
-// The input is hashed on other goroutines while the call runs, so that
-// hashing a study costs the request no time on a machine with idle cores.
 func (s *Server) beginAudit(ctx context.Context, method string, req any, authErr error) *auditCall {
 	if s.opts.Audit == nil || (!auditedMethods[method] && !refused(authErr)) {
 		return nil
@@ -61,14 +64,16 @@ func (s *Server) beginAudit(ctx context.Context, method string, req any, authErr
 	switch r := req.(type) {
 	case *pb.InferRequest:
 		a.rec.Model, a.rec.Version, a.rec.RequestID = r.GetModel(), r.GetVersion(), r.GetRequestId()
-		a.hash(inferParts(r))
+		a.isInf = true
+		a.add(inferParts(r)...)
 	case *kpb.ModelInferRequest:
 		a.rec.Model, a.rec.Version, a.rec.RequestID = r.GetModelName(), r.GetModelVersion(), r.GetId()
+		a.isInf = true
 		parts, shm := kserveParts(r)
 		if shm {
-			a.rec.Input = &audit.Input{Parts: len(r.GetInputs()), Note: "inputs in shared memory are not hashed"}
+			a.input = &audit.Input{Parts: len(r.GetInputs()), Note: "inputs in shared memory are not hashed"}
 		} else {
-			a.hash(parts)
+			a.add(parts...)
 		}
 	case *pb.LoadModelRequest:
 		a.rec.Model = r.GetName()
@@ -82,22 +87,27 @@ func (s *Server) beginAudit(ctx context.Context, method string, req any, authErr
 	return a
 }
 
-// hash starts hashing parts: each part's sha256 on its own core, then the
-// sha256 of those digests in order.
-func (a *auditCall) hash(parts [][]byte) {
-	a.input = make(chan *audit.Input, 1)
-	go func() {
-		sums := make([][sha256.Size]byte, len(parts))
-		par.Each(len(parts), func(i int) { sums[i] = sha256.Sum256(parts[i]) })
-		h := sha256.New()
-		in := &audit.Input{Parts: len(parts)}
-		for i, p := range parts {
-			h.Write(sums[i][:])
-			in.Bytes += int64(len(p))
-		}
-		in.SHA256 = hex.EncodeToString(h.Sum(nil))
-		a.input <- in
-	}()
+// add starts hashing parts of the input, in the order received.
+func (a *auditCall) add(parts ...[]byte) {
+	for _, p := range parts {
+		c := make(chan [sha256.Size]byte, 1)
+		a.sums = append(a.sums, c)
+		a.bytes += int64(len(p))
+		go func() { c <- sha256.Sum256(p) }()
+	}
+}
+
+// inputRecord waits for the parts' hashes: the sha256 of their sha256s.
+func (a *auditCall) inputRecord() *audit.Input {
+	if a.input != nil || !a.isInf {
+		return a.input
+	}
+	h := sha256.New()
+	for _, c := range a.sums {
+		sum := <-c
+		h.Write(sum[:])
+	}
+	return &audit.Input{SHA256: hex.EncodeToString(h.Sum(nil)), Parts: len(a.sums), Bytes: a.bytes}
 }
 
 func inferParts(r *pb.InferRequest) [][]byte {
@@ -164,9 +174,7 @@ func (s *Server) finishAudit(ctx context.Context, a *auditCall, resp any, err er
 		a.rec.Result = res
 	}
 	s.opts.Audit.Go(func() {
-		if a.input != nil {
-			a.rec.Input = <-a.input
-		}
+		a.rec.Input = a.inputRecord()
 		if err := s.opts.Audit.Append(a.rec); err != nil {
 			s.log.Error("audit record not written", "method", a.rec.Method, "error", err)
 		}
@@ -200,14 +208,13 @@ func inferResult(r *pb.InferResponse) *audit.Result {
 }
 
 // auditedStream watches an InferStream call for its audit record: the
-// header names the model, the instances are the input, the one response
-// the result.
+// header names the model, the instances are the input (hashed as they
+// arrive), the one response is the result.
 type auditedStream struct {
 	grpc.ServerStream
-	ctx   context.Context
-	a     *auditCall
-	parts [][]byte
-	resp  any
+	ctx  context.Context
+	a    *auditCall
+	resp any
 }
 
 func (s *auditedStream) Context() context.Context { return s.ctx }
@@ -215,11 +222,12 @@ func (s *auditedStream) Context() context.Context { return s.ctx }
 func (s *auditedStream) RecvMsg(m any) error {
 	err := s.ServerStream.RecvMsg(m)
 	if r, ok := m.(*pb.InferStreamRequest); ok && err == nil {
+		s.a.isInf = true
 		if h := r.GetHeader(); h != nil {
 			s.a.rec.Model, s.a.rec.Version, s.a.rec.RequestID = h.GetModel(), h.GetVersion(), h.GetRequestId()
-			s.parts = append(s.parts, inferParts(h)...)
+			s.a.add(inferParts(h)...)
 		}
-		s.parts = append(s.parts, r.GetInstances().GetInstances()...)
+		s.a.add(r.GetInstances().GetInstances()...)
 	}
 	return err
 }
@@ -227,10 +235,4 @@ func (s *auditedStream) RecvMsg(m any) error {
 func (s *auditedStream) SendMsg(m any) error {
 	s.resp = m
 	return s.ServerStream.SendMsg(m)
-}
-
-// finish starts hashing what the stream received.
-func (s *auditedStream) finish() any {
-	s.a.hash(s.parts)
-	return s.resp
 }

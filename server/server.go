@@ -278,7 +278,7 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 		if a != nil && info.FullMethod == "/voxserve.v1.Inference/InferStream" {
 			as := &auditedStream{ServerStream: ss, ctx: ctx, a: a}
 			err = handler(srv, as)
-			resp = as.finish()
+			resp = as.resp
 		} else {
 			err = handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx})
 		}
