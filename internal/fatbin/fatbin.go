@@ -1,16 +1,17 @@
 // Package fatbin reads the CUDA fat binaries that nvcc embeds in a shared
-// library's .nv_fatbin section, and blanks the machine code of the GPU
+// library's .nv_fatbin section, and takes out the machine code of the GPU
 // architectures a machine does not have.
 //
 // Why: ONNX Runtime's CUDA provider (libonnxruntime_providers_cuda.so,
 // 272 MB) carries its kernels for six architectures. A GPU session carries
 // it to a Hopper machine in calls of at most 64 MiB; with every
-// architecture but sm_90 zeroed, it compresses from 171 MiB to 48 MiB and
-// goes in one call. The file keeps its size and layout, and every header
-// is kept, so the CUDA runtime still finds the sm_90 image it would have
-// picked and never reads the zeroed ones (it selects an image by the
-// header's architecture, and a cubin built for another major version
-// cannot run on the device anyway).
+// architecture but sm_90 taken out, it compresses from 171 MiB to 48 MiB
+// and goes in one call. Each container is rewritten in place as nvcc would
+// have written it for sm_90 alone, at the same start (where the library's
+// registration record points), the bytes it frees zeroed; the file keeps
+// its size and layout. A cubin built for another major version cannot run
+// on the device anyway, so the CUDA runtime picks the same image as from
+// the original.
 //
 // The layout is NVIDIA's (fatbinary_section.h and the fat binary headers
 // nvcc writes): a run of containers, each a 16-byte header followed by
@@ -33,16 +34,12 @@ const (
 
 	containerHeaderSize = 16
 	entryHeaderMin      = 32 // up to and including the architecture field
-	entryHeaderFull     = 64 // with the flags and the uncompressed size
-	flagLZ4             = 0x2000
-	flagZstd            = 0x8000 // nvcc 12.8 and later: -compress-mode
 )
 
 // Entry is one image in a container.
 type Entry struct {
-	Kind       uint16 // KindPTX or KindELF
-	Arch       uint32 // e.g. 90 for sm_90 / compute_90
-	Compressed bool
+	Kind uint16 // KindPTX or KindELF
+	Arch uint32 // e.g. 90 for sm_90 / compute_90
 	// Container counts the containers before this entry's, and box is
 	// where that container's header starts.
 	Container, box int
@@ -88,19 +85,14 @@ func Entries(sec []byte) ([]Entry, error) {
 			if ehsz < entryHeaderMin || uint64(ehsz)+uint64(padded) > uint64(end-e) {
 				return nil, fmt.Errorf("fatbin: entry at offset %d: header %d + payload %d run past its container (ends at %d)", e, ehsz, padded, end)
 			}
-			flags := uint64(0)
-			if ehsz >= entryHeaderFull {
-				flags = le.Uint64(sec[e+40:])
-			}
 			out = append(out, Entry{
-				Kind:       le.Uint16(sec[e:]),
-				Arch:       le.Uint32(sec[e+28:]),
-				Compressed: flags&(flagLZ4|flagZstd) != 0,
-				Container:  container,
-				box:        pos,
-				Header:     e,
-				Offset:     e + int(ehsz),
-				Size:       int(padded),
+				Kind:      le.Uint16(sec[e:]),
+				Arch:      le.Uint32(sec[e+28:]),
+				Container: container,
+				box:       pos,
+				Header:    e,
+				Offset:    e + int(ehsz),
+				Size:      int(padded),
 			})
 			e += int(ehsz) + int(padded)
 		}
@@ -169,10 +161,10 @@ func kindName(k uint16) string {
 	return fmt.Sprintf("kind%d", k)
 }
 
-// Keep zeroes, in sec, the payload of every cubin whose architecture is
-// not arch, and of every PTX whose container also holds an arch cubin
-// (the driver would never compile it). PTX is kept where it is a
-// container's only way onto the device. A container with no image the
+// Keep rewrites sec to drop every cubin whose architecture is not arch,
+// and every PTX whose container also holds an arch cubin (the driver
+// would never compile it); zeroed reports what went. PTX is kept where it
+// is a container's only way onto the device. A container with no image the
 // device can load (a kernel built only for a newer architecture) could not
 // run there before either: it is left as it is, and counted in foreign.
 func Keep(sec []byte, arch uint32) (kept, zeroed Summary, foreign int, err error) {
