@@ -24,6 +24,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/voxserve/voxserve/findings"
 )
 
 // Record is one line. The server fills what it knows; Seq, Time, Prev and
@@ -43,10 +45,10 @@ type Record struct {
 	Code      string `json:"code"`
 	// Error is the status message: it names elements and UIDs, never
 	// patient names or IDs.
-	Error      string   `json:"error,omitempty"`
-	Result     *Result  `json:"result,omitempty"`
-	TimingsMs  *Timings `json:"timings_ms,omitempty"`
-	DurationMs float64  `json:"duration_ms"`
+	Error      string            `json:"error,omitempty"`
+	Result     *Result           `json:"result,omitempty"`
+	TimingsMs  *findings.Timings `json:"timings_ms,omitempty"`
+	DurationMs float64           `json:"duration_ms"`
 	// AfterTorn is the length of a torn line just before this one (a
 	// write cut short by a crash), which the chain skips.
 	AfterTorn int    `json:"after_torn,omitempty"`
@@ -64,39 +66,15 @@ type Input struct {
 	Note string `json:"note,omitempty"`
 }
 
-// Result is what came back, without masks, tensors or DICOM bytes.
+// Result is what came back, in the findings document's terms (package
+// findings), without masks, tensors or DICOM bytes.
 type Result struct {
-	Findings     []Finding     `json:"findings,omitempty"`
-	Measurements []Measurement `json:"measurements,omitempty"`
-	Triage       string        `json:"triage,omitempty"`
+	Findings     []findings.Finding     `json:"findings,omitempty"`
+	Measurements []findings.Measurement `json:"measurements,omitempty"`
+	Triage       *findings.Triage       `json:"triage,omitempty"`
 	// Outputs names what else was returned (masks, DICOM SR and SEG,
 	// tensors by name).
 	Outputs []string `json:"outputs,omitempty"`
-}
-
-// Finding is one finding's decision.
-type Finding struct {
-	Label       string  `json:"label"`
-	Probability float64 `json:"probability"`
-	Threshold   float64 `json:"threshold"`
-	Present     bool    `json:"present"`
-}
-
-// Measurement is one measurement.
-type Measurement struct {
-	Name  string  `json:"name"`
-	Label string  `json:"label,omitempty"`
-	Value float64 `json:"value"`
-	Unit  string  `json:"unit"`
-}
-
-// Timings are the server's split of the request, in milliseconds.
-type Timings struct {
-	Queue       float64 `json:"queue"`
-	Preprocess  float64 `json:"preprocess"`
-	Inference   float64 `json:"inference"`
-	Postprocess float64 `json:"postprocess"`
-	Total       float64 `json:"total"`
 }
 
 // Log appends records to a file.

@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/voxserve/voxserve/findings"
 )
 
 func write(t *testing.T, path string, n int) {
@@ -20,7 +22,7 @@ func write(t *testing.T, path string, n int) {
 	for i := 0; i < n; i++ {
 		require.NoError(t, l.Append(Record{Method: "/voxserve.v1.Inference/Infer", Model: "ich", Version: "1", Code: "OK",
 			Principal: "pacs-router", Input: &Input{SHA256: strings.Repeat("ab", 32), Parts: 3, Bytes: 1 << 20},
-			Result: &Result{Findings: []Finding{{Label: "hemorrhage", Probability: 0.97, Threshold: 0.5, Present: true}}}}))
+			Result: &Result{Findings: []findings.Finding{{Label: "hemorrhage", Probability: 0.97, Threshold: 0.5, Present: true}}}}))
 	}
 	require.NoError(t, l.Close())
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/voxserve/voxserve/access"
 	"github.com/voxserve/voxserve/audit"
+	"github.com/voxserve/voxserve/findings"
 	kpb "github.com/voxserve/voxserve/proto/inference"
 	pb "github.com/voxserve/voxserve/proto/voxserve/v1"
 )
@@ -159,12 +160,9 @@ func (s *Server) finishAudit(ctx context.Context, a *auditCall, resp any, err er
 	case *pb.InferResponse:
 		a.rec.Model, a.rec.Version = r.GetModel(), r.GetVersion()
 		a.rec.StudyUID, a.rec.SeriesUID = r.GetStudyInstanceUid(), r.GetSeriesInstanceUid()
-		a.rec.Result = inferResult(r)
-		if t := r.GetTimings(); t != nil {
-			ms := func(us int64) float64 { return float64(us) / 1000 }
-			a.rec.TimingsMs = &audit.Timings{Queue: ms(t.GetQueueUs()), Preprocess: ms(t.GetPreprocessUs()),
-				Inference: ms(t.GetInferenceUs()), Postprocess: ms(t.GetPostprocessUs()), Total: ms(t.GetTotalUs())}
-		}
+		doc := findings.FromResponse(r)
+		a.rec.Result = &audit.Result{Findings: doc.Findings, Measurements: doc.Measurements, Triage: doc.Triage, Outputs: outputs(r)}
+		a.rec.TimingsMs = &doc.TimingsMS
 	case *kpb.ModelInferResponse:
 		a.rec.Version = r.GetModelVersion()
 		res := &audit.Result{}
@@ -181,30 +179,22 @@ func (s *Server) finishAudit(ctx context.Context, a *auditCall, resp any, err er
 	})
 }
 
-func inferResult(r *pb.InferResponse) *audit.Result {
-	res := &audit.Result{}
-	for _, f := range r.GetFindings() {
-		res.Findings = append(res.Findings, audit.Finding{Label: f.GetLabel(), Probability: f.GetProbability(), Threshold: f.GetThreshold(), Present: f.GetPresent()})
-	}
-	for _, m := range r.GetMeasurements() {
-		res.Measurements = append(res.Measurements, audit.Measurement{Name: m.GetName(), Label: m.GetLabel(), Value: m.GetValue(), Unit: m.GetUnit()})
-	}
-	if r.GetTriage() != pb.Triage_TRIAGE_UNSPECIFIED {
-		res.Triage = r.GetTriage().String()
-	}
+// outputs names what an Infer response returned besides its findings.
+func outputs(r *pb.InferResponse) []string {
+	var out []string
 	for _, m := range r.GetMasks() {
-		res.Outputs = append(res.Outputs, "mask:"+m.GetOutput())
+		out = append(out, "mask:"+m.GetOutput())
 	}
 	for _, t := range r.GetTensors() {
-		res.Outputs = append(res.Outputs, "tensor:"+t.GetName())
+		out = append(out, "tensor:"+t.GetName())
 	}
 	if len(r.GetDicomSr()) > 0 {
-		res.Outputs = append(res.Outputs, "dicom_sr")
+		out = append(out, "dicom_sr")
 	}
 	if len(r.GetDicomSeg()) > 0 {
-		res.Outputs = append(res.Outputs, "dicom_seg")
+		out = append(out, "dicom_seg")
 	}
-	return res
+	return out
 }
 
 // auditedStream watches an InferStream call for its audit record: the
