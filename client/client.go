@@ -87,13 +87,18 @@ type Security struct {
 
 // RegisterFlags adds the --tls-* and --token-file flags to fs; the token
 // also comes from $VOXSERVE_TOKEN.
+//
+// Each flag's default comes from the environment ($VOXSERVE_TLS_CA,
+// $VOXSERVE_TLS_CERT, $VOXSERVE_TLS_KEY, $VOXSERVE_TLS_SERVER_NAME,
+// $VOXSERVE_TOKEN_FILE), so that a container's health check or a shell
+// session can be set up once.
 func (s *Security) RegisterFlags(fs *flag.FlagSet) {
-	fs.BoolVar(&s.TLS, "tls", false, "connect over TLS, trusting the system's CAs (implied by --tls-ca, --tls-cert)")
-	fs.StringVar(&s.CAFile, "tls-ca", "", "PEM CA certificates to check the server's certificate against")
-	fs.StringVar(&s.CertFile, "tls-cert", "", "PEM client certificate, for mutual TLS")
-	fs.StringVar(&s.KeyFile, "tls-key", "", "PEM private key of --tls-cert")
-	fs.StringVar(&s.ServerName, "tls-server-name", "", "name to check in the server's certificate (default: the host of --addr)")
-	fs.StringVar(&s.TokenFile, "token-file", "", "file holding the bearer token (default: $VOXSERVE_TOKEN)")
+	fs.BoolVar(&s.TLS, "tls", os.Getenv("VOXSERVE_TLS") == "1", "connect over TLS, trusting the system's CAs (implied by --tls-ca, --tls-cert; default $VOXSERVE_TLS=1)")
+	fs.StringVar(&s.CAFile, "tls-ca", os.Getenv("VOXSERVE_TLS_CA"), "PEM CA certificates to check the server's certificate against (default $VOXSERVE_TLS_CA)")
+	fs.StringVar(&s.CertFile, "tls-cert", os.Getenv("VOXSERVE_TLS_CERT"), "PEM client certificate, for mutual TLS (default $VOXSERVE_TLS_CERT)")
+	fs.StringVar(&s.KeyFile, "tls-key", os.Getenv("VOXSERVE_TLS_KEY"), "PEM private key of --tls-cert (default $VOXSERVE_TLS_KEY)")
+	fs.StringVar(&s.ServerName, "tls-server-name", os.Getenv("VOXSERVE_TLS_SERVER_NAME"), "name to check in the server's certificate (default $VOXSERVE_TLS_SERVER_NAME, else the host of --addr)")
+	fs.StringVar(&s.TokenFile, "token-file", os.Getenv("VOXSERVE_TOKEN_FILE"), "file holding the bearer token (default $VOXSERVE_TOKEN_FILE; else the token is $VOXSERVE_TOKEN)")
 	s.Token = os.Getenv("VOXSERVE_TOKEN")
 }
 

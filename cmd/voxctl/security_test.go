@@ -83,6 +83,14 @@ func TestAgainstSecuredServer(t *testing.T) {
 
 	_, code, _ = runCLI("models", "--addr", addr, "--tls-ca", pki.CA, "--tls-cert", cert[0])
 	assert.Equal(t, 1, code, "a certificate needs its key")
+
+	// The same from the environment, as a container's health check would.
+	t.Setenv("VOXSERVE_TLS_CA", pki.CA)
+	t.Setenv("VOXSERVE_TLS_SERVER_NAME", "localhost")
+	t.Setenv("VOXSERVE_TOKEN_FILE", tokenFile)
+	out, _, err = runCLI("models", "--addr", addr)
+	require.NoError(t, err)
+	assert.Contains(t, out, "MODEL  VERSION")
 }
 
 func TestAuditVerify(t *testing.T) {
