@@ -83,9 +83,9 @@ first)
   run_stage e2e 150
   ;;
 second)
-  run_stage ort 60
+  run_stage ort 45
   run_stage engine 180
-  run_stage e2e-cuda 150
+  run_stage e2e-cuda 180
   run_stage batching 170
   ;;
 kernels)
