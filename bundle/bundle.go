@@ -129,7 +129,18 @@ type Label struct {
 	// Structure for a lesion; absent means SCT 91723000 Anatomical
 	// Structure.
 	Category *Code `yaml:"category"`
+	// Background marks the background class of a softmax mask output, for
+	// models trained with one: voxels where it wins are labelled 0, and it
+	// is no segment. It takes no threshold (BackgroundThreshold, which no
+	// probability reaches, stands in) and no code.
+	Background bool `yaml:"background"`
 }
+
+// BackgroundThreshold is a background label's threshold: above any
+// probability, so that a voxel whose most probable channel is the
+// background is labelled 0 by the same rule as any voxel below its
+// channel's threshold, on the CPU and on the GPU alike.
+const BackgroundThreshold = 2
 
 // Triage derives a worklist priority from the findings: the study is
 // urgent when any rule holds, routine otherwise.
@@ -353,6 +364,13 @@ func Parse(file string, data []byte) (*Spec, error) {
 	if err := s.validate(file); err != nil {
 		return nil, err
 	}
+	for i := range s.Outputs {
+		for j := range s.Outputs[i].Labels {
+			if l := &s.Outputs[i].Labels[j]; l.Background {
+				l.Threshold = BackgroundThreshold
+			}
+		}
+	}
 	return &s, nil
 }
 
@@ -401,7 +419,7 @@ func (s *Spec) applyDefaults() {
 			o.Activation = "none"
 		}
 		for j := range o.Labels {
-			if o.Labels[j].Threshold == 0 {
+			if o.Labels[j].Threshold == 0 && !o.Labels[j].Background {
 				o.Labels[j].Threshold = DefaultThreshold
 			}
 		}
@@ -523,9 +541,9 @@ func (s *Spec) validate(file string) error {
 		if out.MinComponentMM3 < 0 {
 			bad(field+".min_component_mm3", "%g must be >= 0", out.MinComponentMM3)
 		}
-		labels := map[string]bool{}
+		labels := map[string]bool{} // what measurements may refer to
 		for _, l := range out.Labels {
-			labels[l.Name] = true
+			labels[l.Name] = !l.Background
 		}
 		for j, m := range out.Measurements {
 			mf := fmt.Sprintf("%s.measurements[%d]", field, j)
@@ -540,10 +558,15 @@ func (s *Spec) validate(file string) error {
 			}
 			for _, ref := range []struct{ f, v string }{{"label", m.Label}, {"right", m.Right}, {"left", m.Left}} {
 				if (ref.f == "label" || m.Type == "side_fraction") && !labels[ref.v] {
-					bad(mf+"."+ref.f, "%q is not one of the output's labels", ref.v)
+					if _, ok := labels[ref.v]; ok {
+						bad(mf+"."+ref.f, "%q is the background; nothing is measured on it", ref.v)
+					} else {
+						bad(mf+"."+ref.f, "%q is not one of the output's labels", ref.v)
+					}
 				}
 			}
 		}
+		backgrounds := 0
 		for j, l := range out.Labels {
 			lf := fmt.Sprintf("%s.labels[%d]", field, j)
 			if l.Name == "" {
@@ -561,6 +584,24 @@ func (s *Spec) validate(file string) error {
 			if l.Category != nil && out.Kind != "mask" {
 				bad(lf+".category", "is a segmentation category; only mask labels take one")
 			}
+			if l.Background {
+				backgrounds++
+				switch {
+				case out.Kind != "mask":
+					bad(lf+".background", "only a mask output has a background class, not a %s output", out.Kind)
+				case out.Activation != "softmax" && out.Activation != "none":
+					bad(lf+".background", "the background competes with the other channels for each voxel: activation softmax (or none, for probabilities), not %s", out.Activation)
+				case len(out.Labels) < 2:
+					bad(lf+".background", "a background needs at least one other label")
+				case l.Threshold != 0:
+					bad(lf+".threshold", "a background label takes no threshold")
+				case l.Code != nil || l.Category != nil:
+					bad(lf, "a background label is no segment: it takes no code or category")
+				}
+			}
+		}
+		if backgrounds > 1 {
+			bad(field+".labels", "%d background labels; at most one", backgrounds)
 		}
 	}
 	if tr := s.Triage; tr != nil {

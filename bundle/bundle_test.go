@@ -10,6 +10,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/voxserve/voxserve/internal/testrepo"
+
 	"github.com/voxserve/voxserve/tensor"
 )
 
@@ -354,6 +356,33 @@ func TestPreprocessingValidation(t *testing.T) {
 			require.NotEqual(t, withPreprocessing, y, "the edit applies")
 			_, err := Parse("demo/bundle.yaml", []byte(y))
 			assert.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+// A softmax mask output may name one channel the background: it takes the
+// threshold no probability reaches, so its voxels are labelled 0.
+func TestBackgroundLabel(t *testing.T) {
+	s, err := Parse("tissue/bundle.yaml", []byte(testrepo.TissueYAML))
+	require.NoError(t, err)
+	labels := s.Outputs[0].Labels
+	assert.True(t, labels[0].Background)
+	assert.Equal(t, float64(BackgroundThreshold), labels[0].Threshold)
+	assert.Equal(t, DefaultThreshold, labels[1].Threshold)
+
+	for _, tc := range []struct{ name, from, to, want string }{
+		{"on a sigmoid output", "activation: softmax", "activation: sigmoid", "labels[0].background: the background competes with the other channels"},
+		{"alone", "      - {name: blood}\n      - {name: bone}\n    measurements:\n      - {name: volume, type: volume, label: blood}\n", "", "labels[0].background: a background needs at least one other label"},
+		{"with a threshold", "{name: background, background: true}", "{name: background, background: true, threshold: 0.5}", "labels[0].threshold: a background label takes no threshold"},
+		{"with a code", "{name: background, background: true}", "{name: background, background: true, code: {scheme: SCT, value: \"1\", meaning: x}}", "a background label is no segment"},
+		{"twice", "{name: blood}", "{name: blood, background: true}", "2 background labels; at most one"},
+		{"measured", "label: blood}", "label: background}", "measurements[0].label: \"background\" is the background"},
+		{"on a scores output", "kind: mask", "kind: scores", "only a mask output has a background class"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Contains(t, testrepo.TissueYAML, tc.from)
+			_, err := Parse("tissue/bundle.yaml", []byte(strings.Replace(testrepo.TissueYAML, tc.from, tc.to, 1)))
+			assert.ErrorContains(t, err, tc.want)
 		})
 	}
 }

@@ -423,3 +423,37 @@ func TestTruncateKeepsCharacters(t *testing.T) {
 	assert.Equal(t, 62, len(got))
 	assert.True(t, utf8.ValidString(got))
 }
+
+// TestOmittedSegment: a label map value marked Omit (a model's background
+// class) is no segment: the others are numbered from 1 without it, empty
+// frames are found for the right segments, and a map of omitted segments
+// alone is refused.
+func TestOmittedSegment(t *testing.T) {
+	nx, ny, nz := 8, 6, 4
+	series, _ := study(t, t.TempDir(), geometrySeries(nx, ny, nz, [6]float64{1, 0, 0, 0, 1, 0}), []int{0, 1, 2, 3})
+	src := SourceFromSeries(series)
+	vox := make([]uint8, nx*ny*nz)
+	for k := 1; k < 3; k++ { // value 2 on slices 1 and 2; value 3 on slice 3; value 1 nowhere
+		vox[k*nx*ny+5] = 2
+	}
+	vox[3*nx*ny+7] = 3
+	lesion := Code{"52988006", "SCT", "Lesion"}
+	segs := []Segment{{Label: "background", Omit: true}, {Label: "lesion", Category: lesion, Type: lesion}, {Label: "cyst", Category: lesion, Type: lesion}}
+	for _, omitEmpty := range []bool{false, true} {
+		seg, err := SEG(src, []LabelMap{{Voxels: vox, Segments: segs}}, testAlg, Options{OmitEmptyFrames: omitEmpty})
+		require.NoError(t, err)
+		assert.Equal(t, map[string]int{"lesion": 1, "cyst": 2}, seg.Numbers)
+		if omitEmpty {
+			assert.Equal(t, 3, seg.Frames, "lesion on two slices, cyst on one")
+		} else {
+			assert.Equal(t, 2*nz, seg.Frames, "a frame per slice for each of the two segments")
+		}
+		p := filepath.Join(t.TempDir(), "seg.dcm")
+		require.NoError(t, os.WriteFile(p, seg.Bytes, 0o644))
+		errs, warns := dicomcheck.Dciodvfy(t, p)
+		assert.Empty(t, errs)
+		assert.Empty(t, warns)
+	}
+	_, err := SEG(src, []LabelMap{{Voxels: vox, Segments: []Segment{{Label: "background", Omit: true}}}}, testAlg, Options{})
+	assert.ErrorContains(t, err, "no segment that is not omitted")
+}

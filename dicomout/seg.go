@@ -15,6 +15,9 @@ type Segment struct {
 	Category    Code // SegmentedPropertyCategoryCodeSequence
 	Type        Code // SegmentedPropertyTypeCodeSequence
 	Description string
+	// Omit leaves the value out of the SEG: a model's background class,
+	// whose voxels are background anyway. Segment numbers skip it.
+	Omit bool
 }
 
 // LabelMap is a mask on the source grid: voxel value i+1 marks
@@ -80,7 +83,16 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 				}
 			}
 		}
-		segs = append(segs, m.Segments...)
+		kept := 0
+		for _, sg := range m.Segments {
+			if !sg.Omit {
+				segs = append(segs, sg)
+				kept++
+			}
+		}
+		if kept == 0 {
+			return nil, fmt.Errorf("SEG: label map %d has no segment that is not omitted", i)
+		}
 	}
 	if len(segs) == 0 {
 		return nil, fmt.Errorf("SEG: no label maps")
@@ -104,8 +116,10 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 		type ref struct{ m, value int }
 		var refs []ref
 		for mi, m := range maps {
-			for si := range m.Segments {
-				refs = append(refs, ref{mi, si + 1})
+			for si, sg := range m.Segments {
+				if !sg.Omit {
+					refs = append(refs, ref{mi, si + 1})
+				}
 			}
 		}
 		par.Each(len(isEmpty), func(i int) {
@@ -117,7 +131,10 @@ func SEG(src Source, maps []LabelMap, alg Algorithm, opt Options) (*SegInfo, err
 		frames = frames[:0]
 		n := 0
 		for mi, m := range maps {
-			for si := range m.Segments {
+			for si, sg := range m.Segments {
+				if sg.Omit {
+					continue
+				}
 				n++
 				for k := 0; k < nz; k++ {
 					if omit && isEmpty[(n-1)*nz+k] {

@@ -177,14 +177,18 @@ func checkOps(t *testing.T, ops Ops, large bool) {
 	})
 	t.Run("LabelMap", func(t *testing.T) {
 		for _, tc := range []struct {
-			act      string
-			channels int
-		}{{"sigmoid", 1}, {"", 1}, {"softmax", 3}, {"sigmoid", 2}, {"", 4}} {
+			act        string
+			channels   int
+			background bool // channel 0 a background class (bundle.BackgroundThreshold)
+		}{{"sigmoid", 1, false}, {"", 1, false}, {"softmax", 3, false}, {"sigmoid", 2, false}, {"", 4, false}, {"softmax", 3, true}} {
 			batch, n := 3, 1000+r.IntN(5000)
 			v := randF32(r, batch*tc.channels*n, -4, 4)
 			th := make([]float64, tc.channels)
 			for i := range th {
 				th[i] = 0.2 + 0.6*r.Float64()
+			}
+			if tc.background {
+				th[0] = 2
 			}
 			want, got := make([]uint8, batch*n), make([]uint8, batch*n)
 			for i := range got {
@@ -193,6 +197,9 @@ func checkOps(t *testing.T, ops Ops, large bool) {
 			require.NoError(t, ref.LabelMap(v, batch, tc.channels, n, tc.act, th, want))
 			require.NoError(t, ops.LabelMap(v, batch, tc.channels, n, tc.act, th, got))
 			assert.Equal(t, want, got, "%s x%d", tc.act, tc.channels)
+			if tc.background {
+				assert.NotContains(t, got, uint8(1), "no voxel takes the background's value")
+			}
 		}
 	})
 	t.Run("Components", func(t *testing.T) {

@@ -110,7 +110,7 @@ func (s *inference) derived(m *engine.Model, series *dicom.Series, res *postproc
 			lm := dicomout.LabelMap{Voxels: mk.Voxels, Fractions: fractions[mk.Output]}
 			for _, name := range mk.Labels {
 				l := labels[name]
-				sg := dicomout.Segment{Label: name, Category: anatomicalStructure, Type: dicomout.LocalCode(name)}
+				sg := dicomout.Segment{Label: name, Category: anatomicalStructure, Type: dicomout.LocalCode(name), Omit: l.Background}
 				if c := codeOf(l.Category); c != nil {
 					sg.Category = *c
 				}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	sd "github.com/suyashkumar/dicom"
 	"github.com/suyashkumar/dicom/pkg/tag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -270,4 +271,59 @@ func TestPseudonymizedOutputs(t *testing.T) {
 		assert.Contains(t, string(b), key.UID(s.StudyUID))
 		assert.Contains(t, string(b), key.Patient(s.PatientID, ""))
 	}
+}
+
+// TestBackgroundClass: a softmax model with a background channel, through
+// a real server: its voxels are 0 in the mask, the other labels keep
+// their values, and the SEG holds only the real segments, numbered from 1,
+// and passes dciodvfy.
+func TestBackgroundClass(t *testing.T) {
+	h := start(t, testrepo.Write(t, testrepo.Tissue()), Options{})
+	s, blood := headCT() // 30 HU everywhere, 70 HU (blood) in a 4x3x2 block
+	files, err := s.Encode()
+	require.NoError(t, err)
+	resp, err := h.client.Infer(ctxT(t), &pb.InferRequest{Model: "tissue", Input: &pb.InferRequest_Dicom{Dicom: &pb.DicomInput{Instances: files}},
+		Outputs: []pb.OutputKind{pb.OutputKind_OUTPUT_KIND_MASK, pb.OutputKind_OUTPUT_KIND_MEASUREMENTS, pb.OutputKind_OUTPUT_KIND_DICOM_SEG, pb.OutputKind_OUTPUT_KIND_DICOM_SR}})
+	require.NoError(t, err)
+	require.Len(t, resp.GetMasks(), 1)
+	mk := resp.GetMasks()[0]
+	assert.Equal(t, []string{"background", "blood", "bone"}, mk.GetLabels(), "labels keep their places: value i+1 is labels[i]")
+	zr, err := zlib.NewReader(bytes.NewReader(mk.GetDataZlib()))
+	require.NoError(t, err)
+	vox, err := io.ReadAll(zr)
+	require.NoError(t, err)
+	counts := map[byte]int{}
+	for _, v := range vox {
+		counts[v]++
+	}
+	assert.Equal(t, map[byte]int{0: len(vox) - blood, 2: blood}, counts, "the background's voxels are 0")
+	require.Len(t, resp.GetMeasurements(), 1)
+	assert.InDelta(t, float64(blood)*0.5*0.6*3/1000, resp.GetMeasurements()[0].GetValue(), 1e-9, "blood volume, mL")
+
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"seg.dcm": resp.GetDicomSeg(), "sr.dcm": resp.GetDicomSr()} {
+		require.NotEmpty(t, b, name)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), b, 0o644))
+		errs, warns := dicomcheck.Dciodvfy(t, filepath.Join(dir, name))
+		assert.Empty(t, errs, name)
+		assert.Empty(t, warns, name)
+	}
+	ds, err := sd.ParseFile(filepath.Join(dir, "seg.dcm"), nil)
+	require.NoError(t, err)
+	e, err := ds.FindElementByTag(tag.SegmentSequence)
+	require.NoError(t, err)
+	var got []string
+	for _, it := range e.Value.GetValue().([]*sd.SequenceItemValue) {
+		var num, label string
+		for _, el := range it.GetValue().([]*sd.Element) {
+			switch el.Tag {
+			case tag.SegmentNumber:
+				num = fmt.Sprint(el.Value.GetValue())
+			case tag.SegmentLabel:
+				label = fmt.Sprint(el.Value.GetValue())
+			}
+		}
+		got = append(got, num+" "+label)
+	}
+	assert.Equal(t, []string{"[1] [blood]", "[2] [bone]"}, got)
 }

@@ -154,3 +154,32 @@ func Threshold2D(t, k float32) Model {
 		},
 	}
 }
+
+// Tissue3 is a three-class segmentation model for tests of a background
+// class: per voxel, logits [0, (HU - blood)/5, (HU - bone)/50] for
+// background, blood and bone, to be read with a softmax.
+//
+//	input  image   float32 [batch, 1, depth, height, width]  (HU)
+//	output logits  float32 [batch, 3, depth, height, width]
+func Tissue3(blood, bone float32) Model {
+	in := []Dim{{Param: "batch"}, {Value: 1}, {Param: "depth"}, {Param: "height"}, {Param: "width"}}
+	out := []Dim{{Param: "batch"}, {Value: 3}, {Param: "depth"}, {Param: "height"}, {Param: "width"}}
+	return Model{
+		Name:    "tissue3",
+		Opset:   17,
+		Inputs:  []Value{{Name: "image", Type: Float, Shape: in}},
+		Outputs: []Value{{Name: "logits", Type: Float, Shape: out}},
+		Initializers: []Initializer{
+			{Name: "zero", Float32: []float32{0}}, {Name: "blood", Float32: []float32{blood}}, {Name: "bone", Float32: []float32{bone}},
+			{Name: "w_blood", Float32: []float32{5}}, {Name: "w_bone", Float32: []float32{50}},
+		},
+		Nodes: []Node{
+			{Op: "Mul", Inputs: []string{"image", "zero"}, Outputs: []string{"l0"}},
+			{Op: "Sub", Inputs: []string{"image", "blood"}, Outputs: []string{"d1"}},
+			{Op: "Div", Inputs: []string{"d1", "w_blood"}, Outputs: []string{"l1"}},
+			{Op: "Sub", Inputs: []string{"image", "bone"}, Outputs: []string{"d2"}},
+			{Op: "Div", Inputs: []string{"d2", "w_bone"}, Outputs: []string{"l2"}},
+			{Op: "Concat", Inputs: []string{"l0", "l1", "l2"}, Outputs: []string{"logits"}, Attrs: []Attr{I("axis", 1)}},
+		},
+	}
+}

@@ -108,6 +108,37 @@ func Hyperdensity() Bundle {
 	}}
 }
 
+// TissueYAML declares onnxbuild.Tissue3: a softmax segmentation with a
+// background class.
+const TissueYAML = `name: tissue
+task: segmentation
+modalities: [CT]
+inputs:
+  - name: image
+    data_type: float32
+    dims: [1, -1, -1, -1]
+outputs:
+  - name: logits
+    data_type: float32
+    dims: [3, -1, -1, -1]
+    kind: mask
+    activation: softmax
+    labels:
+      - {name: background, background: true}
+      - {name: blood}
+      - {name: bone}
+    measurements:
+      - {name: volume, type: volume, label: blood}
+max_batch_size: 1
+`
+
+// Tissue is onnxbuild.Tissue3 (blood at 50 HU, bone at 300) as a bundle.
+func Tissue() Bundle {
+	return Bundle{Name: "tissue", YAML: TissueYAML, Versions: map[int64][]byte{
+		1: onnxbuild.Tissue3(50, 300).Marshal(),
+	}}
+}
+
 // SlowYAML declares onnxbuild.MatMulChain: its run time grows with n^3, so
 // tests can hold a request in flight for as long as they need.
 const SlowYAML = `name: slow
