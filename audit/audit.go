@@ -15,6 +15,7 @@
 package audit
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -177,40 +178,46 @@ type Summary struct {
 
 const hashSuffix = len(`,"hash":""}`) + 64
 
+// maxLine caps a line: a record is a few KiB, and a file with no line
+// breaks must not be read into memory whole.
+const maxLine = 1 << 20
+
 // Verify checks a log's chain from its start: every line's hash, each
-// line's prev against the line before, sequence numbers one apart. The
+// line's prev against the line before, sequence numbers one apart. It
+// reads line by line, so a log of any length takes little memory. The
 // error names the first bad line.
 func Verify(r io.Reader) (Summary, error) {
 	var s Summary
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return s, err
-	}
+	br := bufio.NewReaderSize(r, 64<<10)
+	// A line that is not a sealed record may only be a torn write, which
+	// the next record owns up to (after_torn); until that record is read,
+	// torn holds its length and tornErr what was wrong with it.
 	torn := 0
-	for n := 1; len(data) > 0; n++ {
-		i := bytes.IndexByte(data, '\n')
-		if i < 0 {
-			s.TornTail = len(data)
-			break
-		}
-		line := data[:i]
-		data = data[i+1:]
-		rec, hash, err := open(line)
+	var tornErr error
+	for n := 1; ; n++ {
+		line, complete, err := readLine(br)
 		if err != nil {
-			// Only a line the next record says was torn may fail.
-			torn = len(line)
-			if len(data) == 0 {
-				return s, fmt.Errorf("line %d: %v", n, err)
-			}
-			if next, _, nerr := open(data[:max(bytes.IndexByte(data, '\n'), 0)]); nerr == nil && next.AfterTorn == torn {
-				continue
-			}
 			return s, fmt.Errorf("line %d: %v", n, err)
 		}
-		if rec.AfterTorn != torn {
-			return s, fmt.Errorf("line %d: says it follows a torn line of %d bytes, and the line before is %s", n, rec.AfterTorn, map[bool]string{true: "whole", false: fmt.Sprintf("%d torn bytes", torn)}[torn == 0])
+		if !complete {
+			s.TornTail = len(line) // an unfinished last line, or none
+			return s, tornErr
 		}
-		torn = 0
+		rec, hash, oerr := open(line)
+		if oerr != nil {
+			if tornErr != nil {
+				return s, tornErr
+			}
+			torn, tornErr = len(line), fmt.Errorf("line %d: %v", n, oerr)
+			continue
+		}
+		switch {
+		case tornErr != nil && rec.AfterTorn != torn:
+			return s, tornErr
+		case tornErr == nil && rec.AfterTorn != 0:
+			return s, fmt.Errorf("line %d: says it follows a torn line of %d bytes, and the line before is whole", n, rec.AfterTorn)
+		}
+		torn, tornErr = 0, nil
 		if rec.Prev != s.LastHash {
 			return s, fmt.Errorf("line %d (seq %d): prev %.12s… is not the hash of the record before it (%.12s…): a record was removed, reordered or changed", n, rec.Seq, rec.Prev, s.LastHash)
 		}
@@ -223,7 +230,28 @@ func Verify(r io.Reader) (Summary, error) {
 		s.Records++
 		s.LastSeq, s.LastHash, s.Last = rec.Seq, hash, rec.Time
 	}
-	return s, nil
+}
+
+// readLine reads up to a line break, which it drops; complete is false at
+// the end of the input, with what was left.
+func readLine(br *bufio.Reader) (line []byte, complete bool, err error) {
+	for {
+		part, err := br.ReadSlice('\n')
+		line = append(line, part...)
+		if len(line) > maxLine {
+			return nil, false, fmt.Errorf("longer than %d bytes: not a record", maxLine)
+		}
+		switch err {
+		case nil:
+			return line[:len(line)-1], true, nil
+		case bufio.ErrBufferFull:
+			continue
+		case io.EOF:
+			return line, false, nil
+		default:
+			return nil, false, err
+		}
+	}
 }
 
 // open checks one line's own hash and decodes it.

@@ -182,3 +182,13 @@ func FuzzVerify(f *testing.F) {
 		assert.LessOrEqual(t, s.Records, bytes.Count(data, []byte("\n")))
 	})
 }
+
+// TestVerifyReadsLineByLine: a file with no line breaks is refused at its
+// first MiB rather than read into memory whole.
+func TestVerifyReadsLineByLine(t *testing.T) {
+	_, err := Verify(bytes.NewReader(bytes.Repeat([]byte("x"), 3<<20)))
+	assert.ErrorContains(t, err, "line 1: longer than 1048576 bytes")
+	s, err := Verify(strings.NewReader(""))
+	require.NoError(t, err)
+	assert.Zero(t, s.Records)
+}

@@ -174,6 +174,7 @@ func (s *Server) finishAudit(ctx context.Context, a *auditCall, resp any, err er
 	s.opts.Audit.Go(func() {
 		a.rec.Input = a.inputRecord()
 		if err := s.opts.Audit.Append(a.rec); err != nil {
+			s.sec.auditFailures.Inc()
 			s.log.Error("audit record not written", "method", a.rec.Method, "error", err)
 		}
 	})

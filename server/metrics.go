@@ -95,11 +95,35 @@ func newPreprocessHistogram() *prometheus.HistogramVec {
 	}, labels)
 }
 
-// metricsRegistry holds voxserve's collector, the preprocessing histogram
-// and Go's process metrics.
-func metricsRegistry(reg *engine.Registry, prep *prometheus.HistogramVec) *prometheus.Registry {
+// securityMetrics count what an alert on access and auditing watches.
+type securityMetrics struct {
+	refused       *prometheus.CounterVec
+	auditFailures prometheus.Counter
+}
+
+func newSecurityMetrics() *securityMetrics {
+	m := &securityMetrics{
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "voxserve_refused_calls_total",
+			Help: "Calls refused for want of credentials (Unauthenticated) or of a role (PermissionDenied).",
+		}, []string{"code"}),
+		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "voxserve_audit_write_failures_total",
+			Help: "Audit records that could not be written.",
+		}),
+	}
+	for _, c := range []string{"Unauthenticated", "PermissionDenied"} {
+		m.refused.WithLabelValues(c)
+	}
+	return m
+}
+
+// metricsRegistry holds voxserve's collector, the preprocessing histogram,
+// the security counters and Go's process metrics.
+func metricsRegistry(reg *engine.Registry, prep *prometheus.HistogramVec, sec *securityMetrics) *prometheus.Registry {
 	r := prometheus.NewRegistry()
-	r.MustRegister(collector{reg: reg}, prep, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.MustRegister(collector{reg: reg}, prep, sec.refused, sec.auditFailures,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
 }
 

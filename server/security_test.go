@@ -208,6 +208,23 @@ func TestSecuredHTTP(t *testing.T) {
 	assert.Equal(t, 401, get("/metrics", ""))
 	assert.Equal(t, 403, get("/metrics", inferToken))
 	assert.Equal(t, 200, get("/metrics", metricsToken))
+
+	// Refusals are counted, for alerts. (HTTP's are answered by the access
+	// check itself; gRPC's go through the interceptors.)
+	cc := s.dial(t, "unknown.example")
+	_, err = pb.NewInferenceClient(cc).ListModels(ctxT(t), &pb.ListModelsRequest{})
+	require.Error(t, err)
+	_, err = pb.NewInferenceClient(cc).UnloadModel(withToken(t, inferToken), &pb.UnloadModelRequest{Name: "affine"})
+	require.Error(t, err)
+	req, _ := http.NewRequest("GET", s.httpURL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+metricsToken)
+	r, err := hc.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	assert.Contains(t, string(body), `voxserve_refused_calls_total{code="Unauthenticated"} 1`)
+	assert.Contains(t, string(body), `voxserve_refused_calls_total{code="PermissionDenied"} 1`)
+	assert.Contains(t, string(body), `voxserve_audit_write_failures_total 0`)
 }
 
 // TestMutualTLSMetricsWithoutAccessFile: with a client CA and no access

@@ -115,6 +115,7 @@ type Server struct {
 	health *health.Server
 
 	prep *prometheus.HistogramVec // preprocessing time, shared with the inference service
+	sec  *securityMetrics
 
 	draining atomic.Bool
 	// lost is why the GPU is lost to the process, once it is (deviceLost).
@@ -136,7 +137,7 @@ func New(reg *engine.Registry, opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{reg: reg, opts: opts, log: opts.Logger, health: health.NewServer(), prep: newPreprocessHistogram()}
+	s := &Server{reg: reg, opts: opts, log: opts.Logger, health: health.NewServer(), prep: newPreprocessHistogram(), sec: newSecurityMetrics()}
 	var creds []grpc.ServerOption
 	if opts.TLS != nil {
 		creds = append(creds, grpc.Creds(credentials.NewTLS(opts.TLS)))
@@ -254,6 +255,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	defer done()
 	start := time.Now()
 	ctx, err = s.opts.Access.Check(ctx, info.FullMethod)
+	s.countRefusal(err)
 	a := s.beginAudit(ctx, info.FullMethod, req, err)
 	var resp any
 	if err == nil {
@@ -272,6 +274,7 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	defer done()
 	start := time.Now()
 	ctx, err := s.opts.Access.Check(ss.Context(), info.FullMethod)
+	s.countRefusal(err)
 	a := s.beginAudit(ctx, info.FullMethod, nil, err)
 	var resp any
 	if err == nil {
@@ -286,6 +289,12 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	s.logCall(ctx, info.FullMethod, nil, start, err)
 	s.finishAudit(ctx, a, resp, err, start)
 	return err
+}
+
+func (s *Server) countRefusal(err error) {
+	if refused(err) {
+		s.sec.refused.WithLabelValues(status.Code(err).String()).Inc()
+	}
 }
 
 // authorizedStream carries the principal a stream was authorized as.
@@ -358,7 +367,7 @@ func (s *Server) Ready() bool {
 // (Prometheus).
 func (s *Server) HTTPHandler() *http.ServeMux {
 	mux := http.NewServeMux()
-	var metrics http.Handler = promhttp.HandlerFor(metricsRegistry(s.reg, s.prep), promhttp.HandlerOpts{})
+	var metrics http.Handler = promhttp.HandlerFor(metricsRegistry(s.reg, s.prep, s.sec), promhttp.HandlerOpts{})
 	switch {
 	case s.opts.Access != nil:
 		metrics = s.opts.Access.HTTP(access.Metrics, metrics)
