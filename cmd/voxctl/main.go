@@ -52,6 +52,7 @@ Usage:
   voxctl prepare   --bundle DIR --out DIR CASE_DIR...   (model inputs and labels as .npy, for training)
   voxctl eval      --model NAME [--out DIR] [--addr ADDR | --model-repository DIR] CASE_DIR...
   voxctl bundle validate DIR
+  voxctl bundle import-monai SRC --out REPO [--name NAME] [--version V] [--modality CT]
   voxctl token     --name NAME --roles infer[,admin][,metrics] [--json]
   voxctl audit verify FILE   (check an audit log's hash chain)
 
@@ -136,10 +137,13 @@ func run(args []string, out io.Writer) error {
 		}
 		return cmdAuditVerify(rest[1], out)
 	case "bundle":
-		if len(rest) == 0 || rest[0] != "validate" {
-			return usageErr("bundle: the subcommand is `validate DIR`")
+		switch {
+		case len(rest) > 0 && rest[0] == "validate":
+			return cmdBundleValidate(rest[1:], out)
+		case len(rest) > 0 && rest[0] == "import-monai":
+			return cmdImportMONAI(rest[1:], out)
 		}
-		return cmdBundleValidate(rest[1:], out)
+		return usageErr("bundle: the subcommands are `validate DIR` and `import-monai SRC --out REPO`")
 	case "help", "-h", "--help":
 		fmt.Fprint(out, usage)
 		return nil
