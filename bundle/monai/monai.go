@@ -51,30 +51,31 @@ type tensorFormat struct {
 	ChannelDef  map[string]string `json:"channel_def"`
 }
 
-// Import writes the bundle into repo/<name>/ and returns its folder.
-func Import(src, repo string, opt Options) (string, error) {
+// Import writes the bundle into repo/<name>/ and returns its folder, and
+// the differences from MONAI's inference that remain (to tell the user).
+func Import(src, repo string, opt Options) (string, []string, error) {
 	var md metadata
 	if err := readJSON(filepath.Join(src, "configs", "metadata.json"), &md); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	var cfg map[string]any
 	if err := readJSON(filepath.Join(src, "configs", "inference.json"), &cfg); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	onnx, err := os.ReadFile(filepath.Join(src, "models", "model.onnx"))
 	if err != nil {
-		return "", fmt.Errorf("%w (export the network to ONNX first, e.g. with MONAI's `python -m monai.bundle ckpt_export` or torch.onnx.export)", err)
+		return "", nil, fmt.Errorf("%w (export the network to ONNX first, e.g. with MONAI's `python -m monai.bundle ckpt_export` or torch.onnx.export)", err)
 	}
 	ins, outs, err := onnxbuild.IONames(onnx)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if len(ins) != 1 || len(outs) != 1 {
-		return "", fmt.Errorf("models/model.onnx has inputs %v and outputs %v; one of each is supported", ins, outs)
+		return "", nil, fmt.Errorf("models/model.onnx has inputs %v and outputs %v; one of each is supported", ins, outs)
 	}
 	p, err := plan(cfg)
 	if err != nil {
-		return "", fmt.Errorf("configs/inference.json: %w", err)
+		return "", nil, fmt.Errorf("configs/inference.json: %w", err)
 	}
 
 	name := opt.Name
@@ -91,7 +92,7 @@ func Import(src, repo string, opt Options) (string, error) {
 		modality = strings.ToUpper(in.Modality)
 	}
 	if modality == "" {
-		return "", fmt.Errorf("configs/metadata.json names no modality (network_data_format.inputs.image.modality): give one")
+		return "", nil, fmt.Errorf("configs/metadata.json names no modality (network_data_format.inputs.image.modality): give one")
 	}
 	inC := in.NumChannels
 	if inC == 0 {
@@ -99,25 +100,29 @@ func Import(src, repo string, opt Options) (string, error) {
 	}
 	labels, err := channelLabels(out)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 
 	yaml := spec(md, p, name, modality, ins[0], outs[0], inC, labels, filepath.Base(src))
 	if _, err := bundle.Parse(filepath.Join(name, bundle.FileName), []byte(yaml)); err != nil {
-		return "", fmt.Errorf("the bundle made of it does not validate: %w", err)
+		return "", nil, fmt.Errorf("the bundle made of it does not validate: %w", err)
 	}
 	wrapped, err := onnxbuild.Reorient(onnx, ins, outs)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	dir := filepath.Join(repo, name)
 	if err := os.MkdirAll(filepath.Join(dir, strconv.FormatInt(version, 10)), 0o755); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, strconv.FormatInt(version, 10), "model.onnx"), wrapped, 0o644); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return dir, os.WriteFile(filepath.Join(dir, bundle.FileName), []byte(yaml), 0o644)
+	var caveats []string
+	if p.blend != "" {
+		caveats = append(caveats, fmt.Sprintf("MONAI blends overlapping patches with mode %q; voxserve with Gaussian weights (sigma = patch/8): outputs differ where patches overlap", p.blend))
+	}
+	return dir, caveats, os.WriteFile(filepath.Join(dir, bundle.FileName), []byte(yaml), 0o644)
 }
 
 // label is one output channel.
@@ -155,6 +160,10 @@ type preparation struct {
 	overlap    float64
 	batch      int
 	activation string
+	// blend is the inferer's mode for overlapping patches: voxserve always
+	// blends with Gaussian weights (sigma = patch/8, MONAI's gaussian with
+	// its default sigma_scale 0.125); "" when the two agree.
+	blend string
 }
 
 var ignored = map[string]bool{ // no-ops for voxserve's pipeline
@@ -237,6 +246,14 @@ func plan(cfg map[string]any) (*preparation, error) {
 		if b, ok := ref(inf["sw_batch_size"]).(float64); ok && b >= 1 {
 			p.batch = int(b)
 		}
+		mode, _ := ref(inf["mode"]).(string)
+		sigma, ok := ref(inf["sigma_scale"]).(float64)
+		if mode != "gaussian" || (ok && sigma != 0.125) {
+			if mode == "" {
+				mode = "constant" // MONAI's default
+			}
+			p.blend = mode
+		}
 	}
 	if p.activation == "" {
 		bad = append(bad, "postprocessing: no Activationsd with softmax or sigmoid")
@@ -307,6 +324,9 @@ func spec(md metadata, p *preparation, name, modality, in, out string, inC int, 
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Imported from the MONAI bundle %s (%s %s) by voxctl bundle import-monai.\n", from, md.Name, md.Version)
 	fmt.Fprintf(&b, "# The model is wrapped to take LPS [z, y, x] patches; read its MONAI documentation\n# before use: voxserve reproduces the declared transforms, not the training.\n")
+	if p.blend != "" {
+		fmt.Fprintf(&b, "# MONAI blends overlapping patches with mode %q; voxserve with Gaussian weights\n# (sigma = patch/8): outputs differ where patches overlap.\n", p.blend)
+	}
 	fmt.Fprintf(&b, "name: %s\n", name)
 	if md.Description != "" {
 		fmt.Fprintf(&b, "description: %s\n", q(md.Description))

@@ -27,6 +27,12 @@ func TestPlanResolvesReferences(t *testing.T) {
 	assert.Equal(t, []int{96, 96, 64}, p.roi)
 	assert.Equal(t, 0.25, p.overlap, "MONAI's default")
 	assert.Equal(t, "sigmoid", p.activation)
+	assert.Equal(t, "constant", p.blend, "MONAI's default blending, which voxserve's Gaussian differs from")
+
+	cfg["inferer"] = map[string]any{"_target_": "SlidingWindowInferer", "roi_size": "@roi", "mode": "gaussian"}
+	p, err = plan(cfg)
+	require.NoError(t, err)
+	assert.Empty(t, p.blend, "MONAI's gaussian with its default sigma_scale is voxserve's blending")
 }
 
 func TestChannelLabels(t *testing.T) {

@@ -26,7 +26,7 @@ func cmdImportMONAI(args []string, out io.Writer) error {
 	if len(pos) != 1 || *repo == "" {
 		return usageErr("bundle import-monai: usage is `voxctl bundle import-monai SRC --out REPO`")
 	}
-	dir, err := monai.Import(pos[0], *repo, monai.Options{Name: *name, Version: *version, Modality: *modality})
+	dir, caveats, err := monai.Import(pos[0], *repo, monai.Options{Name: *name, Version: *version, Modality: *modality})
 	if err != nil {
 		return &exitError{1, fmt.Errorf("import-monai: %w", err)}
 	}
@@ -37,5 +37,8 @@ func cmdImportMONAI(args []string, out io.Writer) error {
 		return &exitError{1, fmt.Errorf("import-monai: %s was written but does not load: %w", dir, err)}
 	}
 	fmt.Fprintf(out, "imported %s into %s: check its bundle.yaml (thresholds, codes, measurements) before serving it\n", pos[0], dir)
+	for _, c := range caveats {
+		fmt.Fprintf(out, "note: %s\n", c)
+	}
 	return nil
 }

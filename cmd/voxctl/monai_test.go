@@ -90,6 +90,7 @@ func TestImportMONAI(t *testing.T) {
 	out, _, err := runCLI("bundle", "import-monai", src, "--out", repo)
 	require.NoError(t, err, out)
 	assert.Contains(t, out, "imported")
+	assert.Contains(t, out, `note: MONAI blends overlapping patches with mode "constant"`, "the spleen config keeps MONAI's default blending")
 	y, err := os.ReadFile(filepath.Join(repo, "toy-spleen-ct-segmentation", "bundle.yaml"))
 	require.NoError(t, err)
 	for _, want := range []string{
