@@ -132,7 +132,7 @@ func incoming(auth string, cn string) context.Context {
 }
 
 func TestCheck(t *testing.T) {
-	s := Static(policy(t))
+	s := static(policy(t))
 	for _, tc := range []struct {
 		name, method, auth, cn string
 		code                   codes.Code
@@ -170,7 +170,7 @@ func TestCheck(t *testing.T) {
 }
 
 func TestHTTP(t *testing.T) {
-	s := Static(policy(t))
+	s := static(policy(t))
 	h := s.HTTP(Metrics, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		pr, _ := FromContext(r.Context())
 		_, _ = io.WriteString(w, "metrics for "+pr.Name)

@@ -40,8 +40,8 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// Static is a Store over a policy with no file behind it (tests).
-func Static(p *Policy) *Store {
+// static is a Store over a policy with no file behind it (tests).
+func static(p *Policy) *Store {
 	s := &Store{}
 	s.cur.Store(p)
 	return s

@@ -86,7 +86,6 @@ type Log struct {
 	prev    string
 	torn    int
 	pending sync.WaitGroup
-	now     func() time.Time
 }
 
 // Open opens (or creates) the log at path and continues its chain. A torn
@@ -97,7 +96,7 @@ func Open(path string) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	l := &Log{f: f, now: time.Now}
+	l := &Log{f: f}
 	sum, err := Verify(f)
 	if err != nil {
 		_ = f.Close()
@@ -119,7 +118,7 @@ func (l *Log) Append(r Record) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r.Seq = l.seq + 1
-	r.Time = l.now().UTC().Format("2006-01-02T15:04:05.000Z")
+	r.Time = time.Now().UTC().Format("2006-01-02T15:04:05.000Z")
 	r.Prev = l.prev
 	r.AfterTorn = l.torn
 	line, hash, err := seal(r)

@@ -140,6 +140,15 @@ var (
 	buildErr  error
 )
 
+// TestMain removes the voxserve binary the tests build.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.bin != "" {
+		_ = os.RemoveAll(filepath.Dir(built.bin))
+	}
+	os.Exit(code)
+}
+
 func voxserve(t *testing.T) server {
 	t.Helper()
 	buildOnce.Do(func() {

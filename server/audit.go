@@ -114,7 +114,7 @@ func (a *auditCall) inputRecord() *audit.Input {
 func inferParts(r *pb.InferRequest) [][]byte {
 	switch {
 	case r.GetDicom() != nil:
-		return append([][]byte(nil), r.GetDicom().GetInstances()...)
+		return r.GetDicom().GetInstances()
 	case r.GetVolume() != nil:
 		return [][]byte{r.GetVolume().GetData()}
 	}
@@ -130,7 +130,7 @@ func inferParts(r *pb.InferRequest) [][]byte {
 // shared memory, outside the request.
 func kserveParts(r *kpb.ModelInferRequest) (parts [][]byte, shm bool) {
 	if len(r.GetRawInputContents()) > 0 {
-		return append([][]byte(nil), r.GetRawInputContents()...), false
+		return r.GetRawInputContents(), false
 	}
 	for _, in := range r.GetInputs() {
 		if _, ok := in.GetParameters()["shared_memory_region"]; ok {

@@ -1,7 +1,9 @@
 // Package onnxbuild writes small ONNX models without Python: enough of the
 // ONNX protobuf schema (onnx.proto3) to declare a graph of standard operators.
 // It exists so that tests and the demo bundle use real ONNX files that are
-// reproducible byte for byte from Go source.
+// reproducible byte for byte from Go source, and, with the same pieces, so
+// that `voxctl bundle import-monai` can wrap a MONAI model to voxserve's
+// layout (Reorient).
 package onnxbuild
 
 import (
